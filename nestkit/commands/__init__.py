@@ -1,0 +1,1 @@
+"""One module per CLI command: option parsing and rich rendering; the work lives in the library."""

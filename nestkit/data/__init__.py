@@ -1,0 +1,1 @@
+"""Manifests, batch plans, audio loading, noise, augmentation and the NEST dataset."""

@@ -1,0 +1,1 @@
+"""Replay, lookup, heartbeats, the stall watchdog and stall reports."""

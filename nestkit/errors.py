@@ -1,0 +1,56 @@
+"""Errors a user can act on.
+
+Every message follows `<thing> <id>: <problem> (expected X, got Y). <hint>` so that the CLI can print
+it as is, without a traceback.
+"""
+
+from __future__ import annotations
+
+
+class NestkitError(Exception):
+    """Base class: the CLI prints these without a traceback and exits with status 1."""
+
+
+class ConfigError(NestkitError):
+    """One or more problems in a config; all of them are reported at once."""
+
+    def __init__(self, problems: list[str], source: str | None = None):
+        self.problems = list(problems)
+        self.source = source
+        where = f"config {source}" if source else "config"
+        lines = [f"{where}: {len(self.problems)} problem(s)"] + [f"  - {p}" for p in self.problems]
+        super().__init__("\n".join(lines))
+
+
+class ManifestError(NestkitError):
+    """A manifest line that cannot be used, named by file:line."""
+
+    def __init__(self, manifest: str, line: int, problem: str, hint: str = ""):
+        self.manifest = manifest
+        self.line = line
+        self.problem = problem
+        message = f"manifest {manifest}:{line}: {problem}"
+        if hint:
+            message += f". {hint}"
+        super().__init__(message)
+
+
+class AudioLoadError(NestkitError):
+    """An audio file (or a segment of it) that cannot be turned into samples.
+
+    `category` is a stable machine-readable name (see nestkit.data.audio.LOAD_FAILURES); the
+    message says what was wrong and what to do.
+    """
+
+    def __init__(self, category: str, path: str, problem: str, hint: str = ""):
+        self.category = category
+        self.path = path
+        self.problem = problem
+        message = f"audio {path}: {problem}"
+        if hint:
+            message += f". {hint}"
+        super().__init__(message)
+
+
+class PlanError(NestkitError):
+    """A batch plan that cannot be built or does not contain what was asked for."""

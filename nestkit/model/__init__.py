@@ -1,0 +1,1 @@
+"""The NEST model: NeMo-compatible module names, state_dict keys and numerics."""
