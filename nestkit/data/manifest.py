@@ -78,9 +78,9 @@ def decode_line(text: bytes | str, manifest: str, line: int) -> dict:
     return item
 
 
-def nemo_entry(item: dict, manifest: str, line: int) -> NemoEntry:
-    """Validate a decoded NeMo line and resolve its audio path."""
-    key = next((k for k in NEMO_PATH_KEYS if k in item), None)
+def _nemo_fields(item: dict, manifest: str, line: int) -> tuple[str, float, float]:
+    """(path as written, offset, duration) of a decoded NeMo line, validated."""
+    key = "audio_filepath" if "audio_filepath" in item else "audio_filename" if "audio_filename" in item else None
     if key is None:
         raise ManifestError(
             manifest, line, f"missing audio path (expected 'audio_filepath' or 'audio_filename', got keys {sorted(item)})"
@@ -97,6 +97,12 @@ def nemo_entry(item: dict, manifest: str, line: int) -> NemoEntry:
     offset = _number(item, "offset", manifest, line, required=False) or 0.0
     if offset < 0:
         raise ManifestError(manifest, line, f"invalid offset (expected >= 0 seconds, got {offset})")
+    return path, offset, duration
+
+
+def nemo_entry(item: dict, manifest: str, line: int) -> NemoEntry:
+    """Validate a decoded NeMo line and resolve its audio path against the manifest's folder."""
+    path, offset, duration = _nemo_fields(item, manifest, line)
     if not os.path.isabs(path):
         path = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(manifest)), path))
     return NemoEntry(path=path, offset=offset, duration=duration)
@@ -155,7 +161,7 @@ def detect_format(item: dict) -> str | None:
 def line_duration(item: dict, fmt: str, manifest: str, line: int) -> float:
     """Validate a decoded line and return its duration, without building lhotse objects."""
     if fmt == FORMAT_NEMO:
-        return nemo_entry(item, manifest, line).duration
+        return _nemo_fields(item, manifest, line)[2]
     if "id" not in item:
         raise ManifestError(manifest, line, f"not a lhotse cut (expected an 'id', got keys {sorted(item)})")
     duration = _number(item, "duration", manifest, line, required=True)

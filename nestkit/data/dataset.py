@@ -1,0 +1,220 @@
+"""The NEST dataset: a map-style lhotse dataset, `dataset[cuts] -> NestBatch`.
+
+The sampler decides (which cuts, in which batch), the dataset loads: audio (mono, 16 kHz), padding
+to `min_audio_len_secs`, one noise per utterance, the batch augmentation, the fingerprint. Every
+random choice comes from a generator keyed by (seed, split, purpose, epoch, batch, cut id), read from
+the plan position the sampler stores in each cut (`cut.custom["plan"]`), so a batch is the same with
+0, 1 or 4 workers and in a fresh process.
+
+A cut that cannot be loaded never crashes the run and never shrinks the batch: it is replaced by a
+deterministic substitute drawn from the plan's cuts, recorded in the rank's quarantine file and in
+the batch, and warned about by name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from lhotse import CutSet
+from lhotse.cut import Cut
+
+from nestkit.config import DatasetConfig
+from nestkit.data.augment import augment_batch
+from nestkit.data.batch import BatchPosition, NestBatch
+from nestkit.data.fingerprint import array_checksum, batch_fingerprint
+from nestkit.data.loading import cut_path, file_segment, load_cut
+from nestkit.data.manifest import CutIndex
+from nestkit.data.noise import NoiseSettings, draw_noise
+from nestkit.data.plan import BatchingConfig
+from nestkit.data.quarantine import Quarantine
+from nestkit.errors import AudioLoadError, ManifestError, NestkitError
+from nestkit.rng import generator
+
+PLAN_KEY = "plan"  # cut.custom[PLAN_KEY] = {"epoch", "rank", "batch", "repeat"}
+
+
+def batch_position(cuts: list[Cut]) -> BatchPosition:
+    plan = (cuts[0].custom or {}).get(PLAN_KEY) if cuts else None
+    if plan:
+        return BatchPosition(int(plan["epoch"]), int(plan["rank"]), int(plan["batch"]))
+    return BatchPosition(0, 0, -1)
+
+
+def _adhoc_key(cuts: list[Cut]) -> str:
+    """Seed material for a CutSet that did not come from a plan: its cut ids."""
+    return hashlib.blake2b("\n".join(c.id for c in cuts).encode(), digest_size=8).hexdigest()
+
+
+def pad_to_min_length(samples: np.ndarray, min_len: int, mode: str) -> np.ndarray:
+    """NeMo's pad_audio: repeat the audio (or zero pad) up to `min_len` samples."""
+    if samples.size >= min_len:
+        return samples
+    if mode == "repeat" and samples.size > 0:
+        return np.resize(samples, min_len)
+    return np.pad(samples, (0, min_len - samples.size))
+
+
+@dataclass
+class _Loaded:
+    samples: np.ndarray
+    cut: Cut
+    record: dict
+    failures: list[dict]
+    load_ms: float
+
+
+class NestDataset(torch.utils.data.Dataset):
+    def __init__(
+        self,
+        ds: DatasetConfig,
+        seed: int,
+        index: CutIndex | None = None,
+        noise: CutIndex | None = None,
+        quarantine: Quarantine | None = None,
+        split: str = "train",
+    ):
+        self.ds = ds
+        self.seed = seed
+        self.index = index
+        self.noise = noise
+        self.quarantine = quarantine or Quarantine(None, 0)
+        self.split = split
+        self.sample_rate = int(ds.sample_rate or 16000)
+        self.noise_settings = NoiseSettings(
+            sample_rate=self.sample_rate,
+            max_files=ds.noise_max_files,
+            max_segments=ds.noise_max_segments,
+            silence_db=ds.noise_silence_db,
+            white_min_db=ds.white_noise_min_db,
+            white_max_db=ds.white_noise_max_db,
+            timeout_s=ds.sample_timeout_s or None,
+        )
+        # substitutes come from the cuts the plan may use
+        self.substitute_rows = (
+            np.flatnonzero(BatchingConfig.from_dataset(ds).keep_mask(index.duration)) if index is not None else None
+        )
+
+    def _key(self, purpose: str, position: BatchPosition, batch_key: str, cut_id: str) -> np.random.Generator:
+        return generator(self.seed, self.split, purpose, position.epoch, batch_key, cut_id)
+
+    def _quarantine(self, record: dict, position: BatchPosition) -> dict:
+        record = {"epoch": position.epoch, "batch": position.batch, "split": self.split, **record}
+        self.quarantine.write(record)
+        return {"rank": self.quarantine.rank, **record}
+
+    def _substitute_candidates(self, rng: np.random.Generator, batch: list[Cut]):
+        if self.substitute_rows is not None and len(self.substitute_rows):
+            while True:
+                row = int(self.substitute_rows[rng.integers(len(self.substitute_rows))])
+                try:
+                    yield self.index.cut(row)
+                except ManifestError:
+                    continue
+        while True:
+            yield batch[int(rng.integers(len(batch)))]
+
+    def load_utterance(self, cut: Cut, position: BatchPosition, batch_key: str, batch: list[Cut]) -> _Loaded:
+        """The cut's samples, or a substitute's, with what happened on the way."""
+        failures: list[dict] = []
+        candidates = None
+        current = cut
+        started = time.perf_counter()
+        for attempt in range(self.ds.max_substitutes + 1):
+            try:
+                samples = load_cut(current, self.sample_rate, self.ds.sample_timeout_s or None)
+            except AudioLoadError as exc:
+                custom = current.custom or {}
+                if candidates is None:
+                    candidates = self._substitute_candidates(self._key("substitute", position, batch_key, cut.id), batch)
+                replacement = next(candidates) if attempt < self.ds.max_substitutes else None
+                failures.append(self._quarantine({
+                    "kind": "audio", "cut_id": current.id, "manifest": custom.get("manifest"), "line": custom.get("line"),
+                    "path": exc.path, "category": exc.category, "reason": str(exc),
+                    "substitute": replacement.id if replacement is not None else None,
+                }, position))
+                if replacement is None:
+                    break
+                current = replacement
+                continue
+            custom = current.custom or {}
+            segment = file_segment(current)
+            record = {
+                "cut_id": current.id,
+                "manifest": custom.get("manifest"),
+                "line": custom.get("line"),
+                "path": cut_path(current),
+                "offset": segment.offset if segment else current.start,
+                "duration": current.duration,
+                "substitute_for": cut.id if current is not cut else None,
+                "repeat": bool((cut.custom or {}).get(PLAN_KEY, {}).get("repeat", False)),
+            }
+            return _Loaded(samples, current, record, failures, (time.perf_counter() - started) * 1e3)
+        raise NestkitError(
+            f"cut {cut.id}: it and {self.ds.max_substitutes} substitutes failed to load "
+            f"(last: {failures[-1]['reason']}). Most of the data is unreadable: run "
+            "`nestkit validate-manifest` on the manifests and see the quarantine file"
+        )
+
+    def __getitem__(self, cuts: CutSet) -> NestBatch:
+        cuts = list(cuts)
+        if not cuts:
+            raise NestkitError("batch: empty CutSet (expected at least one cut)")
+        position = batch_position(cuts)
+        batch_key = str(position.batch) if position.batch >= 0 else _adhoc_key(cuts)
+        min_len = int(round(self.ds.min_audio_len_secs * self.sample_rate))
+
+        loaded = [self.load_utterance(cut, position, batch_key, cuts) for cut in cuts]
+        rows = [pad_to_min_length(item.samples, min_len, self.ds.pad_audio_mode) for item in loaded]
+        cut_ids = [item.cut.id for item in loaded]
+        failures = [f for item in loaded for f in item.failures]
+
+        noise_draws = []
+        for item, samples in zip(loaded, rows):
+            draw = draw_noise(self.noise, samples.size, self._key("noise", position, batch_key, item.cut.id), self.noise_settings)
+            for failure in draw.failures:
+                failures.append(self._quarantine({"kind": "noise", "for_cut": item.cut.id, **failure}, position))
+            noise_draws.append(draw)
+
+        lengths = np.array([r.size for r in rows], dtype=np.int64)
+        audio = np.zeros((len(rows), int(lengths.max())), dtype=np.float32)
+        raw_noise = np.zeros_like(audio)
+        noise_len = np.zeros_like(lengths)
+        for i, (samples, draw) in enumerate(zip(rows, noise_draws)):
+            audio[i, : samples.size] = samples
+            raw_noise[i, : draw.samples.size] = draw.samples
+            noise_len[i] = draw.samples.size
+
+        aug_rngs = [self._key("augment", position, batch_key, cid) for cid in cut_ids]
+        overlay, aug_records = augment_batch(audio, lengths, raw_noise, noise_len, aug_rngs, self.ds.batch_augmentor, cut_ids)
+
+        records = []
+        for item, samples, draw, aug in zip(loaded, rows, noise_draws, aug_records):
+            record = dict(item.record)
+            record["padded_to"] = int(samples.size) if samples.size != item.samples.size else None
+            record["noise"] = draw.record()
+            record["augment"] = aug
+            records.append(record)
+
+        checksums = {"audio": array_checksum(audio), "noise": array_checksum(overlay), "audio_len": array_checksum(lengths)}
+        audio_t = torch.from_numpy(audio)
+        overlay_t = torch.from_numpy(overlay)
+        lengths_t = torch.from_numpy(lengths)
+        return NestBatch(
+            audio=audio_t,
+            audio_len=lengths_t,
+            noise=overlay_t,
+            noise_len=lengths_t.clone(),
+            noisy_audio=audio_t + overlay_t,
+            noisy_audio_len=lengths_t.clone(),
+            cut_ids=cut_ids,
+            records=records,
+            failures=failures,
+            position=position,
+            fingerprint=batch_fingerprint(cut_ids, records, checksums),
+            load_ms=[round(item.load_ms, 3) for item in loaded],
+            sample_rate=self.sample_rate,
+        )

@@ -1,0 +1,70 @@
+"""A cut's samples: mono float32 at the target rate, bounded in time, or an AudioLoadError."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from lhotse.cut import Cut, MonoCut
+
+from nestkit.bounded import CallTimeout, call_with_timeout
+from nestkit.data.audio import read_audio, resample
+from nestkit.errors import AudioLoadError
+
+
+@dataclass(frozen=True)
+class FileSegment:
+    path: str
+    offset: float  # seconds into the file
+    duration: float  # seconds
+
+
+def file_segment(cut: Cut) -> FileSegment | None:
+    """The single file and segment a simple cut reads, or None for anything lhotse must load."""
+    if not isinstance(cut, MonoCut) or cut.recording is None or cut.recording.transforms:
+        return None
+    sources = cut.recording.sources
+    if len(sources) != 1 or sources[0].type != "file" or not isinstance(sources[0].source, str):
+        return None
+    return FileSegment(sources[0].source, cut.start, cut.duration)
+
+
+def cut_path(cut: Cut) -> str:
+    """The file behind a cut, for messages (or the cut's recording id)."""
+    segment = file_segment(cut)
+    if segment is not None:
+        return segment.path
+    recording = getattr(cut, "recording", None)
+    return recording.id if recording is not None else cut.id
+
+
+def _load(cut: Cut, sample_rate: int, offset: float, duration: float | None) -> np.ndarray:
+    segment = file_segment(cut)
+    if segment is not None:
+        return read_audio(segment.path, segment.offset + offset, duration if duration else segment.duration, sample_rate)
+    # Anything else (URLs, in-memory audio, mixed cuts): lhotse loads it, we downmix and resample.
+    try:
+        sub = cut.truncate(offset=offset, duration=duration) if (offset or duration) else cut
+        samples = np.asarray(sub.load_audio(), dtype=np.float32)
+    except Exception as exc:  # lhotse and its backends raise many exception types
+        raise AudioLoadError("decode_error", cut_path(cut), f"lhotse could not load it ({type(exc).__name__}: {exc})") from None
+    if samples.ndim == 2:
+        samples = samples.mean(axis=0)
+    if samples.size == 0:
+        raise AudioLoadError("empty", cut_path(cut), "no samples")
+    if not np.isfinite(samples).all():
+        raise AudioLoadError("nan_inf", cut_path(cut), "samples contain NaN or Inf")
+    return resample(samples, cut.sampling_rate, sample_rate)
+
+
+def load_cut(
+    cut: Cut, sample_rate: int, timeout_s: float | None, offset: float = 0.0, duration: float | None = None
+) -> np.ndarray:
+    """Samples of `cut` (or of `[offset, offset+duration)` within it) within `timeout_s` seconds."""
+    try:
+        return call_with_timeout(_load, timeout_s, cut, sample_rate, offset, duration, what=f"cut {cut.id}")
+    except CallTimeout:
+        raise AudioLoadError(
+            "timeout", cut_path(cut), f"loading took longer than {timeout_s:g} s",
+            "A stalled mount or a pipe? Check the file; raise sample_timeout_s if storage is just slow",
+        ) from None

@@ -1,0 +1,112 @@
+"""One data pipeline per (config, split, rank): the single code path for training, `pipeline`,
+`lookup` and `replay-batch`.
+
+`build_pipeline` reads the manifests into indexes, makes the planner/sampler and the dataset, and
+`DataPipeline.dataloader()` wraps them in a torch DataLoader (batch_size=None: the sampler yields
+whole batches). `DataPipeline.batch(n)` builds batch n in this process, exactly as a worker would.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from nestkit.config import DatasetConfig, NestConfig
+from nestkit.data.batch import NestBatch
+from nestkit.data.dataset import NestDataset
+from nestkit.data.manifest import CutIndex
+from nestkit.data.plan import BatchingConfig
+from nestkit.data.quarantine import Quarantine
+from nestkit.data.sampler import PlanSampler
+from nestkit.errors import ConfigError
+
+SPLITS = ("train", "validation")
+
+
+@dataclass
+class DataPipeline:
+    split: str
+    config: DatasetConfig
+    index: CutIndex
+    noise: CutIndex | None
+    sampler: PlanSampler
+    dataset: NestDataset
+    dataloader_timeout_s: float = 0.0
+
+    def batch(self, batch: int, epoch: int | None = None) -> NestBatch:
+        """Batch `batch` of this rank, built in this process (no workers)."""
+        return self.dataset[self.sampler.batch_cuts(batch, epoch)]
+
+    def dataloader(self, num_workers: int | None = None, worker_init_fn=None) -> torch.utils.data.DataLoader:
+        workers = self.config.num_workers if num_workers is None else num_workers
+        extra = {}
+        if workers > 0:
+            extra = {
+                "prefetch_factor": self.config.prefetch_factor,
+                "timeout": self.dataloader_timeout_s or 0,
+                "worker_init_fn": worker_init_fn or _worker_init,
+                "persistent_workers": False,
+            }
+        return torch.utils.data.DataLoader(
+            self.dataset,
+            sampler=self.sampler,
+            batch_size=None,
+            num_workers=workers,
+            pin_memory=self.config.pin_memory and torch.cuda.is_available(),
+            **extra,
+        )
+
+
+def _worker_init(worker_id: int) -> None:
+    # Workers decode audio; torch threads in each worker would only fight over the cores.
+    torch.set_num_threads(1)
+
+
+def dataset_config(cfg: NestConfig, split: str) -> DatasetConfig:
+    if split not in SPLITS:
+        raise ConfigError([f"split {split!r}: unknown (expected one of {', '.join(SPLITS)})"])
+    ds = cfg.model.train_ds if split == "train" else cfg.model.validation_ds
+    if ds is None:
+        key = "train_ds" if split == "train" else "validation_ds"
+        raise ConfigError([f"model.{key}: missing (expected a dataset section with manifest_filepath)"])
+    return ds
+
+
+def build_pipeline(
+    cfg: NestConfig,
+    split: str = "train",
+    rank: int = 0,
+    world_size: int = 1,
+    run_dir: str | os.PathLike | None = None,
+    num_workers: int | None = None,
+) -> DataPipeline:
+    """The data pipeline of `split` for `rank` of `world_size`.
+
+    `run_dir` receives the quarantine file (None keeps failures in the batches only, e.g. replay).
+    Validation plans are pinned to epoch 0 and never shuffled, so every validation sees the same
+    batches with the same noise.
+    """
+    ds = dataset_config(cfg, split)
+    if num_workers is not None:
+        ds = _replace(ds, num_workers=num_workers)
+    sample_rate = int(ds.sample_rate or cfg.model.sample_rate)
+    index = CutIndex.build(ds.manifest_filepath, sample_rate)
+    noise = CutIndex.build(ds.noise_manifest, sample_rate) if ds.noise_manifest else None
+    batching = BatchingConfig.from_dataset(ds)
+    if split == "validation":
+        batching = _replace(batching, shuffle=False)
+    sampler = PlanSampler(
+        index, batching, cfg.nestkit.seed, rank, world_size, fixed_epoch=0 if split == "validation" else None
+    )
+    quarantine = Quarantine(Path(run_dir) if run_dir is not None else None, rank)
+    dataset = NestDataset(ds, cfg.nestkit.seed, index, noise, quarantine, split)
+    return DataPipeline(split, ds, index, noise, sampler, dataset, cfg.nestkit.dataloader_timeout_s)
+
+
+def _replace(obj, **changes):
+    import dataclasses
+
+    return dataclasses.replace(obj, **changes)

@@ -1,0 +1,83 @@
+"""A lhotse-style sampler over an epoch plan: yields one rank's batches as CutSets.
+
+Use it with `DataLoader(dataset, sampler=sampler, batch_size=None)`, as lhotse samplers are used.
+Each yielded cut carries its plan position in `cut.custom["plan"]` so that the dataset's random
+draws depend on the position only. `resume(epoch, batch)` starts the next iteration at that batch
+in O(1); Lightning calls `set_epoch` before each epoch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from lhotse import CutSet
+
+from nestkit.data.dataset import PLAN_KEY
+from nestkit.data.manifest import CutIndex
+from nestkit.data.plan import BatchingConfig, EpochPlan, plan_epoch
+
+
+class PlanSampler(torch.utils.data.Sampler):
+    def __init__(
+        self,
+        index: CutIndex,
+        batching: BatchingConfig,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        fixed_epoch: int | None = None,
+    ):
+        """`fixed_epoch` pins the plan (validation uses epoch 0 every time, so its batches and
+        their noise stay the same and val_loss values are comparable)."""
+        self.index = index
+        self.batching = batching
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.fixed_epoch = fixed_epoch
+        self.epoch = 0 if fixed_epoch is None else fixed_epoch
+        self._start_batch = 0
+        self._plans: dict[int, EpochPlan] = {}
+
+    def set_epoch(self, epoch: int) -> None:
+        if self.fixed_epoch is None:
+            if epoch != self.epoch:
+                self._start_batch = 0
+            self.epoch = epoch
+
+    def resume(self, epoch: int, batch: int) -> None:
+        """The next iteration starts at `batch` of `epoch` (exact data position of a checkpoint)."""
+        self.epoch = epoch if self.fixed_epoch is None else self.fixed_epoch
+        self._start_batch = batch
+
+    def plan(self, epoch: int | None = None) -> EpochPlan:
+        epoch = self.epoch if epoch is None else epoch
+        if epoch not in self._plans:
+            self._plans = {epoch: plan_epoch(self.index.duration, self.batching, self.seed, epoch, self.world_size)}
+        return self._plans[epoch]
+
+    def batch_cuts(self, batch: int, epoch: int | None = None, rank: int | None = None) -> CutSet:
+        """Batch `batch` of `rank` (default: this sampler's rank) as a CutSet, with plan positions."""
+        epoch = self.epoch if epoch is None else epoch
+        rank = self.rank if rank is None else rank
+        plan = self.plan(epoch)
+        rows = plan.batch_rows(rank, batch)
+        repeats = plan.batch_repeats(rank, batch)
+        cuts = []
+        for row, repeat in zip(rows, repeats):
+            cut = self.index.cut(int(row))
+            cut.custom = {**(cut.custom or {}), PLAN_KEY: {"epoch": epoch, "rank": rank, "batch": batch, "repeat": bool(repeat)}}
+            cuts.append(cut)
+        return CutSet(cuts)
+
+    def batch_rows(self, batch: int, epoch: int | None = None, rank: int | None = None) -> np.ndarray:
+        return self.plan(epoch).batch_rows(self.rank if rank is None else rank, batch)
+
+    def __len__(self) -> int:
+        return self.plan().num_batches - self._start_batch
+
+    def __iter__(self):
+        start, self._start_batch = self._start_batch, 0
+        epoch = self.epoch
+        for batch in range(start, self.plan(epoch).num_batches):
+            yield self.batch_cuts(batch, epoch)
