@@ -1,12 +1,15 @@
 """NeMo's MultiSpeakerNoiseAugmentation, vectorised and seeded per utterance.
 
 For each utterance, with probability `prob`, a fraction `mix_rate` of it is overlaid with
-`num_segments` segments taken either from its own noise (probability `noise_ratio`) or from up to
+`num_segments` segments taken either from a noise (probability `noise_ratio`) or from up to
 `num_speakers` other utterances of the batch, scaled so that the speech-to-overlay energy ratio
 (both measured over the utterance's length) equals a ratio drawn in dB. The decisions are NeMo's;
 the differences are deliberate:
 
 * every draw comes from the utterance's own generator (seeded by position), not global `random`;
+* the noise is fetched only for utterances that mix noise, and only the `mix_len` samples used
+  (NeMo loads a full-length noise for every utterance and uses at most half of it for a quarter
+  of them); it is still one random segment of one random file, repeated if the file is shorter;
 * segment lengths are one multinomial draw instead of `random.choices(..., k=mix_len)` (NeMo's hot
   spot; same distribution), and empty segments are dropped instead of crashing;
 * an utterance the augmentor skips gets no noise at all (NeMo adds the raw, unscaled noise to it);
@@ -16,18 +19,21 @@ the differences are deliberate:
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import numpy as np
 
 from nestkit.config import AugmentorConfig
+
+# noise_source(row, num_samples) -> (samples, record): at most num_samples samples of a noise
+NoiseSource = Callable[[int, int], tuple[np.ndarray, dict]]
 
 
 def _draw_row(
     i: int,
     audio: np.ndarray,
     audio_len: np.ndarray,
-    noise: np.ndarray,
-    noise_len: np.ndarray,
+    noise_source: NoiseSource,
     rng: np.random.Generator,
     cfg: AugmentorConfig,
     out: np.ndarray,
@@ -46,9 +52,9 @@ def _draw_row(
     seg_lens = seg_lens[seg_lens > 0]
     if rng.random() < cfg.noise_ratio or batch_size == 1:
         mode, ratio_db = "noise", float(rng.uniform(cfg.min_r_noise, cfg.max_r_noise))
-        own = noise[i, : int(noise_len[i])]
+        noise, noise_record = noise_source(i, mix_len)
         # the noise repeated as needed, cut into consecutive segments from its start
-        source = np.resize(own, mix_len) if own.size else np.zeros(mix_len, np.float32)
+        source = np.resize(noise, mix_len) if noise.size else np.zeros(mix_len, np.float32)
         starts_in_source = np.concatenate(([0], np.cumsum(seg_lens)[:-1]))
         clips = [source[a : a + n] for a, n in zip(starts_in_source, seg_lens)]
         speakers: list[str] = []
@@ -78,40 +84,42 @@ def _draw_row(
         segments.append([start, len(clip)])
         min_start = start + len(clip)
         max_start += len(clip)
-    return {"mode": mode, "energy_ratio_db": ratio_db, "mix_len": mix_len, "segments": segments, "speakers": speakers}
+    record = {"mode": mode, "energy_ratio_db": ratio_db, "mix_len": mix_len, "segments": segments}
+    if mode == "noise":
+        record["noise"] = noise_record
+    else:
+        record["speakers"] = speakers
+    return record
 
 
 def augment_batch(
     audio: np.ndarray,
     audio_len: np.ndarray,
-    noise: np.ndarray,
-    noise_len: np.ndarray,
     rngs: list[np.random.Generator],
     cfg: AugmentorConfig | None,
     cut_ids: list[str],
+    noise_source: NoiseSource,
+    out: np.ndarray | None = None,
 ) -> tuple[np.ndarray, list[dict]]:
-    """The overlay to add to `audio` (B, T) and one record per utterance.
-
-    `noise` (B, T) holds each utterance's raw noise, zero padded, `noise_len` its length (it may
-    be shorter than the utterance; it is then repeated).
-    """
-    overlay = np.zeros_like(audio)
+    """The overlay to add to `audio` (B, T), written into `out` (zeros), and one record per row."""
+    overlay = np.zeros_like(audio) if out is None else out
     if cfg is None:
         return overlay, [{"mode": "skip"} for _ in range(audio.shape[0])]
-    records = [_draw_row(i, audio, audio_len, noise, noise_len, rngs[i], cfg, overlay, cut_ids) for i in range(audio.shape[0])]
-    lengths = np.maximum(audio_len.astype(np.float64), 1.0)
-    speech_energy = np.einsum("ij,ij->i", audio, audio, dtype=np.float64) / lengths
-    overlay_energy = np.einsum("ij,ij->i", overlay, overlay, dtype=np.float64) / lengths
-    ratio_db = np.array([r.get("energy_ratio_db", 0.0) for r in records])
-    usable = (overlay_energy > 0) & np.array([r["mode"] != "skip" for r in records])
-    scale = np.zeros(len(records))
-    scale[usable] = np.sqrt(speech_energy[usable] / (10.0 ** (ratio_db[usable] / 10.0) * overlay_energy[usable]))
-    overlay *= scale[:, None].astype(np.float32)
-    for record, s, ok in zip(records, scale, usable):
-        if record["mode"] != "skip":
-            record["scale"] = float(s)
-            if not ok:
-                record["note"] = "overlay is silent: nothing added"
+    records = [_draw_row(i, audio, audio_len, noise_source, rngs[i], cfg, overlay, cut_ids) for i in range(audio.shape[0])]
+    for i, record in enumerate(records):
+        if record["mode"] == "skip":
+            continue
+        length = max(int(audio_len[i]), 1)
+        speech, mix = audio[i, :length], overlay[i, :length]
+        speech_energy = float(np.dot(speech, speech)) / length
+        overlay_energy = float(np.dot(mix, mix)) / length
+        if overlay_energy > 0:
+            scale = math.sqrt(speech_energy / (10.0 ** (record["energy_ratio_db"] / 10.0) * overlay_energy))
+        else:
+            scale = 0.0
+            record["note"] = "overlay is silent: nothing added"
+        mix *= np.float32(scale)
+        record["scale"] = scale
     return overlay, records
 
 

@@ -25,7 +25,7 @@ from lhotse.cut import Cut
 from nestkit.config import DatasetConfig
 from nestkit.data.augment import augment_batch
 from nestkit.data.batch import BatchPosition, NestBatch
-from nestkit.data.fingerprint import array_checksum, batch_fingerprint
+from nestkit.data.fingerprint import batch_fingerprint, rows_checksum
 from nestkit.data.loading import cut_path, file_segment, load_cut
 from nestkit.data.manifest import CutIndex
 from nestkit.data.noise import NoiseSettings, draw_noise
@@ -159,6 +159,18 @@ class NestDataset(torch.utils.data.Dataset):
             "`nestkit validate-manifest` on the manifests and see the quarantine file"
         )
 
+    def _noise_source(self, position: BatchPosition, batch_key: str, cut_ids: list[str], failures: list[dict]):
+        """The augmentor's noise callback: a seeded draw per utterance, failures quarantined."""
+
+        def source(row: int, num_samples: int) -> tuple[np.ndarray, dict]:
+            rng = self._key("noise", position, batch_key, cut_ids[row])
+            draw = draw_noise(self.noise, num_samples, rng, self.noise_settings)
+            for failure in draw.failures:
+                failures.append(self._quarantine({"kind": "noise", "for_cut": cut_ids[row], **failure}, position))
+            return draw.samples, draw.record()
+
+        return source
+
     def __getitem__(self, cuts: CutSet) -> NestBatch:
         cuts = list(cuts)
         if not cuts:
@@ -169,47 +181,44 @@ class NestDataset(torch.utils.data.Dataset):
 
         loaded = [self.load_utterance(cut, position, batch_key, cuts) for cut in cuts]
         rows = [pad_to_min_length(item.samples, min_len, self.ds.pad_audio_mode) for item in loaded]
+        audio_checksum = rows_checksum(rows)
         cut_ids = [item.cut.id for item in loaded]
         failures = [f for item in loaded for f in item.failures]
 
-        noise_draws = []
-        for item, samples in zip(loaded, rows):
-            draw = draw_noise(self.noise, samples.size, self._key("noise", position, batch_key, item.cut.id), self.noise_settings)
-            for failure in draw.failures:
-                failures.append(self._quarantine({"kind": "noise", "for_cut": item.cut.id, **failure}, position))
-            noise_draws.append(draw)
-
+        shape = (len(rows), max(r.size for r in rows))
         lengths = np.array([r.size for r in rows], dtype=np.int64)
-        audio = np.zeros((len(rows), int(lengths.max())), dtype=np.float32)
-        raw_noise = np.zeros_like(audio)
-        noise_len = np.zeros_like(lengths)
-        for i, (samples, draw) in enumerate(zip(rows, noise_draws)):
+        audio = np.zeros(shape, dtype=np.float32)
+        for i, samples in enumerate(rows):
             audio[i, : samples.size] = samples
-            raw_noise[i, : draw.samples.size] = draw.samples
-            noise_len[i] = draw.samples.size
 
         aug_rngs = [self._key("augment", position, batch_key, cid) for cid in cut_ids]
-        overlay, aug_records = augment_batch(audio, lengths, raw_noise, noise_len, aug_rngs, self.ds.batch_augmentor, cut_ids)
+        noise_source = self._noise_source(position, batch_key, cut_ids, failures)
+        overlay, aug_records = augment_batch(audio, lengths, aug_rngs, self.ds.batch_augmentor, cut_ids, noise_source)
+        spans = _spans(aug_records)
+        overlay_checksum = rows_checksum([None if aug["mode"] == "skip" else overlay[i, : lengths[i]] for i, aug in enumerate(aug_records)])
+        audio_t, values_t, lengths_t = _shared_tensors(audio.size, int(sum(n for _, _, n in spans)), len(lengths))
+        audio_t = audio_t.view(shape)
+        audio_t.numpy()[:] = audio
+        lengths_t.numpy()[:] = lengths
+        values = values_t.numpy()
+        at = 0
+        for row, start, n in spans:
+            values[at : at + n] = overlay[row, start : start + n]
+            at += n
 
         records = []
-        for item, samples, draw, aug in zip(loaded, rows, noise_draws, aug_records):
+        for item, samples, aug in zip(loaded, rows, aug_records):
             record = dict(item.record)
             record["padded_to"] = int(samples.size) if samples.size != item.samples.size else None
-            record["noise"] = draw.record()
             record["augment"] = aug
             records.append(record)
 
-        checksums = {"audio": array_checksum(audio), "noise": array_checksum(overlay), "audio_len": array_checksum(lengths)}
-        audio_t = torch.from_numpy(audio)
-        overlay_t = torch.from_numpy(overlay)
-        lengths_t = torch.from_numpy(lengths)
+        checksums = {"audio": audio_checksum, "noise": overlay_checksum, "shape": list(shape)}
         return NestBatch(
             audio=audio_t,
             audio_len=lengths_t,
-            noise=overlay_t,
-            noise_len=lengths_t.clone(),
-            noisy_audio=audio_t + overlay_t,
-            noisy_audio_len=lengths_t.clone(),
+            noise_values=values_t,
+            noise_spans=spans,
             cut_ids=cut_ids,
             records=records,
             failures=failures,
@@ -218,3 +227,39 @@ class NestDataset(torch.utils.data.Dataset):
             load_ms=[round(item.load_ms, 3) for item in loaded],
             sample_rate=self.sample_rate,
         )
+
+
+def _spans(records: list[dict]) -> list[tuple[int, int, int]]:
+    """(row, start, length) of the part of each mixed row that the overlay covers."""
+    spans = []
+    for row, record in enumerate(records):
+        segments = record.get("segments") if record["mode"] != "skip" and record.get("scale") else None
+        if segments:
+            start = min(s for s, _ in segments)
+            end = max(s + n for s, n in segments)
+            spans.append((row, start, end - start))
+    return spans
+
+
+def _shared_tensors(audio_numel: int, values_numel: int, batch_size: int) -> tuple[torch.Tensor, ...]:
+    """Flat audio (float32), noise values (float32) and lengths (int64) tensors in one block.
+
+    Inside a DataLoader worker the block is shared memory from the start, so handing the batch to
+    the main process copies nothing and sets up one shared segment, not one per tensor.
+    Shared-memory pages fault one by one (no huge pages on tmpfs): that is why the batch ships as
+    little as it can.
+    """
+    sizes = [4 * audio_numel, 4 * values_numel, 8 * batch_size]
+    offsets = [0, _align(sizes[0]), _align(sizes[0]) + _align(sizes[1])]
+    total = offsets[-1] + sizes[-1]
+    if torch.utils.data.get_worker_info() is None:
+        block = torch.empty(total, dtype=torch.uint8)
+    else:
+        storage = torch.empty(0, dtype=torch.uint8)._typed_storage()._new_shared(total)
+        block = torch.empty(0, dtype=torch.uint8).new(storage)
+    dtypes = (torch.float32, torch.float32, torch.int64)
+    return tuple(block[o : o + n].view(d) for o, n, d in zip(offsets, sizes, dtypes))
+
+
+def _align(nbytes: int, to: int = 64) -> int:
+    return (nbytes + to - 1) // to * to

@@ -48,7 +48,8 @@ class DataPipeline:
                 "prefetch_factor": self.config.prefetch_factor,
                 "timeout": self.dataloader_timeout_s or 0,
                 "worker_init_fn": worker_init_fn or _worker_init,
-                "persistent_workers": False,
+                # forking workers every epoch costs copy-on-write faults on the parent's memory
+                "persistent_workers": True,
             }
         return torch.utils.data.DataLoader(
             self.dataset,
