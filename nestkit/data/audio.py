@@ -97,11 +97,14 @@ def resample(samples: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
     return soxr.resample(samples, orig_sr, target_sr, quality="HQ").astype(np.float32, copy=False)
 
 
-def read_audio(path: str, offset: float = 0.0, duration: float | None = None, target_sr: int = 16000) -> np.ndarray:
+def read_audio(
+    path: str, offset: float = 0.0, duration: float | None = None, target_sr: int = 16000, channel: int | None = None
+) -> np.ndarray:
     """Samples `[offset, offset + duration)` of `path`: mono float32 at `target_sr`.
 
-    Sample positions are rounded (`round(seconds * rate)`), so an offset written as decimal seconds
-    lands on the sample it names. Raises `AudioLoadError` with one of `LOAD_FAILURES`.
+    Multi-channel audio is averaged (NeMo's downmix) unless `channel` picks one. Sample positions
+    are rounded (`round(seconds * rate)`), so an offset written as decimal seconds lands on the
+    sample it names. Raises `AudioLoadError` with one of `LOAD_FAILURES`.
     """
     check_path(path)
     with _open(path) as f:
@@ -141,7 +144,9 @@ def read_audio(path: str, offset: float = 0.0, duration: float | None = None, ta
     if len(data) == 0:
         raise AudioLoadError("empty", path, "the requested segment has no samples")
     if data.ndim == 2:
-        data = data.mean(axis=1, dtype=np.float32)
+        if channel is not None and channel >= data.shape[1]:
+            raise AudioLoadError("not_audio", path, f"channel {channel} does not exist (the file has {data.shape[1]})")
+        data = data[:, channel] if channel is not None else data.mean(axis=1, dtype=np.float32)
     if not math.isfinite(float(np.sum(data, dtype=np.float64))):
         raise AudioLoadError("nan_inf", path, "samples contain NaN or Inf", "Re-encode the file or remove it")
     return resample(np.ascontiguousarray(data, dtype=np.float32), sr, target_sr)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from lhotse.cut import Cut, MonoCut
+from lhotse.cut import Cut, MonoCut, MultiCut
 
 from nestkit.bounded import CallTimeout, call_with_timeout
 from nestkit.data.audio import read_audio, resample
@@ -17,16 +17,27 @@ class FileSegment:
     path: str
     offset: float  # seconds into the file
     duration: float  # seconds
+    channel: int | None  # None: average every channel of the file
 
 
 def file_segment(cut: Cut) -> FileSegment | None:
-    """The single file and segment a simple cut reads, or None for anything lhotse must load."""
-    if not isinstance(cut, MonoCut) or cut.recording is None or cut.recording.transforms:
+    """The single file and segment a simple cut reads, or None for anything lhotse must load.
+
+    A MonoCut of a recording declared multi-channel reads its own channel (lhotse's meaning); a
+    MultiCut over all channels, or a cut whose recording claims one channel (NeMo manifests do not
+    say), averages the file's channels (NeMo's downmix).
+    """
+    if not isinstance(cut, (MonoCut, MultiCut)) or cut.recording is None or cut.recording.transforms:
         return None
     sources = cut.recording.sources
     if len(sources) != 1 or sources[0].type != "file" or not isinstance(sources[0].source, str):
         return None
-    return FileSegment(sources[0].source, cut.start, cut.duration)
+    channel = None
+    if isinstance(cut, MonoCut) and cut.recording.num_channels > 1:
+        channel = cut.channel
+    elif isinstance(cut, MultiCut) and sorted(cut.channel) != sorted(cut.recording.channel_ids):
+        return None  # a subset of channels: lhotse loads them, we average
+    return FileSegment(sources[0].source, cut.start, cut.duration, channel)
 
 
 def cut_path(cut: Cut) -> str:
@@ -41,7 +52,9 @@ def cut_path(cut: Cut) -> str:
 def _load(cut: Cut, sample_rate: int, offset: float, duration: float | None) -> np.ndarray:
     segment = file_segment(cut)
     if segment is not None:
-        return read_audio(segment.path, segment.offset + offset, duration if duration else segment.duration, sample_rate)
+        return read_audio(
+            segment.path, segment.offset + offset, duration if duration else segment.duration, sample_rate, segment.channel
+        )
     # Anything else (URLs, in-memory audio, mixed cuts): lhotse loads it, we downmix and resample.
     try:
         sub = cut.truncate(offset=offset, duration=duration) if (offset or duration) else cut
