@@ -322,7 +322,7 @@ class TrainerConfig:
     log_every_n_steps: int = 10
     enable_progress_bar: bool = True
     num_sanity_val_steps: int = 0
-    check_val_every_n_epoch: Optional[int] = 1
+    check_val_every_n_epoch: Optional[int] = _inert(1, "training is step-based: validation runs every val_check_interval steps")
     sync_batchnorm: bool = True
     enable_checkpointing: bool = False  # nestkit's checkpointing is configured in exp_manager
     logger: bool = False  # loggers are configured in exp_manager
@@ -462,6 +462,10 @@ def _coerce(value: Any, tp: Any, where: str, problems: list[str]) -> Any:
     if tp is Any:
         return value
     if origin in (Union, types.UnionType):
+        # An exact match wins: typing caches Union[int, float] and Union[float, int] as one object,
+        # so the order of the options cannot be relied on.
+        if type(value) in typing.get_args(tp) and not dataclasses.is_dataclass(value):
+            return value
         for option in typing.get_args(tp):
             if option is type(None):
                 if value is None:
@@ -589,7 +593,8 @@ def _derive(cfg: NestConfig) -> None:
     if m.masking.feat_in is None:
         m.masking.feat_in = m.preprocessor.features if m.mask_position == "pre_conv" else enc.d_model
     q = m.quantizer
-    q.feat_in = m.preprocessor.features if q.feat_in is None else q.feat_in
+    if q.feat_in is None:
+        q.feat_in = m.preprocessor.features if m.mask_position == "pre_conv" else enc.d_model
     q.code_dim = m.code_dim if q.code_dim is None else q.code_dim
     q.num_books = m.num_books if q.num_books is None else q.num_books
     q.num_classes = m.num_classes if q.num_classes is None else q.num_classes

@@ -40,7 +40,8 @@ class DataPipeline:
         """Batch `batch` of this rank, built in this process (no workers)."""
         return self.dataset[self.sampler.batch_cuts(batch, epoch)]
 
-    def dataloader(self, num_workers: int | None = None, worker_init_fn=None) -> torch.utils.data.DataLoader:
+    def dataloader(self, num_workers: int | None = None, worker_init_fn=None, sampler=None) -> torch.utils.data.DataLoader:
+        """A DataLoader over this rank's plan (or over `sampler`, e.g. training's PlanStream)."""
         workers = self.config.num_workers if num_workers is None else num_workers
         extra = {}
         if workers > 0:
@@ -53,7 +54,7 @@ class DataPipeline:
             }
         return torch.utils.data.DataLoader(
             self.dataset,
-            sampler=self.sampler,
+            sampler=self.sampler if sampler is None else sampler,
             batch_size=None,
             num_workers=workers,
             pin_memory=self.config.pin_memory and torch.cuda.is_available(),

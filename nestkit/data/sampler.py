@@ -3,7 +3,7 @@
 Use it with `DataLoader(dataset, sampler=sampler, batch_size=None)`, as lhotse samplers are used.
 Each yielded cut carries its plan position in `cut.custom["plan"]` so that the dataset's random
 draws depend on the position only. `resume(epoch, batch)` starts the next iteration at that batch
-in O(1); Lightning calls `set_epoch` before each epoch.
+in O(1) (the length stays the epoch's); Lightning calls `set_epoch` before each epoch.
 """
 
 from __future__ import annotations
@@ -74,10 +74,43 @@ class PlanSampler(torch.utils.data.Sampler):
         return self.plan(epoch).batch_rows(self.rank if rank is None else rank, batch)
 
     def __len__(self) -> int:
-        return self.plan().num_batches - self._start_batch
+        """Batches in the epoch, also when resuming in its middle: Lightning counts the batches
+        already trained in its restored progress and stops the epoch at this length."""
+        return self.plan().num_batches
 
     def __iter__(self):
         start, self._start_batch = self._start_batch, 0
         epoch = self.epoch
         for batch in range(start, self.plan(epoch).num_batches):
             yield self.batch_cuts(batch, epoch)
+
+
+class PlanStream(torch.utils.data.Sampler):
+    """Training's stream: one rank's planned batches, epoch after epoch, from a start position.
+
+    Lightning sees a single endless epoch (no `__len__`, so it counts steps, as NeMo's step-based
+    recipe does) and nestkit alone owns the data position: a resume restores (epoch, batch) and
+    nothing depends on how Lightning's own epoch counter treats a restart. With `max_epochs`, the
+    stream ends after that many data epochs.
+    """
+
+    def __init__(self, sampler: PlanSampler, max_epochs: int | None = None):
+        self.sampler = sampler
+        self.max_epochs = max_epochs if max_epochs and max_epochs > 0 else None
+        self.start = (0, 0)
+
+    def resume(self, epoch: int, batch: int) -> None:
+        self.start = (epoch, batch)
+
+    def positions(self):
+        """(epoch, batch) of every batch the stream yields, in order."""
+        epoch, batch = self.start
+        while self.max_epochs is None or epoch < self.max_epochs:
+            count = self.sampler.plan(epoch).num_batches
+            for b in range(batch, count):
+                yield epoch, b
+            epoch, batch = epoch + 1, 0
+
+    def __iter__(self):
+        for epoch, batch in self.positions():
+            yield self.sampler.batch_cuts(batch, epoch)
