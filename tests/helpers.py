@@ -49,3 +49,39 @@ def position_coded_wav(path: Path, seconds: float, sample_rate: int = 16000) -> 
     samples = (np.arange(int(seconds * sample_rate)) * 1e-6).astype(np.float32)
     sf.write(str(path), samples, sample_rate, subtype="FLOAT")
     return str(path), samples
+
+
+TINY_MODEL = {
+    "num_classes": 64,
+    "encoder": {"n_layers": 1, "d_model": 32, "n_heads": 2, "subsampling_conv_channels": 16, "conv_kernel_size": 5},
+    "optim": {"sched": {"warmup_steps": 20}},
+}
+
+
+def write_train_config(path: Path, train: str, noise: str | None = None, validation: str | None = None, **sections) -> str:
+    """A small training YAML (tiny model, CPU, few steps); `sections` update its top-level keys."""
+    import yaml
+
+    ds = {"manifest_filepath": train, "noise_manifest": noise, "batch_size": 2, "num_workers": 0,
+          "min_duration": None, "max_duration": None}
+    model = {**TINY_MODEL, "train_ds": ds}
+    if validation:
+        model["validation_ds"] = {**ds, "manifest_filepath": validation, "shuffle": False, "drop_last": False}
+    cfg = {
+        "name": "test-run",
+        "model": model,
+        "trainer": {"devices": 1, "max_steps": 6, "val_check_interval": 1000, "log_every_n_steps": 1},
+        "exp_manager": {"exp_dir": str(path.parent / "runs"), "checkpoint_callback_params": {"every_n_train_steps": 1000}},
+        "nestkit": {"seed": 3},
+    }
+    for key, value in sections.items():
+        cfg[key] = _merge(cfg.get(key, {}), value) if isinstance(value, dict) else value
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
+def _merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for key, value in update.items():
+        out[key] = _merge(out.get(key, {}), value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
