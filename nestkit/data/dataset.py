@@ -124,6 +124,7 @@ class NestDataset(torch.utils.data.Dataset):
         current = cut
         started = time.perf_counter()
         for attempt in range(self.ds.max_substitutes + 1):
+            attempt_started = time.perf_counter()
             try:
                 samples = load_cut(current, self.sample_rate, self.ds.sample_timeout_s or None)
             except AudioLoadError as exc:
@@ -135,6 +136,7 @@ class NestDataset(torch.utils.data.Dataset):
                     "kind": "audio", "cut_id": current.id, "manifest": custom.get("manifest"), "line": custom.get("line"),
                     "path": exc.path, "category": exc.category, "reason": str(exc),
                     "substitute": replacement.id if replacement is not None else None,
+                    "elapsed_ms": round((time.perf_counter() - attempt_started) * 1e3, 3),
                 }, position))
                 if replacement is None:
                     break
