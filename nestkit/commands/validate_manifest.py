@@ -1,0 +1,307 @@
+"""`nestkit validate-manifest`: check manifests and noise manifests for everything training would trip on."""
+
+from __future__ import annotations
+
+import os
+import sys
+from enum import Enum
+from pathlib import Path
+
+import typer
+from rich.markup import escape
+
+from nestkit.commands.common import console, err_console, is_interactive
+
+# Defaults, spelled out here so `--help` stays cheap (the library imports lhotse); a test checks
+# they equal the library's (CheckSettings, ValidateOptions, DatasetConfig).
+_TARGET_RATE = 16000
+_TOLERANCE_S = 0.1
+_MIN_DURATION_S = 1.0
+_MAX_DURATION_S = 60.0
+_CLIP_LEVEL = 0.999
+_CLIP_FRACTION = 0.001
+_NOISE_SILENCE_DB = -80.0
+_TIMEOUT_S = 30.0
+_TABLE_ROWS_MAX = 500  # more findings than this are listed as plain lines even on a terminal
+
+EXIT_USAGE = 2  # 0: no errors, 1: errors (or warnings with --strict); see Report.exit_code
+
+
+class OutputFormat(str, Enum):
+    table = "table"
+    json = "json"
+    junit = "junit"
+    github = "github"
+
+
+def _usage_error(message: str) -> typer.Exit:
+    err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
+    return typer.Exit(EXIT_USAGE)
+
+
+def _check_readable(path: Path, what: str) -> None:
+    if not path.exists():
+        raise _usage_error(
+            f"{what} {path}: no such file (expected a JSON-lines manifest, got nothing). Check the path"
+        )
+    if not path.is_file():
+        raise _usage_error(
+            f"{what} {path}: not a regular file (expected a JSON-lines manifest, got a "
+            f"{'directory' if path.is_dir() else 'special file'}). Give the manifest file itself"
+        )
+    try:
+        with open(path, "rb") as f:
+            f.read(1)
+    except OSError as exc:
+        raise _usage_error(
+            f"{what} {path}: unreadable (expected a readable file, got {exc.strerror}). Fix its permissions"
+        ) from None
+
+
+def validate_manifest(
+    manifests: list[Path] | None = typer.Argument(
+        None,
+        metavar="MANIFEST...",
+        show_default=False,
+        help="NeMo JSON-lines or lhotse CutSet manifests (.json, .jsonl, .jsonl.gz) of training or "
+        "validation audio.",
+    ),
+    noise: list[Path] | None = typer.Option(
+        None,
+        "--noise",
+        metavar="NOISE",
+        show_default=False,
+        help="A noise manifest, checked with the noise rules too (a silent noise is an error). "
+        "Repeat for several.",
+    ),
+    decode: bool = typer.Option(
+        True,
+        "--decode/--no-decode",
+        help="Decode every segment and check its samples (NaN/Inf, all-zero, DC-only, clipping, "
+        "silent noise). "
+        "--no-decode checks paths and headers only, about 10x faster.",
+    ),
+    output_format: OutputFormat = typer.Option(
+        OutputFormat.table,
+        "--format",
+        case_sensitive=False,
+        help="table: one line per finding (a table on a terminal); json: {summary, findings}; "
+        "junit: JUnit XML "
+        "for CI test views; github: GitHub Actions ::error/::warning annotations.",
+    ),
+    output: Path | None = typer.Option(
+        None, "--output", "-o", show_default=False, help="Write the report to this file instead of stdout."
+    ),
+    strict: bool = typer.Option(False, "--strict", help="Exit 1 on warnings too, not only on errors."),
+    jobs: int = typer.Option(
+        0, "--jobs", "-j", min=0, help="Worker processes; 0 means one per available core."
+    ),
+    timeout: float = typer.Option(
+        _TIMEOUT_S,
+        "--timeout",
+        min=0.1,
+        help="Seconds one file may take before it is reported as `timeout` and its worker is killed "
+        "(a stalled mount never holds the run up).",
+    ),
+    target_rate: int = typer.Option(
+        _TARGET_RATE,
+        "--target-rate",
+        min=1,
+        help="Sample rate training uses (Hz); other rates are `needs_resampling`.",
+    ),
+    duration_tolerance: float = typer.Option(
+        _TOLERANCE_S,
+        "--duration-tolerance",
+        min=0.0,
+        help="Seconds the manifest duration may differ from the file before `duration_mismatch`. A segment "
+        "longer than the file by more than the loader's 0.1 s is always `truncated` (training refuses it).",
+    ),
+    min_duration: float = typer.Option(
+        _MIN_DURATION_S,
+        "--min-duration",
+        min=0.0,
+        help="Shorter lines are `too_short` (training's default min_duration; it leaves them out). "
+        "0 turns it off.",
+    ),
+    max_duration: float = typer.Option(
+        _MAX_DURATION_S,
+        "--max-duration",
+        min=0.0,
+        help="Longer lines are `too_long` (training's default max_duration; it leaves them out). "
+        "0 turns it off.",
+    ),
+    clip_level: float = typer.Option(
+        _CLIP_LEVEL,
+        "--clip-level",
+        min=0.0,
+        help="A sample with |x| at or above this (full scale is 1.0) is clipped.",
+    ),
+    clip_fraction: float = typer.Option(
+        _CLIP_FRACTION,
+        "--clip-fraction",
+        min=0.0,
+        max=1.0,
+        help="`clipping` when more than this fraction of a segment's samples are clipped (0.001 = 0.1%).",
+    ),
+    noise_silence_db: float = typer.Option(
+        _NOISE_SILENCE_DB,
+        "--noise-silence-db",
+        help="A noise segment with RMS at or below this (dBFS) is `silent_noise` "
+        "(training's noise_silence_db).",
+    ),
+    write_clean: Path | None = typer.Option(
+        None,
+        "--write-clean",
+        metavar="PATH",
+        show_default=False,
+        help="Also write the manifest(s) without the lines that have errors (warnings are kept). "
+        "PATH is a file "
+        "for one manifest, a folder for several. Relative audio paths are rewritten to stay valid.",
+    ),
+    fix_durations: Path | None = typer.Option(
+        None,
+        "--fix-durations",
+        metavar="PATH",
+        show_default=False,
+        help="Also write the manifest(s) with durations measured from the files (NeMo lines; a line with an "
+        "offset only shrinks to fit). Every line is kept. PATH as for --write-clean.",
+    ),
+) -> None:
+    """Check manifests for everything a training run would trip on.
+
+    Reports every finding: lines (JSON, fields, duplicates), paths (FIFOs
+    and devices are never opened), headers (format, rate, channels,
+    duration) and, unless --no-decode, the decoded samples. Files are
+    checked in parallel, each under --timeout.
+
+    Exit status: 0 no errors; 1 errors (or warnings with --strict);
+    2 usage error. Categories: docs/validate-manifest.md.
+    """
+    manifests, noise = list(manifests or []), list(noise or [])
+    if not manifests and not noise:
+        raise _usage_error(
+            "validate-manifest: no manifest given (expected MANIFEST... or --noise NOISE). "
+            "See `nestkit validate-manifest --help`"
+        )
+    for path in manifests:
+        _check_readable(path, "manifest")
+    for path in noise:
+        _check_readable(path, "noise manifest")
+
+    from nestkit.data.validate_write import output_paths  # lazy: imports lhotse
+
+    everything = [str(p) for p in manifests + noise]
+    targets = {}
+    for option, out in (("--write-clean", write_clean), ("--fix-durations", fix_durations)):
+        if out is not None:
+            try:
+                targets[option] = output_paths(everything, str(out))
+            except ValueError as exc:
+                raise _usage_error(f"{option} {exc}") from None
+
+    from nestkit.data.validate import ValidateOptions
+    from nestkit.data.validate_audio import CheckSettings
+
+    options = ValidateOptions(
+        checks=CheckSettings(
+            decode=decode,
+            target_rate=target_rate,
+            duration_tolerance_s=duration_tolerance,
+            clip_level=clip_level,
+            clip_fraction=clip_fraction,
+            noise_silence_db=noise_silence_db,
+        ),
+        min_duration_s=min_duration,
+        max_duration_s=max_duration,
+        jobs=jobs,
+        timeout_s=timeout,
+    )
+    report = _validate_with_progress([str(p) for p in manifests], [str(p) for p in noise], options)
+    _render(report, output_format.value, output, strict)
+    _write_repairs(report, targets)
+    raise typer.Exit(report.exit_code(strict))
+
+
+def _validate_with_progress(manifests: list[str], noise: list[str], options):
+    from nestkit.data.validate import validate
+
+    if not is_interactive():
+        return validate(manifests, noise, options)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = (TextColumn("checking files"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=err_console, transient=True) as progress:
+        task = progress.add_task("files", total=None)
+        return validate(
+            manifests,
+            noise,
+            options,
+            on_progress=lambda done, total: progress.update(task, completed=done, total=total),
+        )
+
+
+def _render(report, output_format: str, output: Path | None, strict: bool) -> None:
+    from nestkit.data.validate_report import RENDERERS, summary_line
+
+    table_on_terminal = (
+        output_format == "table"
+        and output is None
+        and console.is_terminal
+        and len(report.findings) <= _TABLE_ROWS_MAX
+    )
+    if table_on_terminal:
+        _print_table(report, strict)
+        return
+    text = RENDERERS[output_format](report, strict)
+    if output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(text)
+        err_console.print(escape(summary_line(report, strict)), soft_wrap=True)
+    else:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        if output_format in ("json", "junit"):  # stdout must stay parseable; people still want the verdict
+            err_console.print(escape(summary_line(report, strict)), soft_wrap=True)
+
+
+def _print_table(report, strict: bool) -> None:
+    from rich.table import Table
+
+    from nestkit.data.validate_report import summary_line, where
+
+    if report.findings:
+        table = Table(expand=True)
+        table.add_column("where", overflow="fold")
+        table.add_column("severity")
+        table.add_column("category")
+        table.add_column("reason", overflow="fold", ratio=1)  # the only column that takes the spare width
+        for f in report.findings:
+            colour = "red" if f.severity == "error" else "yellow"
+            table.add_row(escape(where(f)), f"[{colour}]{f.severity}[/]", f.category, escape(f.reason))
+        console.print(table)
+    colour = "red" if report.exit_code(strict) else "green"
+    console.print(f"[{colour}]{escape(summary_line(report, strict))}[/]")
+
+
+def _write_repairs(report, targets: dict[str, dict[str, str]]) -> None:
+    from nestkit.data.validate_write import write_clean, write_fixed_durations
+
+    if "--write-clean" in targets:
+        for w in write_clean(report, targets["--write-clean"]):
+            err_console.print(
+                escape(
+                    f"wrote {w.target}: {w.kept} line(s) kept, {w.dropped} with errors left out "
+                    f"(from {os.path.relpath(w.source)})"
+                ),
+                soft_wrap=True,
+            )
+    if "--fix-durations" in targets:
+        for w in write_fixed_durations(report, targets["--fix-durations"]):
+            err_console.print(
+                escape(
+                    f"wrote {w.target}: {w.changed} duration(s) measured and changed, "
+                    f"{w.unmeasured} line(s) could not be measured and keep theirs "
+                    f"(from {os.path.relpath(w.source)})"
+                ),
+                soft_wrap=True,
+            )
