@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 from rich.markup import escape
 
+from nestkit.commands import export_nemo, import_manifest, lookup, pipeline, replay_batch, train, validate_manifest
 from nestkit.commands.common import err_console
 from nestkit.errors import ConfigError, NestkitError
 
@@ -17,15 +18,16 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 
-# Registration order is the order `nestkit --help` lists the commands in.
-# register: import-manifest
-# register: validate-manifest
-# register: pipeline
-# register: train
-# register: lookup
-# register: replay-batch
+# Registration order is the order `nestkit --help` lists the commands in. Command modules import
+# their heavy dependencies (torch, lhotse) inside the command, so `--help` stays fast.
+app.command("import-manifest")(import_manifest.import_manifest)
+app.command("validate-manifest")(validate_manifest.validate_manifest)
+app.command("pipeline")(pipeline.pipeline)
+app.command("train")(train.train)
+app.command("lookup")(lookup.lookup)
+app.command("replay-batch")(replay_batch.replay_batch)
 # register: stacks
-# register: export-nemo
+app.command("export-nemo")(export_nemo.export_nemo)
 
 
 def main() -> None:

@@ -340,6 +340,7 @@ class CheckpointConfig:
     save_top_k: int = 1
     save_last: bool = True
     every_n_train_steps: Optional[int] = 1000
+    keep_periodic: int = 3  # every-N-steps checkpoints kept (the newest); -1 keeps all (replay-batch --forward uses them)
     filename: Optional[str] = None
     always_save_nemo: bool = _inert(True, "nestkit writes Lightning checkpoints; see `nestkit export-nemo`")
     save_nemo_on_train_end: bool = _inert(True, "see `nestkit export-nemo`")

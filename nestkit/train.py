@@ -191,8 +191,10 @@ def build_trainer(cfg: NestConfig, run_dir: Path, interactive: bool, val_every: 
     callbacks.append(RichProgressBar() if interactive and t.enable_progress_bar else StepPrinter(t.log_every_n_steps))
     if cfg.exp_manager.create_checkpoint_callback:
         callbacks.append(ModelCheckpoint(
+            # monitoring "step" (max) keeps the newest keep_periodic checkpoints
             dirpath=run_dir / CHECKPOINTS_DIR, filename="step{step}", auto_insert_metric_name=False,
-            every_n_train_steps=ckpt.every_n_train_steps, save_last=ckpt.save_last, save_top_k=1,
+            every_n_train_steps=ckpt.every_n_train_steps, save_last=ckpt.save_last,
+            monitor="step", mode="max", save_top_k=ckpt.keep_periodic,
         ))
         if cfg.model.validation_ds is not None and ckpt.monitor:
             callbacks.append(ModelCheckpoint(

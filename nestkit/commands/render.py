@@ -1,0 +1,55 @@
+"""Shared rendering of batches for `lookup` and `replay-batch`."""
+
+from __future__ import annotations
+
+import os
+
+from rich.markup import escape
+
+
+def short_path(path: str | None) -> str:
+    """A path relative to the current folder when it lies below it (tables stay readable)."""
+    if not path:
+        return "-"
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:
+        return path
+    return rel if not rel.startswith("..") else path
+
+
+def describe_augmentation(record: dict) -> str:
+    """One line for a per-utterance record: noise/speech mixing, level, substitution, padding."""
+    aug = record["augment"]
+    mode = aug["mode"]
+    if mode == "skip":
+        text = "clean (augmentor skipped it)"
+    elif mode == "noise":
+        noise = aug["noise"]
+        if noise["fallback"] == "white":
+            source = f"white noise {noise['white_db']} dB (after {noise['files_tried']} noise files failed)"
+        elif noise["fallback"] == "none":
+            source = "no noise manifest"
+        else:
+            source = f"noise {noise['cut_id']} @{noise['offset']:.2f}s"
+        text = f"{source}, {aug['energy_ratio_db']:+.1f} dB, {len(aug['segments'])} segment(s)"
+    else:
+        text = f"speech from {', '.join(aug['speakers'])}, {aug['energy_ratio_db']:+.1f} dB"
+    if aug.get("note"):
+        text += f" ({aug['note']})"
+    if record.get("substitute_for"):
+        text = f"[yellow]substitute for {escape(record['substitute_for'])}[/]; " + text
+    if record.get("padded_to"):
+        text += f"; padded to {record['padded_to']} samples"
+    if record.get("repeat"):
+        text += "; repeated to fill the last round"
+    return text
+
+
+def match_text(matches: bool | None, logged: dict | None) -> str:
+    if matches is None:
+        return "[dim]no training log for this batch[/]"
+    step = logged.get("step") if logged else None
+    if matches:
+        return f"[green]matches the training log[/] (step {step})"
+    return f"[red]differs from the training log[/] (step {step} logged {logged['fingerprint']})"
