@@ -20,7 +20,7 @@ demo-data: $(VENV)/.installed
 
 demo: demo-data
 	$(BIN)/nestkit validate-manifest manifests/demo/train.json manifests/demo/validation.json --noise manifests/demo/noise.json
-	$(BIN)/nestkit pipeline manifests/demo/config.yaml
+	$(BIN)/nestkit train manifests/demo/config.yaml --resume
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest
