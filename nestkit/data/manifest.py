@@ -22,17 +22,19 @@ import mmap
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
 import orjson
-from lhotse import CutSet, MonoCut, Recording
-from lhotse.audio import AudioSource
-from lhotse.cut import Cut
-from lhotse.serialization import deserialize_item
-from lhotse.utils import compute_num_samples
 
 from nestkit.errors import ManifestError
+
+if TYPE_CHECKING:
+    from lhotse import CutSet, MonoCut
+    from lhotse.cut import Cut
+
+# lhotse (and through it torch) is imported only where cuts are built: indexing a manifest and
+# validating it need neither, and `nestkit validate-manifest` starts in a fraction of a second.
 
 NEMO_PATH_KEYS = ("audio_filepath", "audio_filename")
 FORMAT_NEMO = "nemo"
@@ -113,6 +115,10 @@ def nemo_cut_id(entry: NemoEntry, line: int) -> str:
 
 
 def nemo_cut(entry: NemoEntry, manifest: str, line: int, sampling_rate: int) -> MonoCut:
+    from lhotse import MonoCut, Recording
+    from lhotse.audio import AudioSource
+    from lhotse.utils import compute_num_samples
+
     cut_id = nemo_cut_id(entry, line)
     end = entry.offset + entry.duration
     recording = Recording(
@@ -133,6 +139,9 @@ def nemo_cut(entry: NemoEntry, manifest: str, line: int, sampling_rate: int) -> 
 
 
 def lhotse_cut(item: dict, manifest: str, line: int) -> Cut:
+    from lhotse.cut import Cut
+    from lhotse.serialization import deserialize_item
+
     if "id" not in item or "duration" not in item:
         raise ManifestError(manifest, line, f"not a lhotse cut (expected 'id' and 'duration', got keys {sorted(item)})")
     duration = _number(item, "duration", manifest, line, required=True)
@@ -236,6 +245,8 @@ class LazyManifestCuts:
 
 def read_cuts(paths: str | Sequence[str], sampling_rate: int = 16000) -> CutSet:
     """A lazy CutSet over one or more NeMo or lhotse manifests, joined in order."""
+    from lhotse import CutSet
+
     if isinstance(paths, (str, os.PathLike)):
         paths = [str(paths)]
     return CutSet(LazyManifestCuts([str(p) for p in paths], sampling_rate))
@@ -328,6 +339,8 @@ class CutIndex:
         return str(item["id"])
 
     def cuts(self, rows: Sequence[int] | np.ndarray) -> CutSet:
+        from lhotse import CutSet
+
         return CutSet([self.cut(int(i)) for i in rows])
 
     def where(self, i: int) -> str:
