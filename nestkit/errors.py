@@ -29,7 +29,8 @@ class ManifestError(NestkitError):
         self.manifest = manifest
         self.line = line
         self.problem = problem
-        message = f"manifest {manifest}:{line}: {problem}"
+        # line 0: about the whole file (missing, not a regular file)
+        message = f"manifest {manifest}:{line}: {problem}" if line else f"manifest {manifest}: {problem}"
         if hint:
             message += f". {hint}"
         super().__init__(message)

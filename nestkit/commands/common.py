@@ -6,8 +6,20 @@ import sys
 
 from rich.console import Console
 
-console = Console()
-err_console = Console(stderr=True)
+LOG_WIDTH = 160  # columns for tables when the output is not a terminal
+
+
+def _console(stderr: bool) -> Console:
+    # On a terminal rich fits its width. In logs and pipes (where COLUMNS is often a nominal 80) a
+    # wrapped error message is hard to read and to grep: lines stay whole, tables get room.
+    stream = sys.stderr if stderr else sys.stdout
+    if stream.isatty():
+        return Console(stderr=stderr)
+    return Console(stderr=stderr, width=LOG_WIDTH, soft_wrap=True)
+
+
+console = _console(stderr=False)
+err_console = _console(stderr=True)
 
 
 def is_interactive() -> bool:

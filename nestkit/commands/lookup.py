@@ -54,18 +54,25 @@ def lookup(
         session.check_rank(r)
 
     if cut is not None:
-        row, places = session.locate_cut(cut, epoch)
-        where = session.pipeline.index.where(row)
-        short_where = f"{short_path(where.rsplit(':', 1)[0])}:{where.rsplit(':', 1)[1]}"
-        result = {"cut": cut, "manifest_line": where, "epoch": epoch, "world_size": session.world_size,
-                  "places": [{"rank": r, "batch": p.batch, "slot": s, "step": session.step_of(p)} for r, p, s in places]}
+        found = session.locate_cut(cut, epoch)
+        index_ = session.pipeline.index
+        result = {"cut": cut, "epoch": epoch, "world_size": session.world_size, "matches": [
+            {"manifest_line": index_.where(row),
+             "places": [{"rank": r, "batch": p.batch, "slot": s, "step": session.step_of(p)} for r, p, s in places]}
+            for row, places in found
+        ]}
         if output_format == "json":
             print(json.dumps(result, indent=2))
             return
-        if not places:
-            console.print(f"cut {escape(cut)} ({escape(short_where)}) is not in epoch {epoch}: filtered by min/max_duration or dropped by drop_last")
-        for r, p, s in places:
-            console.print(f"cut {escape(cut)} ({escape(short_where)}): epoch {epoch}, rank {r}, batch {p.batch}, slot {s} (step {session.step_of(p)} from the start)")
+        if len(found) > 1:
+            console.print(f"[yellow]{len(found)} cuts have the id {escape(cut)} (joined manifests list files of the same name at the same line)[/]")
+        for row, places in found:
+            manifest, line = index_.manifests[int(index_.source[row])], int(index_.line[row])
+            where = f"{short_path(manifest)}:{line}"
+            if not places:
+                console.print(f"cut {escape(cut)} ({escape(where)}) is not in epoch {epoch}: filtered by min/max_duration or dropped by drop_last")
+            for r, p, s in places:
+                console.print(f"cut {escape(cut)} ({escape(where)}): epoch {epoch}, rank {r}, batch {p.batch}, slot {s} (step {session.step_of(p)} from the start)")
         return
 
     if index is not None:

@@ -75,7 +75,8 @@ def pipeline(
         f"({rate:,.0f} audio-s/s, {num_workers} worker{'s' if num_workers != 1 else ''})",
     )
     modes = ", ".join(f"{m} {stats.modes[m]}" for m in ("skip", "noise", "speech"))
-    fallbacks = ", ".join(f"{k} noise {v}" for k, v in stats.noise_fallbacks.items()) or "no noise fallback"
+    fallback_text = {"white": "white noise after failed noise files: {}", "none": "no noise manifest: {} noise mix(es) added nothing"}
+    fallbacks = "; ".join(fallback_text[k].format(v) for k, v in stats.noise_fallbacks.items()) or "no noise fallback"
     table.add_row("augment", f"{modes} ({fallbacks})")
     if stats.failures:
         detail = ", ".join(f"{n} {kind} {category}" for (kind, category), n in stats.failures.most_common())

@@ -347,12 +347,22 @@ class CutIndex:
         """`manifest:line` of row i, for messages."""
         return f"{self.manifests[int(self.source[i])]}:{int(self.line[i])}"
 
+    def find_all(self, cut_id: str) -> list[int]:
+        """Rows of the cuts with this id (a scan: for lookups, not for hot paths). NeMo cut ids
+        repeat when joined manifests list files of the same name at the same line."""
+        return [i for i in range(len(self)) if self.cut_id(i) == cut_id]
+
+    def row_at(self, manifest: str, line: int) -> int | None:
+        """The row of manifest:line, or None (a blank line, or not one of these manifests)."""
+        if manifest not in self.manifests:
+            return None
+        source = self.manifests.index(manifest)
+        rows = np.flatnonzero((self.source == source) & (self.line == line))
+        return int(rows[0]) if len(rows) else None
+
     def find(self, cut_id: str) -> int | None:
-        """Row of the cut with this id (a scan: for lookups, not for hot paths)."""
-        for i in range(len(self)):
-            if self.cut_id(i) == cut_id:
-                return i
-        return None
+        rows = self.find_all(cut_id)
+        return rows[0] if rows else None
 
 
 _SCAN_CHUNK = 100_000  # lines parsed per orjson call: fast, with bounded transient memory

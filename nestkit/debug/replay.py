@@ -107,7 +107,7 @@ def write_repro(session: DebugSession, rank: int, position: Position, sample: Sa
     folder = (out_dir / f"{sample.planned_cut}").resolve()  # absolute: the config and command name it
     folder.mkdir(parents=True, exist_ok=True)
     index = session.pipeline.index
-    row = index.find(sample.planned_cut)
+    row = index.row_at(sample.manifest, sample.line) if sample.manifest else None
     item = index.item(row) if row is not None else {"audio_filepath": sample.path, "duration": None}
     fmt = index.formats[int(index.source[row])] if row is not None else "nemo"
     if fmt == "nemo":

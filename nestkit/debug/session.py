@@ -90,13 +90,13 @@ class DebugSession:
     def step_of(self, position: Position) -> int:
         return step_of_position(self.sampler, position, self.accumulate)
 
-    def locate_cut(self, cut_id: str, epoch: int) -> tuple[int, list[tuple[int, Position, int]]]:
-        """(index row, [(rank, position, slot), ...]) of a cut in `epoch`."""
-        row = self.pipeline.index.find(cut_id)
-        if row is None:
+    def locate_cut(self, cut_id: str, epoch: int) -> list[tuple[int, list[tuple[int, Position, int]]]]:
+        """[(index row, [(rank, position, slot), ...]), ...] for every cut with this id in `epoch`."""
+        rows = self.pipeline.index.find_all(cut_id)
+        if not rows:
             raise NestkitError(f"cut {cut_id}: not in the manifests of this config. Cut ids look like <audio stem>-L<line> for NeMo manifests")
-        places = [(rank, Position(epoch, batch), slot) for rank, batch, slot in self.sampler.plan(epoch).locate(row)]
-        return row, places
+        plan = self.sampler.plan(epoch)
+        return [(row, [(rank, Position(epoch, batch), slot) for rank, batch, slot in plan.locate(row)]) for row in rows]
 
     def sample_at(self, rank: int, index: int) -> tuple[Position, int]:
         """The position and slot of the `index`-th sample (0-based) of a rank's training stream."""

@@ -85,7 +85,8 @@ def test_in_flight_batches_and_cut_and_index_lookups(trained):
     record = read_batch_log(trained["run_dir"], 1)[2]
     cut = record["cut_ids"][1]
     located = json.loads(run("lookup", trained["config"], "--cut", cut, "--format", "json", cwd=folder).stdout)
-    assert {"rank": 1, "batch": record["batch"], "slot": 1, "step": record["step"]} in located["places"]
+    [match] = located["matches"]
+    assert {"rank": 1, "batch": record["batch"], "slot": 1, "step": record["step"]} in match["places"]
     batch_size = 2
     by_index = json.loads(run("lookup", trained["config"], "--index", str(record["batch"] * batch_size + 1), "--rank", "1",
                               "--format", "json", cwd=folder).stdout)
