@@ -113,4 +113,4 @@ def test_a_failing_sample_gets_a_repro_folder_that_reproduces_it(tmp_path):
     assert again.returncode == 1
     again_report = json.loads(again.stdout)
     assert [s["status"] for s in again_report["samples"]] == ["missing"]
-    assert "substitutes failed" in again_report["batch_error"]  # a one-cut manifest has no good substitute
+    assert "no other loadable cut to substitute" in again_report["batch_error"]  # a one-cut manifest
