@@ -1,0 +1,60 @@
+"""Masked-token loss (NeMo's `MultiMLMLoss`): cross-entropy on masked frames only, averaged over books.
+
+A loss frame is an encoder frame whose group of `combine_time_steps` mask frames is masked on
+average more than `mask_threshold` (mask frames are averaged over features too, as NeMo does).
+
+Where nestkit differs, on purpose:
+- no masked frame gives a loss of exactly 0 that still depends on the log-probs (so backward and
+  DDP work), never NeMo's NaN; `num_masked_frames` says how many frames counted;
+- a frame count that is not a multiple of `combine_time_steps` is right-padded with unmasked
+  frames (NeMo fails to reshape); log-probs, tokens and mask groups are then cut to the shortest
+  of the three, so a frame without a target is never scored (NeMo pads targets with class 0);
+- frames at or past `decoder_lengths` never count (with masks that are 0 past the length, as the
+  masking module makes them, this changes nothing).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import torch
+import torch.nn.functional as F
+
+
+class LossResult(NamedTuple):
+    loss: torch.Tensor  # () float
+    num_masked_frames: torch.Tensor  # () int64: frames that entered the loss (per book)
+
+
+def loss_frame_mask(masks: torch.Tensor, combine_time_steps: int, mask_threshold: float) -> torch.Tensor:
+    """(B, D, T) masks -> (B, ceil(T / combine_time_steps)) bool: the frames the loss uses."""
+    batch, features, frames = masks.shape
+    if frames % combine_time_steps:
+        masks = F.pad(masks, (0, combine_time_steps - frames % combine_time_steps))
+    groups = masks.transpose(1, 2).reshape(batch, -1, combine_time_steps * features)
+    return groups.mean(dim=-1) > mask_threshold
+
+
+def masked_token_loss(
+    masks: torch.Tensor,
+    log_probs: torch.Tensor,
+    tokens: torch.Tensor,
+    decoder_lengths: Optional[torch.Tensor],
+    combine_time_steps: int,
+    mask_threshold: float,
+) -> LossResult:
+    """masks (B, D, T); log_probs (B, T', C, H) or (B, T', C); tokens (B, T', H) or (B, T')."""
+    if log_probs.dim() == 3:
+        log_probs = log_probs.unsqueeze(-1)
+    if tokens.dim() == 2:
+        tokens = tokens.unsqueeze(-1)
+    selected = loss_frame_mask(masks, combine_time_steps, mask_threshold)
+    frames = min(selected.shape[1], log_probs.shape[1], tokens.shape[1])
+    selected, log_probs, tokens = selected[:, :frames], log_probs[:, :frames], tokens[:, :frames]
+    if decoder_lengths is not None:
+        selected = selected & (torch.arange(frames, device=selected.device)[None, :] < decoder_lengths[:, None])
+    target_log_probs = log_probs.gather(2, tokens.unsqueeze(2)).squeeze(2)  # (B, T', H)
+    count = selected.sum()
+    total = torch.where(selected[:, :, None], target_log_probs, 0.0).sum()
+    loss = -total / (count.clamp(min=1) * tokens.shape[-1])
+    return LossResult(loss, count)
