@@ -44,6 +44,18 @@ def batch_position(cuts: list[Cut]) -> BatchPosition:
     return BatchPosition(0, 0, -1)
 
 
+_MAX_DRAWS_FOR_UNTRIED = 100  # a pool of nothing but failed cuts must not loop forever
+
+
+def _untried(candidates, tried: set[str]) -> Cut | None:
+    """The next candidate that has not failed for this slot yet, or None if none turns up."""
+    for _ in range(_MAX_DRAWS_FOR_UNTRIED):
+        cut = next(candidates)
+        if cut.id not in tried:
+            return cut
+    return None
+
+
 def _adhoc_key(cuts: list[Cut]) -> str:
     """Seed material for a CutSet that did not come from a plan: its cut ids."""
     return hashlib.blake2b("\n".join(c.id for c in cuts).encode(), digest_size=8).hexdigest()
@@ -121,6 +133,7 @@ class NestDataset(torch.utils.data.Dataset):
         """The cut's samples, or a substitute's, with what happened on the way."""
         failures: list[dict] = []
         candidates = None
+        tried: set[str] = set()
         current = cut
         started = time.perf_counter()
         for attempt in range(self.ds.max_substitutes + 1):
@@ -131,7 +144,8 @@ class NestDataset(torch.utils.data.Dataset):
                 custom = current.custom or {}
                 if candidates is None:
                     candidates = self._substitute_candidates(self._key("substitute", position, batch_key, cut.id), batch)
-                replacement = next(candidates) if attempt < self.ds.max_substitutes else None
+                tried.add(current.id)
+                replacement = _untried(candidates, tried) if attempt < self.ds.max_substitutes else None
                 failures.append(self._quarantine({
                     "kind": "audio", "cut_id": current.id, "manifest": custom.get("manifest"), "line": custom.get("line"),
                     "path": exc.path, "category": exc.category, "reason": str(exc),
@@ -155,10 +169,11 @@ class NestDataset(torch.utils.data.Dataset):
                 "repeat": bool((cut.custom or {}).get(PLAN_KEY, {}).get("repeat", False)),
             }
             return _Loaded(samples, current, record, failures, (time.perf_counter() - started) * 1e3)
+        substitutes = len(failures) - 1
+        why = "no other loadable cut to substitute" if substitutes < self.ds.max_substitutes else "the data is mostly unreadable"
         raise NestkitError(
-            f"cut {cut.id}: it and {self.ds.max_substitutes} substitutes failed to load "
-            f"(last: {failures[-1]['reason']}). Most of the data is unreadable: run "
-            "`nestkit validate-manifest` on the manifests and see the quarantine file"
+            f"cut {cut.id}: it and {substitutes} substitute(s) failed to load (last: {failures[-1]['reason']}); "
+            f"{why}. Run `nestkit validate-manifest` on the manifests and see the quarantine file"
         )
 
     def _noise_source(self, position: BatchPosition, batch_key: str, cut_ids: list[str], failures: list[dict]):
