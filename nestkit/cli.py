@@ -26,7 +26,9 @@ app.command("pipeline")(pipeline.pipeline)
 app.command("train")(train.train)
 app.command("lookup")(lookup.lookup)
 app.command("replay-batch")(replay_batch.replay_batch)
-# register: stacks
+from nestkit.commands.stacks import stacks  # noqa: E402
+
+app.command("stacks")(stacks)
 app.command("export-nemo")(export_nemo.export_nemo)
 
 

@@ -368,16 +368,29 @@ class ExpManagerConfig:
 
 @dataclass
 class WatchdogConfig:
-    enabled: bool = True
+    """nestkit.watchdog: per-rank heartbeats and the stall watchdog (see docs/debugging.md).
+
+    Bounds, innermost first: a sample read is bounded by model.train_ds.sample_timeout_s (a read
+    that overruns becomes a quarantined substitute, and training goes on); a batch by
+    nestkit.dataloader_timeout_s (an error naming the batch's cuts and files); everything a rank
+    does by the stall timeouts below (stacks of every rank and worker, a report, then abort or
+    wait). Keep sample_timeout_s below the stall timeout, so one bad file costs a substitute, not
+    the job.
+    """
+
+    enabled: bool = True  # detect stalls; heartbeats are written either way
     # Seconds without progress before a rank is declared stalled. None derives it from observed
-    # step times: max(min_stall_timeout_s, stall_factor x the slowest recent step).
+    # step times: max(min_stall_timeout_s, stall_factor x the 95th percentile of recent steps).
     stall_timeout_s: Optional[float] = None
     min_stall_timeout_s: float = 120.0
     stall_factor: float = 20.0
     first_step_timeout_s: float = 900.0  # start-up, first batch, compilation
-    slow_phase_timeout_s: float = 1800.0  # validation and checkpointing
-    action: Literal["abort", "wait"] = "abort"
+    slow_phase_timeout_s: float = 1800.0  # validation (per batch) and checkpointing
+    action: Literal["abort", "wait"] = "abort"  # after the report: end the job, or keep it for py-spy/gdb
     poll_interval_s: float = 1.0
+    heartbeat_interval_s: float = 1.0  # how often each rank rewrites heartbeat/rank<R>.json
+    dump_grace_s: float = 15.0  # how long the reporting rank waits for the other ranks' dumps
+    py_spy: bool = True  # add `py-spy dump` of each DataLoader worker when py-spy is installed
 
 
 @dataclass
@@ -753,6 +766,14 @@ def _check(cfg: NestConfig, problems: list[str]) -> None:
     w = cfg.nestkit.watchdog
     if w.stall_timeout_s is not None and w.stall_timeout_s <= 0:
         problems.append(f"nestkit.watchdog.stall_timeout_s: must be positive seconds or null (got {w.stall_timeout_s})")
+    for name in ("min_stall_timeout_s", "first_step_timeout_s", "slow_phase_timeout_s", "poll_interval_s",
+                 "heartbeat_interval_s", "stall_factor"):
+        if getattr(w, name) <= 0:
+            problems.append(f"nestkit.watchdog.{name}: must be positive (got {getattr(w, name)})")
+    if w.dump_grace_s < 0:
+        problems.append(f"nestkit.watchdog.dump_grace_s: must not be negative seconds (got {w.dump_grace_s})")
+    if cfg.nestkit.dataloader_timeout_s < 0:
+        problems.append(f"nestkit.dataloader_timeout_s: must be >= 0 seconds, 0 = unbounded (got {cfg.nestkit.dataloader_timeout_s})")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -4,6 +4,10 @@ The run folder (exp_manager.exp_dir / exp_manager.name, default runs/<name>) hol
     config.yaml              the resolved config the run used
     checkpoints/             every-N-steps checkpoint, last.ckpt (and the best by val_loss)
     batches/rank<R>.jsonl    per step and rank: batch position, fingerprint, cut ids, loss
+    heartbeat/rank<R>.json   per rank, rewritten every second: phase, step, batches in flight, workers
+    heartbeat/rank<R>-worker<W>.status  per DataLoader worker: the cut/file/manifest line it reads now
+    stacks/rank<R>-worker<W>.txt        worker stack dumps (SIGUSR1 -> faulthandler)
+    stall/<N>/               a stall incident: every rank's stacks and state, report.json, report.txt
     quarantine/rank<R>.jsonl every sample or noise that could not be used, and its substitute
     csv/version_N/metrics.csv, tb/   train_loss, val_loss, lr, masked_frames, audio_seconds_per_second,
                              bad_samples, empty_mask_batches (one csv version per start or resume)
@@ -28,6 +32,7 @@ from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 
 from nestkit.config import NestConfig, save_config
 from nestkit.data.batch import NestBatch
+from nestkit.debug.lightning_watch import StallWatch
 from nestkit.errors import ConfigError, NestkitError
 
 BATCHES_DIR = "batches"
@@ -178,7 +183,9 @@ def resolve(cfg: NestConfig, resume: bool | str = False) -> TrainPlan:
     return TrainPlan(run_dir, resume_from, init_from)
 
 
-def build_trainer(cfg: NestConfig, run_dir: Path, interactive: bool, val_every: int) -> pl.Trainer:
+def build_trainer(
+    cfg: NestConfig, run_dir: Path, interactive: bool, val_every: int, extra_callbacks: list[Callback] | None = None
+) -> pl.Trainer:
     from pytorch_lightning.callbacks import RichProgressBar
     from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
@@ -187,7 +194,7 @@ def build_trainer(cfg: NestConfig, run_dir: Path, interactive: bool, val_every: 
     world = _world_size(devices, t.num_nodes)
     strategy = t.strategy if world > 1 else "auto"
     ckpt = cfg.exp_manager.checkpoint_callback_params
-    callbacks: list[Callback] = [BatchLog(run_dir) if cfg.nestkit.log_batches else None]
+    callbacks: list[Callback] = [*(extra_callbacks or []), BatchLog(run_dir) if cfg.nestkit.log_batches else None]
     callbacks.append(RichProgressBar() if interactive and t.enable_progress_bar else StepPrinter(t.log_every_n_steps))
     if cfg.exp_manager.create_checkpoint_callback:
         callbacks.append(ModelCheckpoint(
@@ -292,6 +299,12 @@ def train(cfg: NestConfig, resume: bool | str = False, interactive: bool = False
     if plan.init_from is not None:
         load_nemo_weights(module.model, plan.init_from)
     _quiet_lightning()
-    trainer = build_trainer(cfg, run_dir, interactive, val_every)
-    trainer.fit(module, ckpt_path=str(plan.resume_from) if plan.resume_from else None)
+    watch = StallWatch(cfg.nestkit.watchdog, run_dir)  # heartbeats and the stall watchdog
+    trainer = build_trainer(cfg, run_dir, interactive, val_every, [watch])
+    try:
+        trainer.fit(module, ckpt_path=str(plan.resume_from) if plan.resume_from else None)
+    except BaseException as exc:
+        watch.close(exc)  # the heartbeat says "failed" and why: `nestkit stacks` reads it
+        raise
+    watch.close()
     return plan

@@ -31,6 +31,7 @@ from nestkit.data.manifest import CutIndex
 from nestkit.data.noise import NoiseSettings, draw_noise
 from nestkit.data.plan import BatchingConfig
 from nestkit.data.quarantine import Quarantine
+from nestkit.debug import worker_status
 from nestkit.errors import AudioLoadError, ManifestError, NestkitError
 from nestkit.rng import generator
 
@@ -196,7 +197,9 @@ class NestDataset(torch.utils.data.Dataset):
         batch_key = str(position.batch) if position.batch >= 0 else _adhoc_key(cuts)
         min_len = int(round(self.ds.min_audio_len_secs * self.sample_rate))
 
+        worker_status.begin_batch(position.epoch, position.batch)  # for stall reports; ~1 us
         loaded = [self.load_utterance(cut, position, batch_key, cuts) for cut in cuts]
+        worker_status.set_context("augmenting")
         rows = [pad_to_min_length(item.samples, min_len, self.ds.pad_audio_mode) for item in loaded]
         audio_checksum = rows_checksum(rows)
         cut_ids = [item.cut.id for item in loaded]
@@ -231,6 +234,7 @@ class NestDataset(torch.utils.data.Dataset):
             records.append(record)
 
         checksums = {"audio": audio_checksum, "noise": overlay_checksum, "shape": list(shape)}
+        worker_status.end_batch()
         return NestBatch(
             audio=audio_t,
             audio_len=lengths_t,

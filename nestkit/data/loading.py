@@ -9,6 +9,7 @@ from lhotse.cut import Cut, MonoCut, MultiCut
 
 from nestkit.bounded import CallTimeout, call_with_timeout
 from nestkit.data.audio import read_audio, resample
+from nestkit.debug import hang_hooks, worker_status
 from nestkit.errors import AudioLoadError
 
 
@@ -50,6 +51,8 @@ def cut_path(cut: Cut) -> str:
 
 
 def _load(cut: Cut, sample_rate: int, offset: float, duration: float | None) -> np.ndarray:
+    if hang_hooks.BLOCK_PATH is not None and hang_hooks.BLOCK_PATH in cut_path(cut):
+        hang_hooks.block_forever(cut_path(cut))  # a test hook: see nestkit/debug/hang_hooks.py
     segment = file_segment(cut)
     if segment is not None:
         return read_audio(
@@ -74,6 +77,9 @@ def load_cut(
     cut: Cut, sample_rate: int, timeout_s: float | None, offset: float = 0.0, duration: float | None = None
 ) -> np.ndarray:
     """Samples of `cut` (or of `[offset, offset+duration)` within it) within `timeout_s` seconds."""
+    if worker_status.active():  # name the read before it starts: a blocked read can be named
+        custom = cut.custom or {}
+        worker_status.loading(cut.id, cut_path(cut), custom.get("manifest"), custom.get("line"))
     try:
         return call_with_timeout(_load, timeout_s, cut, sample_rate, offset, duration, what=f"cut {cut.id}")
     except CallTimeout:
@@ -81,3 +87,5 @@ def load_cut(
             "timeout", cut_path(cut), f"loading took longer than {timeout_s:g} s",
             "A stalled mount or a pipe? Check the file; raise sample_timeout_s if storage is just slow",
         ) from None
+    finally:
+        worker_status.loaded()

@@ -21,6 +21,7 @@ from nestkit.data.manifest import CutIndex
 from nestkit.data.plan import BatchingConfig
 from nestkit.data.quarantine import Quarantine
 from nestkit.data.sampler import PlanSampler
+from nestkit.debug import worker_status
 from nestkit.errors import ConfigError
 
 SPLITS = ("train", "validation")
@@ -40,8 +41,11 @@ class DataPipeline:
         """Batch `batch` of this rank, built in this process (no workers)."""
         return self.dataset[self.sampler.batch_cuts(batch, epoch)]
 
-    def dataloader(self, num_workers: int | None = None, worker_init_fn=None, sampler=None) -> torch.utils.data.DataLoader:
-        """A DataLoader over this rank's plan (or over `sampler`, e.g. training's PlanStream)."""
+    def dataloader(
+        self, num_workers: int | None = None, worker_init_fn=None, sampler=None, loader_cls=torch.utils.data.DataLoader
+    ) -> torch.utils.data.DataLoader:
+        """A DataLoader over this rank's plan (or over `sampler`, e.g. training's PlanStream);
+        `loader_cls` is a DataLoader subclass (training's WatchedDataLoader)."""
         workers = self.config.num_workers if num_workers is None else num_workers
         extra = {}
         if workers > 0:
@@ -52,7 +56,7 @@ class DataPipeline:
                 # forking workers every epoch costs copy-on-write faults on the parent's memory
                 "persistent_workers": True,
             }
-        return torch.utils.data.DataLoader(
+        return loader_cls(
             self.dataset,
             sampler=self.sampler if sampler is None else sampler,
             batch_size=None,
@@ -65,6 +69,7 @@ class DataPipeline:
 def _worker_init(worker_id: int) -> None:
     # Workers decode audio; torch threads in each worker would only fight over the cores.
     torch.set_num_threads(1)
+    worker_status.uninstall()  # forked from a rank that loads in-process: not its parent's slot
 
 
 def dataset_config(cfg: NestConfig, split: str) -> DatasetConfig:

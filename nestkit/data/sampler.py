@@ -8,6 +8,8 @@ in O(1) (the length stays the epoch's); Lightning calls `set_epoch` before each 
 
 from __future__ import annotations
 
+from collections import deque
+
 import numpy as np
 import torch
 from lhotse import CutSet
@@ -15,6 +17,7 @@ from lhotse import CutSet
 from nestkit.data.dataset import PLAN_KEY
 from nestkit.data.manifest import CutIndex
 from nestkit.data.plan import BatchingConfig, EpochPlan, plan_epoch
+from nestkit.debug import hang_hooks
 
 
 class PlanSampler(torch.utils.data.Sampler):
@@ -92,12 +95,22 @@ class PlanStream(torch.utils.data.Sampler):
     recipe does) and nestkit alone owns the data position: a resume restores (epoch, batch) and
     nothing depends on how Lightning's own epoch counter treats a restart. With `max_epochs`, the
     stream ends after that many data epochs.
+
+    The DataLoader iterates the stream in the training process, so the stream knows what it handed
+    out: `handed_out` keeps the last positions (with their cuts) for heartbeats and stall reports
+    (the batches in flight are those handed out and not trained yet), and `data_end` records where
+    and why the stream ended.
     """
+
+    HANDED_OUT_KEPT = 64  # far more than num_workers x prefetch_factor + Lightning's one
 
     def __init__(self, sampler: PlanSampler, max_epochs: int | None = None):
         self.sampler = sampler
         self.max_epochs = max_epochs if max_epochs and max_epochs > 0 else None
         self.start = (0, 0)
+        self.handed_out: deque[tuple[int, int, CutSet]] = deque(maxlen=self.HANDED_OUT_KEPT)
+        self.data_end: dict | None = None
+        self.stop_after = hang_hooks.stop_after(sampler.rank)  # None unless NESTKIT_DEBUG_STOP_RANK
 
     def resume(self, epoch: int, batch: int) -> None:
         self.start = (epoch, batch)
@@ -111,6 +124,32 @@ class PlanStream(torch.utils.data.Sampler):
                 yield epoch, b
             epoch, batch = epoch + 1, 0
 
+    def handed_out_snapshot(self) -> list[tuple[int, int, CutSet]]:
+        """A copy that other threads can walk while the DataLoader appends."""
+        for _ in range(10):
+            try:
+                return list(self.handed_out)
+            except RuntimeError:  # mutated during the copy
+                continue
+        return []
+
     def __iter__(self):
+        if self.data_end is not None and self.data_end["reason"] == "debug":
+            return  # the debug hook ended this rank's data for good
+        yielded = 0
+        last = None
         for epoch, batch in self.positions():
-            yield self.sampler.batch_cuts(batch, epoch)
+            if self.stop_after is not None and yielded >= self.stop_after:
+                self.data_end = {"after": _position(last), "reason": "debug",
+                                 "detail": f"{hang_hooks.STOP_RANK_ENV}: data ends after {self.stop_after} batches"}
+                return
+            cuts = self.sampler.batch_cuts(batch, epoch)
+            self.handed_out.append((epoch, batch, cuts))
+            yielded += 1
+            last = (epoch, batch)
+            yield cuts
+        self.data_end = {"after": _position(last), "reason": "max_epochs", "detail": f"{self.max_epochs} data epochs done"}
+
+
+def _position(position: tuple[int, int] | None) -> dict | None:
+    return None if position is None else {"epoch": position[0], "batch": position[1]}

@@ -24,6 +24,7 @@ from nestkit.config import NestConfig
 from nestkit.data.batch import BatchPosition, NestBatch
 from nestkit.data.pipeline import DataPipeline, build_pipeline
 from nestkit.data.sampler import PlanStream
+from nestkit.debug.loader_watch import WatchedDataLoader
 from nestkit.debug.worker_hooks import worker_init_for
 from nestkit.model.nest import NestModel
 from nestkit.model.schedule import build_optimizer, build_scheduler
@@ -64,6 +65,7 @@ class NestLightningModule(pl.LightningModule):
         self.empty_mask_batches = 0
         self.bad_samples = 0
         self._step_started = 0.0
+        self.stall_watch = None  # nestkit.debug.lightning_watch.StallWatch, set by that callback
 
     # -- data ---------------------------------------------------------------------------------
 
@@ -79,12 +81,17 @@ class NestLightningModule(pl.LightningModule):
         stream = PlanStream(pipeline.sampler, self.cfg.trainer.max_epochs)
         if self.resume_at is not None:
             stream.resume(*self.resume_at)
-        return pipeline.dataloader(worker_init_fn=worker_init_for(self.run_dir, self.global_rank), sampler=stream)
+        loader = pipeline.dataloader(
+            worker_init_fn=worker_init_for(self.run_dir, self.global_rank), sampler=stream, loader_cls=WatchedDataLoader
+        )
+        if self.stall_watch is not None:  # heartbeats: what the stream hands out, what comes back
+            self.stall_watch.watch_loader(loader, stream)
+        return loader
 
     def val_dataloader(self):
         if self.cfg.model.validation_ds is None:
             return []
-        return self.pipeline("validation").dataloader()
+        return self.pipeline("validation").dataloader(worker_init_fn=worker_init_for(self.run_dir, self.global_rank, "val"))
 
     def transfer_batch_to_device(self, batch, device, dataloader_idx):
         return batch.to(device) if isinstance(batch, NestBatch) else super().transfer_batch_to_device(batch, device, dataloader_idx)

@@ -1,0 +1,112 @@
+"""`nestkit stacks RUN_DIR`: every rank's heartbeat and stall dumps in one report, with a verdict."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from nestkit.commands.common import console
+
+
+def stacks(
+    run_dir: Path = typer.Argument(..., help="The run folder (exp_manager.exp_dir/name).", show_default=False),
+    output_format: str = typer.Option("table", "--format", help="table, text or json."),
+    incident: Optional[int] = typer.Option(None, help="Stall incident number (stall/<N>/; default: the latest)."),
+    dump: bool = typer.Option(False, "--dump", help="Ask a running job for fresh stacks first: every rank's watchdog dumps within a poll interval (the job is not stopped)."),
+    wait: float = typer.Option(20.0, help="With --dump: seconds to wait for the ranks' dumps."),
+) -> None:
+    """What every rank and DataLoader worker was doing: phase, step, batch, the file each worker
+    reads, where each process is stuck (from the watchdog's stack dumps), and a verdict: data stall,
+    collective mismatch, compute stall, slow, healthy.
+    """
+    from nestkit.debug.stall_report import build_report, render_text
+    from nestkit.errors import NestkitError
+
+    if output_format not in ("table", "text", "json"):
+        raise typer.BadParameter(f"--format: expected table, text or json, got {output_format!r}")
+    if not run_dir.is_dir():
+        raise NestkitError(f"run {run_dir}: no such folder (expected a run folder, exp_manager.exp_dir/name)")
+    if dump:
+        incident = _request_dump(run_dir, wait)
+    report = build_report(run_dir, incident)
+    if output_format == "json":
+        print(json.dumps(report.as_dict(), indent=2))
+    elif output_format == "text":
+        print(render_text(report), end="")
+    else:
+        _print_tables(report)
+
+
+def _request_dump(run_dir: Path, wait: float) -> int:
+    from nestkit.debug.heartbeat import read_heartbeats
+    from nestkit.debug.incidents import open_incident
+    from nestkit.errors import NestkitError
+
+    beats = read_heartbeats(run_dir)
+    if not beats:
+        raise NestkitError(f"run {run_dir}: no heartbeats (expected heartbeat/rank<R>.json): nothing to ask for stacks")
+    world = max(b.get("world_size", 1) for b in beats.values())
+    request = {"kind": "manual", "rank": None, "reason": "stacks requested by `nestkit stacks --dump`", "time": time.time()}
+    found, _ = open_incident(run_dir, request)
+    dumped = found.wait_for_dumps(world, wait)
+    if len(dumped) < world:
+        missing = sorted(set(range(world)) - set(dumped))
+        console.print(f"[yellow]note:[/] no dump from rank(s) {', '.join(map(str, missing))} within {wait:g} s "
+                      "(finished, dead, or its watchdog thread cannot run)")
+    return found.number
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f} s" if value >= 10 else f"{value:.1f} s"
+
+
+def _print_tables(report) -> None:
+    from nestkit.commands.render import short_path
+
+    if report.incident is not None:
+        who = f" by rank {report.requested_by}" if report.requested_by is not None else ""
+        console.print(f"[bold]incident {report.incident}[/]{who}: {escape(report.reason)}")
+    ranks = Table(title=f"ranks of {escape(short_path(report.run_dir))}", title_justify="left")
+    for column in ("rank", "status", "phase", "for", "step", "epoch/batch", "waiting for", "where"):
+        ranks.add_column(column, overflow="fold")
+    for r in report.ranks:
+        if r.status == "missing":
+            ranks.add_row(str(r.rank), "[red]no heartbeat[/]", *[""] * 6)
+            continue
+        waiting = "-"
+        if r.waiting_for:
+            waiting = f"batch {r.waiting_for['batch']}: " + ", ".join(c["cut_id"] for c in r.waiting_for["cuts"])
+        elif r.phase == "collective":
+            waiting = f"peers, in {r.collective_op}"
+        elif r.data_end:
+            waiting = f"nothing: data ended after batch {(r.data_end.get('after') or {}).get('batch')}"
+        batch = f"{r.position['epoch']}/{r.position['batch']}" if r.position else "-"
+        ranks.add_row(str(r.rank), r.status, r.phase or "-", _seconds(r.phase_seconds), str(r.step), batch,
+                      escape(waiting), escape(r.frame or (r.error if r.status == "failed" else None) or "-"))
+    console.print(ranks)
+    loaders = Table(title="data loading processes", title_justify="left")
+    for column in ("rank", "process", "state", "for", "batch", "reading", "where"):
+        loaders.add_column(column, overflow="fold")
+    for r in report.ranks:
+        for w in r.loaders:
+            reading = "-"
+            if w.state == "loading":
+                manifest = f", {short_path(w.manifest)}:{w.line}" if w.manifest else ""
+                reading = f"{short_path(w.path)} (cut {w.cut_id}{manifest})"
+            stuck = w.state != "idle" and (w.seconds or 0) > 5
+            loaders.add_row(
+                str(r.rank), f"{w.name} ({w.pid})", f"[bold red]{w.state}[/]" if stuck else str(w.state),
+                _seconds(w.seconds), str(w.batch["batch"]) if w.batch else "-", escape(reading), escape(w.frame or "-"),
+            )
+    if loaders.row_count:
+        console.print(loaders)
+    if report.incident is not None:
+        console.print(f"stacks: {escape(short_path(str(Path(report.run_dir) / 'stall' / str(report.incident))))}/rank<R>/threads.txt, worker<W>.txt")
+    color = {"healthy": "green", "finished": "green", "slow": "yellow"}.get(report.verdict.kind, "red")
+    console.print(f"[bold {color}]verdict:[/] {escape(report.verdict.sentence)}")
