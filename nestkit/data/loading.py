@@ -4,13 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-from lhotse.cut import Cut, MonoCut, MultiCut
 
 from nestkit.bounded import CallTimeout, call_with_timeout
 from nestkit.data.audio import read_audio, resample
 from nestkit.debug import hang_hooks, worker_status
 from nestkit.errors import AudioLoadError
+
+if TYPE_CHECKING:  # lhotse (and torch) load lazily: validate-manifest's workers only need file_segment
+    from lhotse.cut import Cut
 
 
 @dataclass(frozen=True)
@@ -28,6 +32,8 @@ def file_segment(cut: Cut) -> FileSegment | None:
     MultiCut over all channels, or a cut whose recording claims one channel (NeMo manifests do not
     say), averages the file's channels (NeMo's downmix).
     """
+    from lhotse.cut import MonoCut, MultiCut
+
     if not isinstance(cut, (MonoCut, MultiCut)) or cut.recording is None or cut.recording.transforms:
         return None
     sources = cut.recording.sources

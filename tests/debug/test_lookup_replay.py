@@ -38,18 +38,30 @@ def trained(tmp_path_factory):
 
 @pytest.mark.slow
 def test_lookup_and_replay_agree_with_what_training_logged(trained):
+    from nestkit.config import load_config
+    from nestkit.debug.lookup import lookup_batch
+    from nestkit.debug.positions import Position
+    from nestkit.debug.session import DebugSession
+
     run_dir = trained["run_dir"]
+    # every logged batch of both ranks, through the library (one session, as the CLI opens it)
+    session = DebugSession.open(load_config(trained["config"]).config, None, run_dir)
+    assert session.world_size == 2  # read from the run folder's logs
     for rank in (0, 1):
         for record in read_batch_log(run_dir, rank):
-            looked = run("lookup", trained["config"], "--batch", str(record["batch"]), "--epoch", str(record["epoch"]),
-                         "--rank", str(rank), "--format", "json", cwd=trained["folder"])
-            assert looked.returncode == 0, looked.stderr[-2000:]
-            data = json.loads(looked.stdout)
-            assert data["world_size"] == 2 and len(set(data["batches_per_rank"].values())) == 1
-            [found] = data["ranks"]
-            assert [c["cut_id"] for c in found["cuts"]] == record["cut_ids"]
-            assert found["fingerprint"] == record["fingerprint"] and found["matches_log"] is True
-            assert found["step"] == record["step"]
+            [found] = lookup_batch(session, Position(record["epoch"], record["batch"]), [rank])
+            assert [c.cut_id for c in found.planned] == record["cut_ids"]
+            assert found.fingerprint == record["fingerprint"] and found.matches_log is True
+            assert found.step == record["step"]
+    # and once through the CLI
+    record = read_batch_log(run_dir, 0)[6]
+    looked = run("lookup", trained["config"], "--batch", str(record["batch"]), "--epoch", str(record["epoch"]),
+                 "--all-ranks", "--format", "json", cwd=trained["folder"])
+    assert looked.returncode == 0, looked.stderr[-2000:]
+    data = json.loads(looked.stdout)
+    assert data["world_size"] == 2 and len(set(data["batches_per_rank"].values())) == 1
+    assert data["ranks"][0]["fingerprint"] == record["fingerprint"] and data["ranks"][0]["matches_log"] is True
+    assert data["ranks"][1]["matches_log"] is True
     # replay, through --step, on rank 1
     record = read_batch_log(run_dir, 1)[5]
     replayed = run("replay-batch", "--config", trained["config"], "--step", str(record["step"]), "--rank", "1",

@@ -134,9 +134,6 @@ def test_a_nestkit_stacks_prints_the_verdict_naming_the_file(data_stall):
 @pytest.mark.timeout(120)
 def test_a_lookup_and_replay_batch_name_the_same_file(data_stall):
     tmp, config = data_stall["tmp"], data_stall["config"]
-    commands = nestkit("--help", cwd=tmp).stdout
-    if "lookup" not in commands or "replay-batch" not in commands:
-        pytest.skip("TODO(lead): `nestkit lookup` / `replay-batch` are not registered yet")
     common = ["--rank", "1", "--world-size", str(WORLD), "--epoch", "0", "--format", "json"]
     named_by_stacks = report_of(data_stall["run"])["ranks"][1]["waiting_for"]["cuts"][0]["path"]
     lookup = nestkit("lookup", config, "--batch", str(BLOCKED_BATCH), "--no-load", *common, cwd=tmp)
