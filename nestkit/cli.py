@@ -6,6 +6,7 @@ import typer
 from rich.markup import escape
 
 from nestkit.commands import export_nemo, import_manifest, lookup, pipeline, replay_batch, train, validate_manifest
+from nestkit.commands.stacks import stacks
 from nestkit.commands.common import err_console
 from nestkit.errors import ConfigError, NestkitError
 
@@ -15,7 +16,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    rich_markup_mode="rich",
+    rich_markup_mode="markdown",
 )
 
 # Registration order is the order `nestkit --help` lists the commands in. Command modules import
@@ -26,8 +27,6 @@ app.command("pipeline")(pipeline.pipeline)
 app.command("train")(train.train)
 app.command("lookup")(lookup.lookup)
 app.command("replay-batch")(replay_batch.replay_batch)
-from nestkit.commands.stacks import stacks  # noqa: E402
-
 app.command("stacks")(stacks)
 app.command("export-nemo")(export_nemo.export_nemo)
 

@@ -30,9 +30,11 @@ def lookup(
     load: bool = typer.Option(True, "--load/--no-load", help="Build the batch (reads its audio) to show noise/augmentation decisions and the fingerprint."),
     output_format: str = typer.Option("table", "--format", help="table or json."),
 ) -> None:
-    """Name the cuts, manifest lines and files of batch N (or step S) on a rank, with the noise and
-    augmentation decisions training makes for them, the batch fingerprint, each rank's batch count,
-    and the batches in flight while that step runs (Lightning prefetches one, the DataLoader
+    """Name the cuts, files and noise decisions of batch N (or step S), or find a cut or sample index.
+
+    Per rank: each cut's manifest:line, path, offset and duration, the noise and augmentation
+    decisions training makes for them, the batch fingerprint, each rank's batch count, and the
+    batches in flight while that step runs (Lightning prefetches one, the DataLoader
     num_workers x prefetch_factor more: a hang "at step 71" may be a load for step 72-75).
     """
     from nestkit.config import load_config

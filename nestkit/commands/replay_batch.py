@@ -30,8 +30,9 @@ def replay_batch(
     repro_dir: Path = typer.Option(Path("nestkit-repro"), help="Where a repro folder is written for each sample that fails."),
     output_format: str = typer.Option("table", "--format", help="table or json."),
 ) -> None:
-    """Rebuild batch N of a rank exactly as training built it (same plan, noise, augmentation and
-    substitutes), in this process without workers. Prints each sample's load time and status, the
+    """Rebuild batch N of a rank exactly as training built it, in this process, and time each sample.
+
+    Same plan, noise, augmentation and substitutes as training, without workers. Prints each sample's load time and status, the
     fingerprint and whether it matches the run's log; a failing or timed-out sample gets a repro
     folder (one-line manifest, config, command). Exit status 1 when a sample failed.
     """

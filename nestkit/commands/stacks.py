@@ -17,12 +17,13 @@ from nestkit.commands.common import console
 def stacks(
     run_dir: Path = typer.Argument(..., help="The run folder (exp_manager.exp_dir/name).", show_default=False),
     output_format: str = typer.Option("table", "--format", help="table, text or json."),
-    incident: Optional[int] = typer.Option(None, help="Stall incident number (stall/<N>/; default: the latest)."),
+    incident: Optional[int] = typer.Option(None, help="Stall incident number (the folder stall/N under the run folder; default: the latest)."),
     dump: bool = typer.Option(False, "--dump", help="Ask a running job for fresh stacks first: every rank's watchdog dumps within a poll interval (the job is not stopped)."),
     wait: float = typer.Option(20.0, help="With --dump: seconds to wait for the ranks' dumps."),
 ) -> None:
-    """What every rank and DataLoader worker was doing: phase, step, batch, the file each worker
-    reads, where each process is stuck (from the watchdog's stack dumps), and a verdict: data stall,
+    """One report of what every rank and DataLoader worker was doing, with a verdict.
+
+    Phase, step, batch, the file each worker reads, where each process is stuck (from the watchdog's stack dumps), and a verdict: data stall,
     collective mismatch, compute stall, slow, healthy.
     """
     from nestkit.debug.stall_report import build_report, render_text

@@ -24,7 +24,7 @@ def train(
 ) -> None:
     """Train the NEST model (Lightning; DDP over trainer.devices / num_nodes, torchrun or SLURM).
 
-    The run folder is exp_manager.exp_dir/exp_manager.name (default runs/<name>). Every step's batch
+    The run folder is exp_manager.exp_dir/exp_manager.name (default runs/NAME). Every step's batch
     fingerprint and cut ids are logged per rank under it, for `nestkit lookup` and `replay-batch`.
     """
     from nestkit.config import load_config
