@@ -386,6 +386,9 @@ class WatchdogConfig:
     stall_factor: float = 20.0
     first_step_timeout_s: float = 900.0  # start-up, first batch, compilation
     slow_phase_timeout_s: float = 1800.0  # validation (per batch) and checkpointing
+    # A rank waiting for a batch whose loader is still reading (a read started or ended within the
+    # stall timeout) is slow, not stalled; it is declared stalled after this long without a step.
+    slow_data_timeout_s: float = 1800.0
     action: Literal["abort", "wait"] = "abort"  # after the report: end the job, or keep it for py-spy/gdb
     poll_interval_s: float = 1.0
     heartbeat_interval_s: float = 1.0  # how often each rank rewrites heartbeat/rank<R>.json
@@ -766,7 +769,7 @@ def _check(cfg: NestConfig, problems: list[str]) -> None:
     w = cfg.nestkit.watchdog
     if w.stall_timeout_s is not None and w.stall_timeout_s <= 0:
         problems.append(f"nestkit.watchdog.stall_timeout_s: must be positive seconds or null (got {w.stall_timeout_s})")
-    for name in ("min_stall_timeout_s", "first_step_timeout_s", "slow_phase_timeout_s", "poll_interval_s",
+    for name in ("min_stall_timeout_s", "first_step_timeout_s", "slow_phase_timeout_s", "slow_data_timeout_s", "poll_interval_s",
                  "heartbeat_interval_s", "stall_factor"):
         if getattr(w, name) <= 0:
             problems.append(f"nestkit.watchdog.{name}: must be positive (got {getattr(w, name)})")

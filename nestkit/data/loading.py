@@ -59,6 +59,8 @@ def cut_path(cut: Cut) -> str:
 def _load(cut: Cut, sample_rate: int, offset: float, duration: float | None) -> np.ndarray:
     if hang_hooks.BLOCK_PATH is not None and hang_hooks.BLOCK_PATH in cut_path(cut):
         hang_hooks.block_forever(cut_path(cut))  # a test hook: see nestkit/debug/hang_hooks.py
+    if hang_hooks.SLOW_READ_S:
+        hang_hooks.slow_read(cut_path(cut))
     segment = file_segment(cut)
     if segment is not None:
         return read_audio(

@@ -80,6 +80,7 @@ class RankView:
     frame: str | None = None  # where its main thread is (from a stall dump)
     blocking_call: str | None = None  # a torch.distributed call its main thread is in (from a stall dump)
     error: str | None = None
+    ended_at: float | None = None  # wall time of its last heartbeat, once it stopped
     dumped: bool = False
     loaders: list[LoaderView] = field(default_factory=list)
 
@@ -221,6 +222,7 @@ def _rank_view(rank: int, latest: dict | None, dump: dict | None, run_dir: Path,
         frame=key_frame(_stacks((dump or {}).get("threads"))),
         blocking_call=_blocking_call(_stacks((dump or {}).get("threads"))),
         error=(latest or beat).get("error"), dumped=dump is not None,
+        ended_at=(latest or beat).get("written_at") if status != RUNNING else None,
         loaders=_loader_views(slots or [], (dump or {}).get("workers") or [], ref),
     )
 
@@ -296,6 +298,28 @@ def _culprit_loader(rank: RankView) -> LoaderView | None:
     return max(busy, key=lambda w: w.seconds or 0.0, default=None)
 
 
+def data_in_motion(run_dir: str | os.PathLike, within_s: float) -> str | None:
+    """Why the run is slow rather than stalled, or None.
+
+    A rank that waits for a batch whose loader started or finished a read less than `within_s` ago
+    is on slow storage, not stuck, and its peers waiting for it in a collective are not stuck
+    either. Read from the run folder, so every rank's watchdog sees its peers' data too.
+    """
+    now = time.time()
+    for rank, beat in read_heartbeats(run_dir).items():
+        if beat.get("status") != RUNNING or beat.get("phase") != "fetch":
+            continue
+        view = _rank_view(rank, beat, None, Path(run_dir), now)
+        loader = _culprit_loader(view)
+        if loader is None or loader.seconds is None or loader.seconds >= within_s:
+            continue
+        batch = f"batch {view.waiting_for['batch']}" if view.waiting_for else "its next batch"
+        doing = f"started reading {loader.where}" if loader.state == "loading" else f"has been {loader.state}"
+        who = "it" if loader.name == "main" else loader.name.replace("worker", "worker ")
+        return f"rank {rank} waits {view.phase_seconds:.0f} s for {batch}, and {who} {doing} {loader.seconds:.1f} s ago"
+    return None
+
+
 def _data_stall(rank: RankView, waiting: list[RankView]) -> Verdict:
     wanted = rank.waiting_for
     batch = f"batch {wanted['batch']}" if wanted else "its next batch"
@@ -312,11 +336,21 @@ def _data_stall(rank: RankView, waiting: list[RankView]) -> Verdict:
     return Verdict("data_stall", f"data stall: {what}{_waiting_clause(waiting)}", [rank.rank])
 
 
+def _first_line(error: str | None, limit: int = 300) -> str:
+    """The gist of an error for a one-line verdict (gloo errors carry a stack of their own)."""
+    line = next((part.strip() for part in (error or "").splitlines() if part.strip()), "no error recorded")
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def _failure(rank: RankView, first: bool = False) -> str:
+    return f"rank {rank.rank} failed{' first,' if first else ''} at step {rank.step} ({_first_line(rank.error)})"
+
+
 def _why_left(rank: RankView) -> str:
     if rank.status == "missing":
         return f"rank {rank.rank} never wrote a heartbeat"
     if rank.status == FAILED:
-        return f"rank {rank.rank} failed at step {rank.step} ({rank.error})"
+        return _failure(rank)
     if rank.died:
         return f"rank {rank.rank} died in {rank.phase} at step {rank.step} (process {rank.pid} is gone)"
     if rank.data_end is not None:
@@ -368,9 +402,12 @@ def classify(ranks: list[RankView], request_kind: str | None = None) -> Verdict:
 def _no_stall(ranks: list[RankView], present: list[RankView], active: list[RankView]) -> Verdict:
     if present and all(r.status == FINISHED for r in present) and len(present) == len(ranks):
         return Verdict("finished", f"finished: all {len(ranks)} ranks completed (last step {max(r.steps_done or 0 for r in ranks)})")
-    failed = [r for r in ranks if r.status == FAILED]
+    # the first failure is the cause; a peer failing after it usually only lost its connection
+    failed = sorted((r for r in ranks if r.status == FAILED), key=lambda r: r.ended_at or 0.0)
     if failed:
-        return Verdict("failed", "failed: " + "; ".join(_why_left(r) for r in failed), [r.rank for r in failed])
+        first, *then = failed
+        after = f"; then {'; '.join(_why_left(r) for r in then)}" if then else ""
+        return Verdict("failed", f"failed: {_failure(first, first=bool(then))}{after}", [first.rank])
     gone = [r for r in ranks if r.died]
     if gone or any(r.status == "missing" for r in ranks):
         lost = gone + [r for r in ranks if r.status == "missing"]

@@ -6,6 +6,8 @@ heartbeat) with the budget of the phase it is in:
 * validation and checkpointing: `slow_phase_timeout_s` (the clock restarts at each validation batch);
 * any other phase: `stall_timeout_s` if set, else max(min_stall_timeout_s, stall_factor x the
   95th percentile of the recent step times) -- the first step is left out of that statistic.
+A rank waiting for a batch that some loader is still reading (a read started or ended within that
+budget: slow storage) is not stalled, nor are its peers waiting for it, until `slow_data_timeout_s`.
 
 On a stall it opens an incident (nestkit.debug.incidents) so that every rank dumps at the same
 moment: the Python stacks of all its threads, each DataLoader worker's stacks (SIGUSR1 ->
@@ -64,6 +66,7 @@ class Watchdog:
         # the last incident this rank answered or opened; an earlier run's count as answered
         self._handled = history(self.run_dir, self.started_at - 5)
         self._fired_for: float | None = None  # progress_mono of the stall already declared
+        self._slow_noted: float | None = None  # progress_mono of the slow wait already reported
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self.aborting = threading.Event()  # set once this rank will exit through abort()
@@ -98,9 +101,29 @@ class Watchdog:
         progress = hb.progress_mono
         idle = time.monotonic() - progress
         if idle > timeout and self._fired_for != progress:
+            if idle < self.cfg.slow_data_timeout_s and self._data_still_moving(progress, idle, timeout):
+                return
             self._fired_for = progress
             self.declare(f"rank {hb.rank} made no progress for {idle:.0f} s in phase {hb.phase} "
                          f"at step {hb.step} (limit {timeout:g} s: {rule})")
+
+    def _data_still_moving(self, progress: float, idle: float, timeout: float) -> bool:
+        """Slow storage is not a stall: while some rank's loader keeps starting and finishing reads
+        for the batch it waits on, say so once and keep watching."""
+        from nestkit.debug.stall_report import data_in_motion
+
+        moving = data_in_motion(self.run_dir, timeout)
+        if moving is None:
+            return False
+        if self._slow_noted != progress:
+            self._slow_noted = progress
+            self.notify(
+                f"\nnestkit watchdog: rank {self.heartbeat.rank} has made no progress for {idle:.0f} s (limit {timeout:g} s), "
+                f"but its data is moving: {moving}. Slow data loading, not a stall: watching on (a stall is declared "
+                f"when no read starts or ends for {timeout:g} s, or after watchdog.slow_data_timeout_s "
+                f"{self.cfg.slow_data_timeout_s:g} s without a step).\n"
+            )
+        return True
 
     # -- incidents ----------------------------------------------------------------------------
 

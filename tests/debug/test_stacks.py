@@ -89,6 +89,19 @@ def test_a_failed_dead_or_silent_rank_is_a_collective_mismatch(tmp_path):
     assert "rank 2 never wrote a heartbeat" in verdict(tmp_path).sentence
 
 
+def test_when_every_rank_failed_the_first_failure_is_named_as_the_cause(tmp_path):
+    cause = beat(tmp_path, 1, "forward", 5)
+    cause.stop(FAILED, "RuntimeError: Skipping the `training_step` by returning None in distributed training is not supported.")
+    time.sleep(0.05)
+    peer = beat(tmp_path, 0, "collective", 5)
+    peer.stop(FAILED, "RuntimeError: [gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:5257.\n\nAt:\n  default_hooks.py(31): <lambda>")
+    found = verdict(tmp_path)
+    assert found.kind == "failed" and found.culprits == [1], found
+    assert found.sentence.startswith("failed: rank 1 failed first, at step 5 (RuntimeError: Skipping the `training_step`")
+    assert found.sentence.endswith("then rank 0 failed at step 5 (RuntimeError: [gloo/transport/tcp/pair.cc:553] "
+                                   "Connection closed by peer [127.0.0.1]:5257.)")  # the first line of its error only
+
+
 def test_stacks_explains_a_folder_without_heartbeats(tmp_path):
     result = nestkit("stacks", str(tmp_path), cwd=tmp_path)
     assert result.returncode == 1 and "Traceback" not in result.stderr

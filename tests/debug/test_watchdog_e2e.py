@@ -214,6 +214,22 @@ def test_c_a_healthy_run_of_hundreds_of_steps_never_trips_a_short_timeout(tmp_pa
     assert json.loads(stacks.stdout)["verdict"]["kind"] == "finished"
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_c_slow_storage_is_reported_as_slow_not_declared_a_stall(tmp_path, corpus):
+    """Every read takes 1 s (a slow mount): waits for a batch exceed the 2 s stall timeout, but the
+    loaders keep starting and finishing reads, so the watchdog says so and lets the run finish."""
+    cfg_path = watched_config(tmp_path, corpus, "slowmount", trainer={"max_steps": 6},
+                              nestkit={"watchdog": {"stall_timeout_s": 2}})
+    result = nestkit("train", cfg_path, cwd=tmp_path, env={"NESTKIT_DEBUG_SLOW_READ_S": "1"}, timeout=170)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = tmp_path / "runs" / "slowmount"
+    assert not (run / "stall").exists(), result.stderr[-3000:]
+    note = " ".join(result.stderr.split())
+    assert "Slow data loading, not a stall" in note and "started reading" in note, result.stderr[-3000:]
+    assert all(beat["steps_done"] == 6 for beat in read_heartbeats(run).values())
+
+
 # ------------------------------------------------------------------------------------------------
 # The DataLoader's own timeout
 
