@@ -73,7 +73,7 @@ class DatasetConfig:
     batch_duration: Optional[float] = None
     num_buckets: int = 30
     shuffle: bool = True
-    drop_last: bool = True
+    drop_last: bool = False  # as NeMo's dataloaders when the key is absent
     min_duration: Optional[float] = 1.0  # seconds; shorter cuts are left out of the plan (counted)
     max_duration: Optional[float] = 60.0  # seconds; longer cuts are left out of the plan (counted)
     num_workers: int = 8

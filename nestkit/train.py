@@ -267,8 +267,23 @@ def _quiet_lightning() -> None:
     for message in (
         r".*isinstance\(treespec, LeafSpec\).*",  # Lightning's own use of a torch API
         r".*does not have many workers.*",  # nestkit chose num_workers from the config
+        r".*DataLoader will create \d+ worker processes in total.*",  # train() notes it once, by its config key
     ):
         warnings.filterwarnings("ignore", message=message)
+
+
+def _worker_notes(cfg: NestConfig) -> list[str]:
+    """More DataLoader workers than cores load no faster and cost memory: say so by config key."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    notes = []
+    for key, ds in (("train_ds", cfg.model.train_ds), ("validation_ds", cfg.model.validation_ds)):
+        if ds is not None and ds.num_workers > cores:
+            notes.append(f"model.{key}.num_workers={ds.num_workers} per rank on {cores} CPU core(s): "
+                         "more workers than cores load no faster and use more memory")
+    return notes
 
 
 def train(cfg: NestConfig, resume: bool | str = False, interactive: bool = False, notify=print) -> TrainPlan:
@@ -286,7 +301,7 @@ def train(cfg: NestConfig, resume: bool | str = False, interactive: bool = False
     world = _world_size(devices, cfg.trainer.num_nodes)
     probe = build_pipeline(cfg, "train", 0, world)
     val_every, notes = _validation_every(cfg, probe.sampler.plan().num_batches)
-    for note in notes:
+    for note in notes + _worker_notes(cfg):
         notify(note)
     if cfg.model.validation_ds is not None:
         build_pipeline(cfg, "validation", 0, world).sampler.plan()

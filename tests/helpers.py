@@ -62,7 +62,7 @@ def write_train_config(path: Path, train: str, noise: str | None = None, validat
     """A small training YAML (tiny model, CPU, few steps); `sections` update its top-level keys."""
     import yaml
 
-    ds = {"manifest_filepath": train, "noise_manifest": noise, "batch_size": 2, "num_workers": 0,
+    ds = {"manifest_filepath": train, "noise_manifest": noise, "batch_size": 2, "drop_last": True, "num_workers": 0,
           "min_duration": None, "max_duration": None}
     model = {**TINY_MODEL, "train_ds": ds}
     if validation:

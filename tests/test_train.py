@@ -40,6 +40,26 @@ def small_corpus(tmp_path_factory):
 
 
 @pytest.mark.slow
+def test_nemos_own_config_trains_with_only_the_manifest_paths_filled_in(tmp_path, small_corpus):
+    """NeMo's nest_fast-conformer.yaml as shipped (Large model, 8 workers, `${...}` references,
+    `_target_` classes): the manifest paths, a step budget and a run folder are all a user sets."""
+    nemo_yaml = Path(__file__).parent / "fixtures" / "nemo_nest_fast_conformer.yaml"
+    manifests = [f"model.{split}.{key}={small_corpus[name]}" for split, key, name in (
+        ("train_ds", "manifest_filepath", "train"), ("train_ds", "noise_manifest", "noise"),
+        ("validation_ds", "manifest_filepath", "validation"), ("validation_ds", "noise_manifest", "noise"))]
+    result = nestkit("train", str(nemo_yaml), *manifests, "trainer.max_steps=1", f"exp_manager.exp_dir={tmp_path}",
+                     cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    run = tmp_path / "SSL-NEST-FastConformer"
+    (record,) = read_batch_log(run, 0)
+    assert record["step"] == 0 and len(record["cut_ids"]) == 8 and np.isfinite(record["loss"])
+    weights = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    d_model = weights["model.encoder.layers.16.norm_out.weight"].shape[0]  # the Large size: 17 layers of 512
+    assert d_model == 512 and not any(k.startswith("model.encoder.layers.17.") for k in weights)
+    assert weights["model.decoder.decoder_layers.0.weight"].shape == (8192, 512, 1)  # num_classes 8192, one book
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("stop", [4, 7])  # 7 batches per epoch: mid-epoch, and exactly at its end
 def test_resume_continues_the_exact_loss_curve(tmp_path, small_corpus, stop):
     def config(name):

@@ -102,7 +102,7 @@ def build_pipeline(
     sample_rate = int(ds.sample_rate or cfg.model.sample_rate)
     index = CutIndex.build(ds.manifest_filepath, sample_rate)
     noise = CutIndex.build(ds.noise_manifest, sample_rate) if ds.noise_manifest else None
-    batching = BatchingConfig.from_dataset(ds)
+    batching = BatchingConfig.from_dataset(ds, source=f"model.{split}_ds")
     if split == "validation":
         batching = _replace(batching, shuffle=False)
     sampler = PlanSampler(

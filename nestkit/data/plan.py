@@ -37,10 +37,12 @@ class BatchingConfig:
     drop_last: bool = True
     min_duration: float | None = None
     max_duration: float | None = None
+    source: str = "plan"  # what errors name: the config section, e.g. model.validation_ds
 
     @staticmethod
-    def from_dataset(ds: DatasetConfig) -> "BatchingConfig":
+    def from_dataset(ds: DatasetConfig, source: str = "plan") -> "BatchingConfig":
         return BatchingConfig(
+            source=source,
             batch_size=ds.batch_size,
             batch_duration=ds.batch_duration,
             num_buckets=ds.num_buckets,
@@ -92,7 +94,7 @@ class EpochPlan:
         if not 0 <= batch < self.num_batches:
             raise PlanError(
                 f"batch {batch}: out of range for epoch {self.epoch} (expected 0..{self.num_batches - 1}, got {batch}). "
-                f"Each rank has {self.num_batches} batches per epoch"
+                f"Each rank has {self.num_batches} batches per epoch; for a training step number, use --step"
             )
         return batch * self.world_size + rank
 
@@ -213,7 +215,7 @@ def plan_epoch(
     flags = [np.zeros(len(b), dtype=bool) for r in rounds for b in r] + tail_flags
     if not batches:
         raise PlanError(
-            f"plan: not a single full round of batches (expected at least {world_size} batch(es), "
+            f"{batching.source}: not a single full round of batches (expected at least {world_size} batch(es), "
             f"got {len(kept)} cut(s) for {world_size} rank(s) with drop_last=true). "
             "Lower batch_size/batch_duration or set drop_last=false"
         )
