@@ -1,11 +1,13 @@
 """Data pipeline throughput against raw decode, measured side by side in one run.
 
     python bench/bench_pipeline.py [--utterances 160] [--repeats 5] [--json OUT]
+    python bench/bench_pipeline.py --config CONFIG.yaml [key=value ...]   (your own corpus)
 
 Builds a synthetic corpus (16 kHz PCM16 WAV utterances of 4-16 s and 12 noise files of 10-40 s),
-warms the page cache and the (persistent) DataLoader workers with one epoch each, then alternates,
+or takes model.train_ds of a training config (its manifests, noise, augmentor and batching; the
+config's num_workers is replaced by 0 and 2), warms the page cache and the (persistent) DataLoader workers with one epoch each, then alternates,
 `--repeats` times, one full pass of:
-  raw      soundfile.read of every utterance file (float32), nothing else;
+  raw      soundfile.read of every utterance (the segment the plan reads, float32), nothing else;
   pipe/0   nestkit's DataLoader, batch 8, noise + MultiSpeakerNoiseAugmentation on, 0 workers;
   pipe/2   the same with 2 workers (persistent, as in training).
 Reports audio-seconds per second (median of the repeats) and each pipeline's ratio to raw decode
@@ -25,7 +27,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from nestkit.config import config_from_dict
+from nestkit.config import config_from_dict, load_config
+from nestkit.data.loading import FileSegment, file_segment
 from nestkit.data.pipeline import build_pipeline
 from nestkit.synth import noise_like, speech_like, write_manifest, write_wav
 
@@ -46,12 +49,24 @@ def make_corpus(folder: Path, utterances: int, seed: int = 0) -> tuple[str, str,
     return write_manifest(folder / "train.json", entries), write_manifest(folder / "noise.json", noises), paths, total
 
 
-def raw_decode(paths: list[str]) -> float:
+def raw_decode(segments: list[FileSegment]) -> float:
     seconds = 0.0
-    for path in paths:
-        data, sr = sf.read(path, dtype="float32")
-        seconds += len(data) / sr
+    for segment in segments:
+        try:
+            with sf.SoundFile(segment.path) as f:
+                f.seek(int(segment.offset * f.samplerate))
+                data = f.read(int(segment.duration * f.samplerate), dtype="float32")
+                seconds += len(data) / f.samplerate
+        except (OSError, RuntimeError):  # a broken file: the pipeline substitutes it, raw just skips it
+            continue
     return seconds
+
+
+def planned_segments(pipeline) -> list[FileSegment]:
+    """Every file segment of the epoch's plan: exactly what the pipeline reads for its utterances."""
+    plan = pipeline.sampler.plan(0)
+    return [seg for b in range(plan.num_batches) for cut in pipeline.sampler.batch_cuts(b, 0)
+            if (seg := file_segment(cut)) is not None]
 
 
 def pipeline_pass(pipeline, loader, epoch: int) -> float:
@@ -73,20 +88,29 @@ def main() -> None:
     parser.add_argument("--utterances", type=int, default=160)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", type=str, default=None)
+    parser.add_argument("--config", type=str, default=None, help="a training config: bench its model.train_ds")
+    parser.add_argument("overrides", nargs="*", help="dotted.key=value overrides of --config")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        train, noise, paths, total = make_corpus(folder, args.utterances)
-        cfg = config_from_dict({
-            "model": {"train_ds": {
-                "manifest_filepath": [train], "noise_manifest": [noise], "batch_size": 8,
-                "min_duration": None, "max_duration": None, "drop_last": False, "num_workers": 0,
-            }},
-        }).config
+        if args.config:
+            cfg = load_config(args.config, args.overrides).config
+            corpus = {"config": args.config, "overrides": args.overrides}
+        else:
+            train, noise, _, _ = make_corpus(folder, args.utterances)
+            cfg = config_from_dict({
+                "model": {"train_ds": {
+                    "manifest_filepath": [train], "noise_manifest": [noise], "batch_size": 8,
+                    "min_duration": None, "max_duration": None, "drop_last": False, "num_workers": 0,
+                }},
+            }).config
+            corpus = {"utterances": args.utterances, "batch_size": 8}
         pipeline = build_pipeline(cfg, run_dir=folder / "run")
+        paths = planned_segments(pipeline)
+        total = raw_decode(paths)
         loaders = {0: pipeline.dataloader(num_workers=0), 2: pipeline.dataloader(num_workers=2)}
-        raw_decode(paths)  # warm the page cache
+        # raw_decode above warmed the page cache
         for loader in loaders.values():  # start the workers
             pipeline_pass(pipeline, loader, 0)
         rates: dict[str, list[float]] = {"raw": [], "pipe/0": [], "pipe/2": []}
@@ -102,7 +126,7 @@ def main() -> None:
 
     medians = {k: statistics.median(v) for k, v in rates.items()}
     result = {
-        "corpus": {"utterances": args.utterances, "audio_seconds": round(total, 1), "batch_size": 8},
+        "corpus": {**corpus, "segments": len(paths), "audio_seconds": round(total, 1)},
         "audio_seconds_per_second": {k: round(v, 1) for k, v in medians.items()},
         "ratio_to_raw_decode": {k: round(v / medians["raw"], 3) for k, v in medians.items() if k != "raw"},
         "repeats": args.repeats,
