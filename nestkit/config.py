@@ -712,6 +712,15 @@ def _check(cfg: NestConfig, problems: list[str]) -> None:
         problems.append(f"model.encoder.subsampling_factor: must be a power of 2 from 2 to 32 (got {enc.subsampling_factor})")
     if enc.d_model % enc.n_heads:
         problems.append(f"model.encoder: d_model must be divisible by n_heads (got {enc.d_model} and {enc.n_heads})")
+    if enc.d_model % 2:
+        problems.append(f"model.encoder.d_model: must be even (position encodings come in sin/cos pairs; got {enc.d_model})")
+    chunking = enc.subsampling_conv_chunking_factor
+    if chunking not in (-1, 1) and (chunking < 2 or chunking & (chunking - 1)):
+        problems.append(f"model.encoder.subsampling_conv_chunking_factor: unsupported (expected -1, 1 or a power of 2, got {chunking})")
+    pre = m.preprocessor
+    window = pre.n_window_size or int(pre.window_size * m.sample_rate)
+    if pre.n_fft is not None and pre.n_fft < window:
+        problems.append(f"model.preprocessor.n_fft: shorter than the window (expected at least {window} samples, got {pre.n_fft})")
     if enc.conv_kernel_size % 2 == 0 and enc.conv_context_size is None:
         problems.append(f"model.encoder.conv_kernel_size: must be odd (got {enc.conv_kernel_size})")
     if enc.att_context_size not in (None, [-1, -1]):
@@ -737,6 +746,9 @@ def _check(cfg: NestConfig, problems: list[str]) -> None:
     expected_q_feat = m.preprocessor.features if m.mask_position == "pre_conv" else enc.d_model
     if q.feat_in != expected_q_feat:
         problems.append(f"model.quantizer.feat_in: must match mask_position={m.mask_position} (expected {expected_q_feat}, got {q.feat_in})")
+    if q.time_ahead:
+        problems.append("model.quantizer.time_ahead: not supported by the NEST model (expected false: the model gives "
+                        "the quantizer (B, D, T) features; got true)")
     for name, expected in (("num_classes", m.num_classes), ("num_books", m.num_books)):
         if getattr(q, name) != expected:
             problems.append(f"model.quantizer.{name}: must equal model.{name} (expected {expected}, got {getattr(q, name)})")

@@ -94,6 +94,44 @@ CASES: dict[str, dict] = {
         },
         init_seed=55, mask_seed=13, audio_seed=505, durations=(1.3, 0.9, 1.1), mode="eval",
     ),
+    # dither and stochastic depth draw from the RNG before (dither) and after (layer drops) the
+    # masks: with a width whose sample count is not a multiple of 16 and a seed that drops a layer,
+    # nestkit's generator must consume NeMo's global RNG stream draw for draw
+    "books4_f128_dither_depth_train": dict(
+        settings={
+            "num_books": 4, "num_classes": 128, "code_dim": 32, "preprocessor.features": 128, "preprocessor.dither": 1e-5,
+            "encoder.subsampling_factor": 4, "encoder.d_model": 64, "encoder.n_heads": 8, "encoder.n_layers": 3,
+            "encoder.ff_expansion_factor": 2, "encoder.conv_kernel_size": 31, "encoder.subsampling_conv_channels": 16,
+            "encoder.stochastic_depth_drop_prob": 0.6, "masking.mask_prob": 0.04, "masking.block_size": 24,
+        },
+        init_seed=66, mask_seed=3, audio_seed=606, durations=(1.9003, 1.1, 1.5), mode="train", keep_features=False,
+    ),
+    "post_conv_disjoint_sub4": dict(
+        settings={
+            "mask_position": "post_conv", "num_books": 2, "num_classes": 64, "encoder.subsampling_factor": 4,
+            "encoder.d_model": 48, "encoder.n_heads": 4, "encoder.n_layers": 2, "encoder.subsampling_conv_channels": 16,
+            "encoder.pos_emb_max_len": 20, "masking.allow_overlap": False, "masking.mask_prob": 0.3, "masking.block_size": 48,
+        },
+        init_seed=77, mask_seed=15, audio_seed=707, durations=(2.4, 1.6, 2.0), mode="eval",
+    ),
+    # disjoint blocks shrunk for short utterances keep offsets up to block_size: NeMo masks padding
+    # frames (row 2: a whole loss group past the encoder length, which its loss scores; row 4: the
+    # 8-frame fallback on a 5-frame utterance)
+    "disjoint_past_utterance_end": dict(
+        settings={
+            "num_classes": 64, "encoder.d_model": 32, "encoder.n_heads": 2, "encoder.n_layers": 1,
+            "encoder.subsampling_conv_channels": 8, "masking.allow_overlap": False, "masking.mask_prob": 0.5,
+        },
+        init_seed=91, mask_seed=9, audio_seed=909, durations=(1.6, 0.55, 1.2, 0.05), mode="eval",
+    ),
+    "small176_sdpa": dict(
+        settings={
+            "num_classes": 256, "encoder.d_model": 176, "encoder.n_heads": 4, "encoder.n_layers": 1,
+            "encoder.ff_expansion_factor": 1, "encoder.subsampling_conv_channels": 16, "encoder.use_pytorch_sdpa": True,
+            "masking.mask_prob": 0.05,
+        },
+        init_seed=88, mask_seed=17, audio_seed=808, durations=(1.7, 2.1, 0.6), mode="eval",
+    ),
 }
 
 DROPOUT_KEYS = ("dropout", "dropout_pre_encoder", "dropout_emb", "dropout_att")
@@ -176,6 +214,9 @@ def patch_einsum_promotion() -> None:
 
 
 def forward_like_training_step(model, audio, audio_len, noisy, noisy_len, post_conv: bool):
+    # NeMo's dither adds its noise to the input tensor in place (x += dither * randn_like(x)):
+    # copies keep the caller's audio what the fixture stores
+    audio, noisy = audio.clone(), noisy.clone()
     if not post_conv:
         return model.forward(
             input_signal=audio, input_signal_length=audio_len,
@@ -365,7 +406,11 @@ def crosscheck_checkpoints(work_dir: Path) -> None:
         with torch.no_grad():
             return model(audio, lengths, audio, lengths, apply_mask=False).log_probs
 
-    for config_path in (BASE_CONFIG, REPO / "tests/fixtures/nemo_reference/post_conv.config.yaml"):
+    reference = REPO / "tests/fixtures/nemo_reference"
+    for config_path in (
+        BASE_CONFIG, reference / "post_conv.config.yaml", reference / "books4_f128_dither_depth_train.config.yaml",
+        reference / "post_conv_disjoint_sub4.config.yaml", reference / "small176_sdpa.config.yaml",
+    ):
         from omegaconf import OmegaConf
 
         torch.manual_seed(123)

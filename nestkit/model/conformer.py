@@ -119,6 +119,11 @@ class ConformerEncoder(nn.Module):
         super().__init__()
         if cfg.d_model % cfg.n_heads:
             raise ValueError(f"encoder: d_model must be divisible by n_heads (got {cfg.d_model} and {cfg.n_heads})")
+        if cfg.d_model % 2:
+            # the positional encodings interleave sin and cos; NeMo fails on a shape mismatch here
+            raise ValueError(
+                f"encoder.d_model: must be even (sinusoidal position encodings come in sin/cos pairs; got {cfg.d_model})"
+            )
         self.d_model = cfg.d_model
         self.pre_encode = build_subsampling(cfg) if pre_encode is None else pre_encode
         xscale = cfg.d_model**0.5 if cfg.xscaling else None
@@ -169,11 +174,25 @@ class ConformerEncoder(nn.Module):
                 "encoder stochastic depth: no generator (expected a torch.Generator in training, got None). "
                 "Pass generator= to the forward"
             )
-        draws = torch.rand(len(self.layers), generator=generator, device=generator.device).tolist()
-        return [draw < p for draw, p in zip(draws, self.layer_drop_probs)]
+        # One draw per layer that can be dropped, in layer order, none for the others: NeMo draws
+        # torch.rand(1) after each layer whose probability is above 0, so a generator seeded like
+        # NeMo's global RNG (dropout off) gives NeMo's decisions. rand(n) draws what n rand(1) do.
+        droppable = [i for i, p in enumerate(self.layer_drop_probs) if p > 0.0]
+        draws = torch.rand(len(droppable), generator=generator, device=generator.device).tolist()
+        dropped = [False] * len(self.layers)
+        for i, draw in zip(droppable, draws):
+            dropped[i] = draw < self.layer_drop_probs[i]
+        return dropped
 
 
 def build_subsampling(cfg: EncoderConfig) -> DwStridingSubsampling:
+    chunking = cfg.subsampling_conv_chunking_factor
+    if chunking not in (-1, 1) and (chunking < 2 or chunking & (chunking - 1)):
+        # NeMo splits the batch into this many chunks to bound memory; the numbers do not change,
+        # and utterances are convolved in groups here anyway, so the value only has to be one NeMo accepts
+        raise ValueError(
+            f"encoder.subsampling_conv_chunking_factor: unsupported (expected -1, 1 or a power of 2, got {chunking})"
+        )
     channels = cfg.d_model if cfg.subsampling_conv_channels == -1 else cfg.subsampling_conv_channels
     if cfg.feat_in is None:
         raise ValueError("encoder.feat_in: not set (expected the feature count, got None). Build the config with config_from_dict")

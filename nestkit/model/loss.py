@@ -8,9 +8,11 @@ Where nestkit differs, on purpose:
   DDP work), never NeMo's NaN; `num_masked_frames` says how many frames counted;
 - a frame count that is not a multiple of `combine_time_steps` is right-padded with unmasked
   frames (NeMo fails to reshape); log-probs, tokens and mask groups are then cut to the shortest
-  of the three, so a frame without a target is never scored (NeMo pads targets with class 0);
-- frames at or past `decoder_lengths` never count (with masks that are 0 past the length, as the
-  masking module makes them, this changes nothing).
+  of the three, so a frame without a target is never scored (NeMo pads targets with class 0).
+
+As in NeMo, `decoder_lengths` does not limit the frames: a masked group counts wherever it is.
+NeMo's disjoint block masking can reach past an utterance's end, and NeMo then scores those
+padding frames too; so does this loss (the masking module reproduces those masks).
 """
 
 from __future__ import annotations
@@ -43,7 +45,10 @@ def masked_token_loss(
     combine_time_steps: int,
     mask_threshold: float,
 ) -> LossResult:
-    """masks (B, D, T); log_probs (B, T', C, H) or (B, T', C); tokens (B, T', H) or (B, T')."""
+    """masks (B, D, T); log_probs (B, T', C, H) or (B, T', C); tokens (B, T', H) or (B, T').
+
+    `decoder_lengths` is accepted for NeMo's signature and, as there, not used.
+    """
     if log_probs.dim() == 3:
         log_probs = log_probs.unsqueeze(-1)
     if tokens.dim() == 2:
@@ -51,8 +56,6 @@ def masked_token_loss(
     selected = loss_frame_mask(masks, combine_time_steps, mask_threshold)
     frames = min(selected.shape[1], log_probs.shape[1], tokens.shape[1])
     selected, log_probs, tokens = selected[:, :frames], log_probs[:, :frames], tokens[:, :frames]
-    if decoder_lengths is not None:
-        selected = selected & (torch.arange(frames, device=selected.device)[None, :] < decoder_lengths[:, None])
     target_log_probs = log_probs.gather(2, tokens.unsqueeze(2)).squeeze(2)  # (B, T', H)
     count = selected.sum()
     total = torch.where(selected[:, :, None], target_log_probs, 0.0).sum()

@@ -5,8 +5,12 @@ count, then a permutation of start frames; without overlap: an offset, then a pe
 block slots), so a generator seeded like NeMo's global RNG gives NeMo's masks. The mask itself is
 built without a Python loop over blocks.
 
-Deliberate difference: without overlap NeMo can place a block past the utterance end (and crash
-with an index error when it passes the tensor end); blocks here are clipped at the utterance end.
+Without overlap NeMo does not clip blocks at the utterance end: a shrunk block (utterance too
+short for count + 1 whole blocks) keeps an offset drawn up to the full block_size, and the short
+utterance fallback masks 8 frames whatever the length, so masks can cover padding frames (which
+NeMo's loss then scores). Those blocks are kept here too, so masks and loss stay NeMo's; blocks
+with overlap are clipped at the utterance end, as NeMo clips them. Deliberate difference: where a
+block passes the end of the padded tensor NeMo crashes (index error); here it is cut there.
 """
 
 from __future__ import annotations
@@ -51,8 +55,11 @@ class RandomBlockMasking(nn.Module):
                 row_starts, block = self._overlapping_starts(length, generator), self.block_size
             else:
                 row_starts, block = self._disjoint_starts(length, generator)
+            row_ends = row_starts + block
+            if self.allow_overlap:  # NeMo clamps overlapping blocks at the utterance end, never disjoint ones
+                row_ends = row_ends.clamp(max=length)
             starts.append(row_starts)
-            ends.append(torch.clamp(row_starts + block, max=length))
+            ends.append(row_ends)
             rows.append(torch.full_like(row_starts, row))
         return _blocks_to_mask(torch.cat(starts), torch.cat(ends), torch.cat(rows), len(lengths), num_frames)
 
@@ -104,7 +111,7 @@ def _blocks_to_mask(
     starts: torch.Tensor, ends: torch.Tensor, rows: torch.Tensor, batch: int, num_frames: int
 ) -> torch.Tensor:
     # +1 at each block start and -1 at its end; a running sum > 0 marks covered frames
-    starts, ends = starts.clamp(max=num_frames), ends.clamp(max=num_frames)  # lengths past the tensor
+    starts, ends = starts.clamp(max=num_frames), ends.clamp(max=num_frames)  # cut at the tensor end (NeMo crashes)
     keep = ends > starts
     starts, ends, rows = starts[keep], ends[keep], rows[keep]
     edges = torch.zeros(batch, num_frames + 1, dtype=torch.int32)

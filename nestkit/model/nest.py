@@ -59,6 +59,13 @@ class NestModel(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         _require_derived_fields(cfg)
+        if cfg.quantizer.time_ahead:
+            # NeMo's model also passes (B, D, T) with time_ahead set: its quantizer then reads D as
+            # time and fails on the projection's shape (or silently mixes frames when T == D)
+            raise ValueError(
+                "model.quantizer.time_ahead: not supported by the NEST model (expected false: the model gives the "
+                "quantizer (B, D, T) features; got true)"
+            )
         self.post_conv = cfg.mask_position == "post_conv"
         block_size = cfg.masking.block_size
         if self.post_conv:

@@ -43,6 +43,11 @@ class MelFeaturizer(nn.Module):
         self.win_length = cfg.n_window_size or int(cfg.window_size * sample_rate)
         self.hop_length = cfg.n_window_stride or int(cfg.window_stride * sample_rate)
         self.n_fft = cfg.n_fft or 2 ** math.ceil(math.log2(self.win_length))
+        if self.n_fft < self.win_length:
+            raise ValueError(
+                f"preprocessor.n_fft: shorter than the window (expected at least {self.win_length} samples, "
+                f"window_size x sample_rate or n_window_size; got {self.n_fft})"
+            )
         if cfg.exact_pad and self.hop_length % 2:
             raise ValueError(
                 f"preprocessor.exact_pad: needs an even hop (expected an even number of samples, got {self.hop_length})"
@@ -78,14 +83,20 @@ class MelFeaturizer(nn.Module):
         return float(self.cfg.log_zero_guard_value)
 
     def forward(
-        self, audio: torch.Tensor, lengths: torch.Tensor, generator: Optional[torch.Generator] = None
+        self,
+        audio: torch.Tensor,
+        lengths: torch.Tensor,
+        generator: Optional[torch.Generator] = None,
+        dither_rows: Optional[tuple[int, ...]] = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`dither_rows`: row counts of the batches stacked in `audio`, whose dither is drawn one
+        batch at a time (default: one batch)."""
         frames = self.frame_count(lengths)
         x = audio.float()
         if self.exact_pad_samples is not None:
             x = F.pad(x, (self.exact_pad_samples, self.exact_pad_samples))
         if self.training and self.cfg.dither > 0:
-            x = x + self.cfg.dither * _randn_like(x, generator)
+            x = x + self.cfg.dither * _dither_noise(x, generator, dither_rows or (x.shape[0],))
         if self.cfg.preemph is not None:
             x = torch.cat((x[:, :1], x[:, 1:] - self.cfg.preemph * x[:, :-1]), dim=1)
             beyond = torch.arange(x.shape[1], device=x.device)[None, :] >= lengths[:, None]
@@ -138,13 +149,20 @@ def normalize_features(x: torch.Tensor, frames: torch.Tensor, mode: Optional[str
     raise ValueError(f"preprocessor.normalize: unknown mode (expected per_feature, all_features or none, got {mode!r})")
 
 
-def _randn_like(x: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
+def _dither_noise(x: torch.Tensor, generator: Optional[torch.Generator], rows: tuple[int, ...]) -> torch.Tensor:
+    """Standard normal noise like (B, T) `x`, drawn in one randn call per batch of `rows` rows.
+
+    NeMo preprocesses the clean and the noisy batch in two calls, each drawing randn_like from the
+    global RNG; one randn over both is not the same stream (torch's normal sampler redraws the last
+    16 values when a call's size is not a multiple of 16), and the masks drawn next would differ.
+    """
     if generator is None:
         raise ValueError(
             "preprocessor dither: no generator (expected a torch.Generator in training, got None). "
             "Pass generator=nestkit.rng.torch_generator(seed, 'model', step) to the forward"
         )
-    return torch.randn(x.shape, generator=generator, device=generator.device, dtype=x.dtype).to(x.device)
+    noise = [torch.randn((n, x.shape[1]), generator=generator, device=generator.device, dtype=x.dtype) for n in rows]
+    return torch.cat(noise).to(x.device)
 
 
 class MelPreprocessor(nn.Module):
@@ -172,9 +190,12 @@ class MelPreprocessor(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Both batches in one call (concatenated along the batch) when they have the same width, as
         NEST's clean and noisy audio do; otherwise two calls, so that each result is bit for bit
-        what it would be on its own (a wider STFT can round differently and flip a token)."""
+        what it would be on its own (a wider STFT can round differently and flip a token). Dither
+        is drawn for `audio` first, then for `other_audio`, as two calls would (and NeMo does)."""
         if audio.shape[1] != other_audio.shape[1]:
             return (*self.featurizer(audio, lengths, generator), *self.featurizer(other_audio, other_lengths, generator))
         batch = audio.shape[0]
-        feats, frames = self.featurizer(torch.cat((audio, other_audio)), torch.cat((lengths, other_lengths)), generator)
+        feats, frames = self.featurizer(
+            torch.cat((audio, other_audio)), torch.cat((lengths, other_lengths)), generator, (batch, other_audio.shape[0])
+        )
         return feats[:batch], frames[:batch], feats[batch:], frames[batch:]

@@ -6,9 +6,10 @@ the nearest code in L2 is the one with the largest dot product: one (N, code_dim
 matrix product per book in float32, instead of NeMo's float64 (B, T, books, code_dim, V) difference
 tensor (about 1 GB for B=8 and 10 s).
 
-Tokens must equal NeMo's exactly. float32 dot products are within 1.1e-6 of exact (16 products of
-unit vectors), so whenever the best and second-best scores are closer than TIE_MARGIN the row is
-recomputed with NeMo's own float64 formula; every other row's winner is certain.
+Tokens must equal NeMo's exactly. float32 dot products are within (code_dim + 1) * 2^-24 of exact
+(1e-6 for 16 products of unit vectors), so whenever the best and second-best scores are closer
+than `tie_margin(code_dim)` the row is recomputed with NeMo's own float64 formula; every other
+row's winner is certain.
 """
 
 from __future__ import annotations
@@ -19,11 +20,19 @@ from torch import nn
 
 from nestkit.config import QuantizerConfig
 
-# Gap between the two best float32 scores below which a row is re-decided in float64. The float32
-# error bound is n * 2^-24 * |x||c| ~ 1e-6 for code_dim 16; the margin leaves an order of magnitude.
+# Gap between the two best float32 scores below which a row is re-decided in float64 (see
+# tie_margin). A fixed 1e-5 would not cover the float32 error from code_dim ~80 up.
 TIE_MARGIN = 1e-5
+TIE_MARGIN_FACTOR = 10.0
 # Scores are computed this many at a time (4 MiB of float32), however many frames come in.
 SCORE_CHUNK_ELEMENTS = 1 << 20
+
+
+def tie_margin(code_dim: int) -> float:
+    """A float32 score of unit vectors is within (code_dim + 1) * 2^-24 of exact (code_dim products
+    summed, plus the codes rounded to float32), so a gap is within twice that; the margin is 5 times
+    that bound, and never below TIE_MARGIN."""
+    return max(TIE_MARGIN, TIE_MARGIN_FACTOR * (code_dim + 1) * 2.0**-24)
 
 
 class RandomProjectionQuantizer(nn.Module):
@@ -79,7 +88,7 @@ class RandomProjectionQuantizer(nn.Module):
             chunk_scores = torch.mm(x[chunk], codes_t, out=scores[: chunk.stop - start])
             torch.topk(chunk_scores, 2, dim=1, out=(best[chunk], best_index[chunk]))
         tokens = best_index[:, 0].contiguous()
-        close = (best[:, 0] - best[:, 1]) < TIE_MARGIN
+        close = (best[:, 0] - best[:, 1]) < tie_margin(x.shape[1])
         if close.any():
             # padding frames give identical rows (often all-zero ones, tied with every code): decide each once
             unique, inverse = torch.unique(x[close], dim=0, return_inverse=True)

@@ -61,11 +61,13 @@ def test_more_groups_than_decoder_frames_scores_only_frames_with_a_target():
     assert int(result.num_masked_frames) == 16
 
 
-def test_frames_past_the_decoder_length_never_count():
+def test_decoder_lengths_do_not_limit_the_frames_as_in_nemo():
+    # NeMo's disjoint masking can cover padding past an utterance's end; its loss scores those groups
     log_probs, tokens, _ = random_inputs()
     masks = torch.ones(2, 3, 32)
     result = masked_token_loss(masks, log_probs, tokens, torch.tensor([8, 3]), 4, 0.8)
-    assert int(result.num_masked_frames) == 11
+    assert int(result.num_masked_frames) == 16
+    assert torch.equal(result.loss, masked_token_loss(masks, log_probs, tokens, None, 4, 0.8).loss)
 
 
 def test_single_book_squeezed_layout():

@@ -105,6 +105,26 @@ def test_pair_call_with_different_widths_equals_separate_calls():
     assert torch.equal(la, ela) and torch.equal(lb, elb)
 
 
+def test_pair_call_draws_dither_batch_by_batch_like_two_calls():
+    # NeMo dithers clean and noisy audio in two calls; 3 x 9001 samples is not a multiple of 16,
+    # where one randn over both batches would draw other numbers (and leave the RNG elsewhere)
+    pre = preprocessor(dither=1e-2).train()
+    a, b = torch.randn(3, 9001) * 0.1, torch.randn(3, 9001) * 0.1
+    a_len, b_len = torch.tensor([9001, 5000, 7000]), torch.tensor([7000, 9001, 3000])
+    paired = torch.Generator().manual_seed(3)
+    fa, _, fb, _ = pre.forward_pair(a, a_len, b, b_len, paired)
+    separate = torch.Generator().manual_seed(3)
+    ea, _ = pre(a, a_len, separate)
+    eb, _ = pre(b, b_len, separate)
+    assert torch.equal(fa, ea) and torch.equal(fb, eb)
+    assert torch.equal(paired.get_state(), separate.get_state())
+
+
+def test_n_fft_shorter_than_the_window_is_refused():
+    with pytest.raises(ValueError, match=r"preprocessor.n_fft: shorter than the window \(expected at least 400 samples"):
+        preprocessor(n_fft=256)
+
+
 def test_dither_only_in_training_and_only_from_the_given_generator():
     pre = preprocessor(dither=1e-3)
     audio, lengths = torch.randn(1, 8000) * 0.1, torch.tensor([8000])

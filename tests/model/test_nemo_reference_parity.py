@@ -1,10 +1,14 @@
 """NestModel against NeMo 2.6.2 on configurations other than the golden one.
 
 The cases (tests/fixtures/nemo_reference, made by tools/make_nemo_reference.py; see the README
-there) cover several codebooks, kernel 5 and 3, cosine distance, layer_norm convolution, no
-biases, no xscaling, subsampling 2/4/16 (causal too), shared positional biases, feat_out, an
-asymmetric conv context, exact_pad + hamming + all_features preprocessing, squeeze_single,
-masking without overlap, post_conv masking, and training mode with gradients.
+there) cover 2 and 4 codebooks, code_dim 32, kernel 3, 5 and 31, cosine distance, layer_norm
+convolution, no biases, no xscaling, subsampling 2/4/16 (causal too), shared positional biases,
+feat_out, an asymmetric conv context, exact_pad + hamming + all_features preprocessing, 64 and 128
+mel features, squeeze_single, masking without overlap (blocks reaching into padding too, which
+NeMo's loss scores), post_conv masking (with and without overlap), a positional table shorter
+than the input, d_model 176 with PyTorch SDPA attention, and
+training mode with gradients, dither and stochastic depth (drawn from the generator exactly as
+NeMo draws them from its global RNG).
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ TRAINING_CASES = cases_with("grad_norms")
 
 
 def test_reference_cases_are_present():
-    assert len(REFERENCE_CASES) >= 5 and len(FEATURE_CASES) >= 4 and len(TRAINING_CASES) >= 2
+    assert len(REFERENCE_CASES) >= 9 and len(FEATURE_CASES) >= 7 and len(TRAINING_CASES) >= 3
 
 
 @pytest.fixture(scope="module", params=REFERENCE_CASES)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from model_testing import REFERENCE_DIR, tiny_config
 
 from nestkit.config import ModelConfig, load_config
+from nestkit.errors import ConfigError
 from nestkit.model.attention import RelPositionalEncoding, RelPositionMultiHeadAttention
 from nestkit.model.conformer import layer_drop_probabilities
 from nestkit.model.nest import NestModel
@@ -116,6 +119,26 @@ def test_stochastic_depth_probabilities_follow_nemo_and_drops_come_from_the_gene
         assert torch.equal(encoder.forward_subsampled(x, lengths)[0], encoder.forward_subsampled(x, lengths)[0])
 
 
+def test_stochastic_depth_draws_once_per_droppable_layer_in_order_as_nemo_does():
+    # NeMo draws torch.rand(1) after each layer whose probability is above 0; layers before
+    # stochastic_depth_start_layer draw nothing, so the first draw decides layer 4 here
+    cfg = tiny_config(
+        encoder={"n_layers": 5, "stochastic_depth_drop_prob": 0.5, "stochastic_depth_start_layer": 3, "dropout": 0.0}
+    )
+    encoder = NestModel(cfg).encoder.train()
+    assert encoder.layer_drop_probs == [0.0, 0.0, 0.0, 0.25, 0.5]
+    decisions = set()
+    for seed in range(16):
+        reference = torch.Generator().manual_seed(seed)
+        first, second = (torch.rand(1, generator=reference).item() for _ in range(2))
+        generator = torch.Generator().manual_seed(seed)
+        drops = encoder._draw_layer_drops(generator)
+        assert drops == [False, False, False, first < 0.25, second < 0.5]
+        assert torch.equal(generator.get_state(), reference.get_state())  # two draws, no more
+        decisions.add(tuple(drops))
+    assert len(decisions) > 1
+
+
 def test_shared_positional_biases_and_output_projection():
     model = NestModel(tiny_config(encoder={"untie_biases": False, "feat_out": 24}))
     layers = model.encoder.layers
@@ -179,3 +202,28 @@ def test_frame_counts_not_divisible_by_the_subsampling_factor_work_end_to_end():
         result = model.loss(out)
     assert out.masks.shape[-1] == 103 and out.tokens.shape[1] == 13 and out.log_probs.shape[1] == 13
     assert torch.isfinite(result.loss) and int(result.num_masked_frames) > 0
+
+
+@pytest.mark.parametrize(
+    "model,match",
+    [
+        ({"quantizer": {"time_ahead": True}}, "model.quantizer.time_ahead: not supported"),
+        ({"encoder": {"d_model": 33, "n_heads": 3}}, "encoder.d_model: must be even"),
+        ({"encoder": {"subsampling_conv_chunking_factor": 3}}, r"subsampling_conv_chunking_factor: unsupported \(expected -1, 1"),
+        ({"preprocessor": {"n_fft": 256}}, r"preprocessor.n_fft: shorter than the window \(expected at least 400"),
+    ],
+)
+def test_settings_nemo_cannot_run_either_fail_naming_the_key(model, match):
+    with pytest.raises(ConfigError, match=match):  # up front, with every other config problem
+        tiny_config(**model)
+    # a config built by hand, past validation, is refused by the model itself
+    section, values = next(iter(model.items()))
+    cfg = tiny_config()
+    setattr(cfg, section, dataclasses.replace(getattr(cfg, section), **values))
+    with pytest.raises(ValueError, match=match):
+        NestModel(cfg)
+
+
+@pytest.mark.parametrize("factor", [-1, 1, 2, 8])
+def test_every_chunking_factor_nemo_accepts_builds(factor):
+    NestModel(tiny_config(encoder={"subsampling_conv_chunking_factor": factor}))

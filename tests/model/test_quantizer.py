@@ -56,6 +56,16 @@ def test_near_ties_are_decided_exactly_like_nemo():
     assert torch.equal(q._nearest(rows, codes), exact)
 
 
+@pytest.mark.parametrize("code_dim", [1, 16, 128, 512])
+def test_tie_margin_covers_the_float32_error_bound_at_any_code_dim(code_dim):
+    # a float32 score of unit vectors is within (code_dim + 1) * 2^-24 of exact; a gap within twice that
+    bound = 2 * (code_dim + 1) * 2.0**-24
+    assert quantizer_module.tie_margin(code_dim) >= 5 * bound
+    q = make(code_dim=code_dim, num_classes=1024, dist_fn="cosine" if code_dim == 128 else "l2")
+    features = torch.randn(2, 20, 64)
+    assert torch.equal(q(features), nemo_tokens(q, features))
+
+
 def test_all_zero_frames_tie_with_every_code_and_get_nemos_choice():
     q = make()
     features = torch.zeros(2, 20, 16)  # padding: projection 0, normalised to 0, every code at distance ~1
