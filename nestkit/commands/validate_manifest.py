@@ -41,8 +41,9 @@ def _usage_error(message: str) -> typer.Exit:
 
 def _check_readable(path: Path, what: str) -> None:
     if not path.exists():
+        got = "a broken symbolic link or a link loop" if path.is_symlink() else "nothing"
         raise _usage_error(
-            f"{what} {path}: no such file (expected a JSON-lines manifest, got nothing). Check the path"
+            f"{what} {path}: no such file (expected a JSON-lines manifest, got {got}). Check the path"
         )
     if not path.is_file():
         raise _usage_error(
@@ -188,6 +189,10 @@ def validate_manifest(
     for path in noise:
         _check_readable(path, "noise manifest")
 
+    for option, out in (("--output", output), ("--write-clean", write_clean), ("--fix-durations", fix_durations)):
+        if out is not None:
+            _check_writable(out, option)
+
     from nestkit.data.validate_write import output_paths  # lazy: imports lhotse
 
     everything = [str(p) for p in manifests + noise]
@@ -217,9 +222,44 @@ def validate_manifest(
         timeout_s=timeout,
     )
     report = _validate_with_progress([str(p) for p in manifests], [str(p) for p in noise], options)
-    _render(report, output_format.value, output, strict)
-    _write_repairs(report, targets)
+    try:
+        _render(report, output_format.value, output, strict)
+    except OSError as exc:
+        from nestkit.data.validate_report import summary_line
+
+        err_console.print(escape(summary_line(report, strict)), soft_wrap=True)
+        raise _output_error("--output", output, exc) from None
+    for option, out in (("--write-clean", write_clean), ("--fix-durations", fix_durations)):
+        if option in targets:
+            try:
+                _write_repair(report, option, targets[option])
+            except OSError as exc:
+                raise _output_error(option, exc.filename or out, exc) from None
     raise typer.Exit(report.exit_code(strict))
+
+
+def _check_writable(path: Path, option: str) -> None:
+    """Refuse, before any work, an output that cannot be created: under a file, or a folder for -o."""
+    folder = path.absolute().parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise _usage_error(
+            f"{option} {path}: cannot be created (expected a folder at {folder}, got a file). "
+            f"Choose another path"
+        )
+    if option == "--output" and path.is_dir():
+        raise _usage_error(
+            f"{option} {path}: is a folder (expected a file to write the report to, got a folder). "
+            f"Name a file"
+        )
+
+
+def _output_error(option: str, path, exc: OSError) -> typer.Exit:
+    return _usage_error(
+        f"{option} {path}: cannot be written (expected a writable file, got {exc.strerror or exc}). "
+        f"Choose another path"
+    )
 
 
 def _validate_with_progress(manifests: list[str], noise: list[str], options):
@@ -267,7 +307,7 @@ def _render(report, output_format: str, output: Path | None, strict: bool) -> No
 def _print_table(report, strict: bool) -> None:
     from rich.table import Table
 
-    from nestkit.data.validate_report import summary_line, where
+    from nestkit.data.validate_report import printable, summary_line, where
 
     if report.findings:
         table = Table(expand=True)
@@ -277,17 +317,18 @@ def _print_table(report, strict: bool) -> None:
         table.add_column("reason", overflow="fold", ratio=1)  # the only column that takes the spare width
         for f in report.findings:
             colour = "red" if f.severity == "error" else "yellow"
-            table.add_row(escape(where(f)), f"[{colour}]{f.severity}[/]", f.category, escape(f.reason))
+            reason = escape(printable(f.reason))
+            table.add_row(escape(where(f)), f"[{colour}]{f.severity}[/]", f.category, reason)
         console.print(table)
     colour = "red" if report.exit_code(strict) else "green"
     console.print(f"[{colour}]{escape(summary_line(report, strict))}[/]")
 
 
-def _write_repairs(report, targets: dict[str, dict[str, str]]) -> None:
+def _write_repair(report, option: str, targets: dict[str, str]) -> None:
     from nestkit.data.validate_write import write_clean, write_fixed_durations
 
-    if "--write-clean" in targets:
-        for w in write_clean(report, targets["--write-clean"]):
+    if option == "--write-clean":
+        for w in write_clean(report, targets):
             err_console.print(
                 escape(
                     f"wrote {w.target}: {w.kept} line(s) kept, {w.dropped} with errors left out "
@@ -295,8 +336,8 @@ def _write_repairs(report, targets: dict[str, dict[str, str]]) -> None:
                 ),
                 soft_wrap=True,
             )
-    if "--fix-durations" in targets:
-        for w in write_fixed_durations(report, targets["--fix-durations"]):
+    else:
+        for w in write_fixed_durations(report, targets):
             err_console.print(
                 escape(
                     f"wrote {w.target}: {w.changed} duration(s) measured and changed, "

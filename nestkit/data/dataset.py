@@ -140,7 +140,9 @@ class NestDataset(torch.utils.data.Dataset):
         for attempt in range(self.ds.max_substitutes + 1):
             attempt_started = time.perf_counter()
             try:
-                samples = load_cut(current, self.sample_rate, self.ds.sample_timeout_s or None)
+                samples = load_cut(
+                    current, self.sample_rate, self.ds.sample_timeout_s or None, require_signal=True
+                )
             except AudioLoadError as exc:
                 custom = current.custom or {}
                 if candidates is None:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from nestkit.bounded import CallTimeout, call_with_timeout
-from nestkit.data.audio import read_audio, resample
+from nestkit.data.audio import check_samples, read_audio, resample
 from nestkit.debug import hang_hooks, worker_status
 from nestkit.errors import AudioLoadError
 
@@ -56,15 +56,18 @@ def cut_path(cut: Cut) -> str:
     return recording.id if recording is not None else cut.id
 
 
-def _load(cut: Cut, sample_rate: int, offset: float, duration: float | None) -> np.ndarray:
+def _load(
+    cut: Cut, sample_rate: int, offset: float, duration: float | None, require_signal: bool
+) -> np.ndarray:
     if hang_hooks.BLOCK_PATH is not None and hang_hooks.BLOCK_PATH in cut_path(cut):
         hang_hooks.block_forever(cut_path(cut))  # a test hook: see nestkit/debug/hang_hooks.py
     if hang_hooks.SLOW_READ_S:
         hang_hooks.slow_read(cut_path(cut))
     segment = file_segment(cut)
     if segment is not None:
+        length = duration if duration else segment.duration
         return read_audio(
-            segment.path, segment.offset + offset, duration if duration else segment.duration, sample_rate, segment.channel
+            segment.path, segment.offset + offset, length, sample_rate, segment.channel, require_signal
         )
     # Anything else (URLs, in-memory audio, mixed cuts): lhotse loads it, we downmix and resample.
     try:
@@ -75,21 +78,30 @@ def _load(cut: Cut, sample_rate: int, offset: float, duration: float | None) -> 
     if samples.ndim == 2:
         samples = samples.mean(axis=0)
     if samples.size == 0:
-        raise AudioLoadError("empty", cut_path(cut), "no samples")
+        raise AudioLoadError("empty", cut_path(cut), "no samples (expected > 0, got 0)", "Remove the cut")
     if not np.isfinite(samples).all():
-        raise AudioLoadError("nan_inf", cut_path(cut), "samples contain NaN or Inf")
+        raise AudioLoadError("nan_inf", cut_path(cut), "samples contain NaN or Inf (expected finite "
+                             "samples, got some)", "Re-encode the audio or remove the cut")
+    check_samples(samples, cut.sampling_rate, cut_path(cut), require_signal)
     return resample(samples, cut.sampling_rate, sample_rate)
 
 
 def load_cut(
-    cut: Cut, sample_rate: int, timeout_s: float | None, offset: float = 0.0, duration: float | None = None
+    cut: Cut, sample_rate: int, timeout_s: float | None, offset: float = 0.0, duration: float | None = None,
+    require_signal: bool = False,
 ) -> np.ndarray:
-    """Samples of `cut` (or of `[offset, offset+duration)` within it) within `timeout_s` seconds."""
+    """Samples of `cut` (or of `[offset, offset+duration)` within it) within `timeout_s` seconds.
+
+    `require_signal`: also refuse an all-zero or constant segment (`all_zero`, `dc_only`), as the
+    dataset does for utterances; noise has its own silence rule (`noise_silence_db`).
+    """
     if worker_status.active():  # name the read before it starts: a blocked read can be named
         custom = cut.custom or {}
         worker_status.loading(cut.id, cut_path(cut), custom.get("manifest"), custom.get("line"))
     try:
-        return call_with_timeout(_load, timeout_s, cut, sample_rate, offset, duration, what=f"cut {cut.id}")
+        return call_with_timeout(
+            _load, timeout_s, cut, sample_rate, offset, duration, require_signal, what=f"cut {cut.id}"
+        )
     except CallTimeout:
         raise AudioLoadError(
             "timeout", cut_path(cut), f"loading took longer than {timeout_s:g} s",

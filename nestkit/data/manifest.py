@@ -20,6 +20,8 @@ import gzip
 import math
 import mmap
 import os
+import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Sequence
@@ -74,10 +76,35 @@ def decode_line(text: bytes | str, manifest: str, line: int) -> dict:
     try:
         item = orjson.loads(text)
     except orjson.JSONDecodeError as exc:
-        raise ManifestError(manifest, line, f"malformed JSON ({exc})", "Each line must be one JSON object") from None
+        problem, hint = _json_problem(text, exc)
+        raise ManifestError(manifest, line, f"malformed JSON ({problem})", hint) from None
     if not isinstance(item, dict):
-        raise ManifestError(manifest, line, f"expected a JSON object, got {type(item).__name__}")
+        kind = _JSON_KINDS.get(type(item), type(item).__name__)
+        raise ManifestError(manifest, line, f"not a JSON object (expected one JSON object per line, got a "
+                            f"JSON {kind})", "Each line must be one JSON object")
     return item
+
+
+_JSON_KINDS = {
+    list: "array", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"
+}
+
+
+def _json_problem(text: bytes | str, exc: Exception) -> tuple[str, str]:
+    """What is wrong with a line orjson refused, and the hint: the encoding, when that is the cause."""
+    raw = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else bytes(text)
+    if raw.startswith(b"\xef\xbb\xbf"):
+        return ("a UTF-8 byte order mark (BOM) before the JSON",
+                "Save the manifest as UTF-8 without a BOM (NeMo refuses it too)")
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")) or raw[1:2] == b"\x00" or raw[:1] == b"\x00":
+        return ("UTF-16 text, or NUL bytes",
+                "Convert the manifest to UTF-8 (e.g. `iconv -f UTF-16 -t UTF-8`)")
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as bad:
+        return (f"bytes that are not UTF-8 at byte {bad.start}",
+                "Manifests are UTF-8 JSON lines: re-encode the file as UTF-8")
+    return str(exc), "Each line must be one JSON object"
 
 
 def _nemo_fields(item: dict, manifest: str, line: int) -> tuple[str, float, float]:
@@ -90,6 +117,9 @@ def _nemo_fields(item: dict, manifest: str, line: int) -> tuple[str, float, floa
     path = item[key]
     if not isinstance(path, str) or not path:
         raise ManifestError(manifest, line, f"invalid {key} (expected a non-empty string, got {path!r})")
+    if "\0" in path:
+        raise ManifestError(manifest, line, f"invalid {key} (expected a path without NUL characters, "
+                            f"got {path!r})", "No file name can contain one: fix the path")
     duration = _number(item, "duration", manifest, line, required=True)
     if duration <= 0:
         raise ManifestError(
@@ -193,6 +223,21 @@ def _open_text(path: str):
     return gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
 
 
+@contextmanager
+def _reading(path: str):
+    """Turn a manifest that cannot be read to its end (not gzip, a damaged gzip, an I/O error) into a
+    ManifestError naming it, instead of a traceback from deep inside gzip."""
+    try:
+        yield
+    except (OSError, EOFError, zlib.error) as exc:
+        kind = "gzip " if path.endswith(".gz") else ""
+        raise ManifestError(
+            path, 0, f"cannot be read to its end (expected readable {kind}JSON lines, "
+            f"got {type(exc).__name__}: {exc})",
+            "Re-create or re-download the manifest; `nestkit validate-manifest` shows the readable part",
+        ) from None
+
+
 def _check_manifest_path(path: str) -> None:
     if not os.path.exists(path):
         raise ManifestError(path, 0, "no such file", "Check the path in the config or on the command line")
@@ -203,7 +248,7 @@ def _check_manifest_path(path: str) -> None:
 def file_format(path: str) -> str:
     """The format of a manifest, from its first non-blank line."""
     _check_manifest_path(path)
-    with _open_text(path) as f:
+    with _reading(path), _open_text(path) as f:
         for number, raw in enumerate(f, start=1):
             if raw.strip():
                 item = decode_line(raw, path, number)
@@ -228,7 +273,7 @@ class LazyManifestCuts:
     def __iter__(self) -> Iterator[Cut]:
         for path in self.paths:
             fmt = file_format(path)
-            with _open_text(path) as f:
+            with _reading(path), _open_text(path) as f:
                 for number, raw in enumerate(f, start=1):
                     if raw.strip():
                         yield cut_from_item(decode_line(raw, path, number), fmt, path, number, self.sampling_rate)
@@ -237,7 +282,7 @@ class LazyManifestCuts:
         if self._len is None:
             total = 0
             for path in self.paths:
-                with _open_text(path) as f:
+                with _reading(path), _open_text(path) as f:
                     total += sum(1 for raw in f if raw.strip())
             self._len = total
         return self._len
@@ -270,7 +315,7 @@ class _ManifestBytes:
     def data(self) -> bytes | mmap.mmap:
         if self._data is None:
             if self.path.endswith(".gz"):
-                with gzip.open(self.path, "rb") as f:
+                with _reading(self.path), gzip.open(self.path, "rb") as f:
                     self._data = f.read()
             elif os.path.getsize(self.path) == 0:
                 self._data = b""
@@ -418,7 +463,9 @@ def _checked_durations(items: list, fmt: str) -> np.ndarray | None:
         for item in items:
             path = item.get("audio_filepath", item.get("audio_filename"))
             offset = item.get("offset")
-            if type(path) is not str or not path or (offset is not None and (type(offset) not in (int, float) or not offset >= 0)):
+            if type(path) is not str or not path or "\0" in path:
+                return None
+            if offset is not None and (type(offset) not in (int, float) or not offset >= 0):
                 return None
             if offset is not None and not math.isfinite(offset):
                 return None

@@ -23,13 +23,18 @@ from dataclasses import dataclass, field
 import numpy as np
 import soundfile as sf
 
-from nestkit.data.audio import DURATION_TOLERANCE_S, check_path
+from nestkit.data.audio import (
+    DC_MIN_SECONDS,
+    DC_PEAK_TO_PEAK,
+    DURATION_TOLERANCE_S,
+    MAX_ABS_SAMPLE,
+    check_path,
+    seek_frame,
+)
 from nestkit.data.audio import _open as open_audio
 from nestkit.data.validate_categories import default_hint, expected_form, hint_of
 from nestkit.errors import AudioLoadError
 
-# Peak-to-peak below this (-80 dBFS, about three steps of 16-bit audio) is a constant signal.
-DC_PEAK_TO_PEAK = 1e-4
 # Frames decoded per read: bounds memory on very long files (1 MiB per channel as float32) and
 # locates a decoding failure to within 16 s at 16 kHz.
 DECODE_BLOCK_FRAMES = 1 << 18
@@ -170,7 +175,7 @@ def _check_open_file(
             result.flag(segment.ref, "empty", "the file has no samples (expected > 0, got 0)")
         return
     # File-level warnings go to the first line that uses the file, not to every segment of it.
-    _check_format(sound, settings, task.segments[0].ref, result)
+    _check_format(sound, settings, task.segments, result)
     loader_tolerance = int(DURATION_TOLERANCE_S * rate)  # what read_audio allows; not an option
     reported_tolerance = int(round(settings.duration_tolerance_s * rate))
     for segment in task.segments:
@@ -196,11 +201,16 @@ def _check_open_file(
                         f"(expected channel < {sound.channels}, got {segment.channel})",
                         "Fix the cut's channel or the recording")
             continue
-        if settings.decode:
+        if settings.decode and sound.seekable():
             _decode_segment(sound, segment, start, min(wanted, available), settings, result)
+        elif settings.decode:  # a codec libsndfile cannot seek in (GSM 6.10): every segment from the start
+            with open_audio(task.path) as again:
+                _decode_segment(again, segment, start, min(wanted, available), settings, result)
 
 
-def _check_format(sound: sf.SoundFile, settings: CheckSettings, ref: int, result: FileResult) -> None:
+def _check_format(sound: sf.SoundFile, settings: CheckSettings, segments: tuple[Segment, ...],
+                  result: FileResult) -> None:
+    ref = segments[0].ref
     extension = os.path.splitext(result.path)[1].lower()
     expected = _EXTENSIONS.get(sound.format)
     if expected and extension not in expected:
@@ -210,7 +220,9 @@ def _check_format(sound: sf.SoundFile, settings: CheckSettings, ref: int, result
         result.flag(ref, "needs_resampling", f"sample rate needs resampling on every load "
                     f"(expected {settings.target_rate} Hz, got {sound.samplerate} Hz)")
     if sound.channels > 1:
-        result.flag(ref, "needs_downmix", f"several channels are averaged on every load "
+        channel = segments[0].channel
+        done = "averaged" if channel is None else f"decoded to keep channel {channel}"
+        result.flag(ref, "needs_downmix", f"several channels are {done} on every load "
                     f"(expected 1 channel, got {sound.channels})")
     promised = _header_promised_frames(sound)
     if promised is not None and promised > sound.frames:
@@ -247,13 +259,15 @@ class _Stats:
     squares: float = 0.0
     clipped: int = 0  # samples of any channel at or beyond the clip level
     samples: int = 0  # frames x channels
+    peak: float = 0.0  # largest |sample| of any channel
 
     def add(self, block: np.ndarray, clip_level: float, channel: int | None) -> None:
         if block.ndim == 1:
             mono = block
         else:
             mono = block[:, channel] if channel is not None else block.mean(axis=1, dtype=np.float32)
-        squares = float(np.dot(mono, mono))
+        with np.errstate(over="ignore"):  # huge float samples: out_of_range, judged below
+            squares = float(np.dot(mono, mono))
         if not math.isfinite(squares):
             bad = np.flatnonzero(~np.isfinite(block).reshape(len(block), -1).all(axis=1))
             if len(bad):
@@ -266,6 +280,7 @@ class _Stats:
         self.mono_max, self.mono_min = max(self.mono_max, high), min(self.mono_min, low)
         if block.ndim == 2:
             high, low = float(block.max()), float(block.min())
+        self.peak = max(self.peak, high, -low)
         if high >= clip_level or low <= -clip_level:
             self.clipped += int(np.count_nonzero(np.abs(block) >= clip_level))
 
@@ -277,7 +292,7 @@ def _decode_segment(
     rate, ref = sound.samplerate, segment.ref
     stats = _Stats()
     try:
-        sound.seek(start)
+        seek_frame(sound, start)
         while stats.frames < wanted and stats.first_non_finite is None:
             block = sound.read(min(DECODE_BLOCK_FRAMES, wanted - stats.frames), dtype="float32")
             if len(block) == 0:
@@ -309,15 +324,23 @@ def _judge_content(stats: _Stats, segment: Segment, settings: CheckSettings, res
     rms = math.sqrt(max(stats.squares, 0.0) / stats.frames)
     rms_db = 20 * math.log10(rms) if rms > 0 else -math.inf
     peak_to_peak = stats.mono_max - stats.mono_min
+    peak = max(stats.mono_max, -stats.mono_min)
+    if peak > MAX_ABS_SAMPLE:  # the loader's rule (audio.check_samples); clipping would say nothing more
+        result.flag(ref, "out_of_range", f"float samples so far beyond full scale that their energy "
+                    f"overflows float32 (expected |x| <= {MAX_ABS_SAMPLE:g}, got {peak:.3g})")
+        return
     if segment.noise and rms_db <= settings.noise_silence_db:  # the noise loader's test (noise.rms_db)
         result.flag(ref, "silent_noise", f"the noise is silent "
                     f"(expected RMS above {settings.noise_silence_db:g} dBFS, got {rms_db:.1f} dBFS)")
     elif stats.mono_max == 0.0 and stats.mono_min == 0.0:
         result.flag(ref, "all_zero", f"every sample is zero (expected sound, got {stats.frames} zeros)")
-    elif peak_to_peak < DC_PEAK_TO_PEAK:
+    elif peak_to_peak < DC_PEAK_TO_PEAK and stats.frames >= DC_MIN_SECONDS * (result.sample_rate or 0):
         result.flag(ref, "dc_only", f"the signal is a constant {(stats.mono_max + stats.mono_min) / 2:+.6f} "
                     f"(expected peak-to-peak >= {DC_PEAK_TO_PEAK:g}, got {peak_to_peak:.2g})")
     if stats.samples and stats.clipped / stats.samples > settings.clip_fraction:
         result.flag(ref, "clipping", f"too many samples at full scale (expected <= "
                     f"{100 * settings.clip_fraction:g}% at |x| >= {settings.clip_level:g}, "
-                    f"got {100 * stats.clipped / stats.samples:.2f}%)")
+                    f"got {100 * stats.clipped / stats.samples:.2f}%"
+                    + (f", peaks of {stats.peak:.3g}: float samples beyond full scale 1.0"
+                       if stats.peak > 2.0 else "")
+                    + ")")

@@ -99,6 +99,9 @@ _TABLE = (
     # the decoded samples
     ("decode_error", ERROR, "decode", None, _REMOVE),
     ("nan_inf", ERROR, "decode", None, _REMOVE),
+    ("out_of_range", ERROR, "decode", None,
+     "Re-encode the file with samples scaled to [-1, 1], "
+     "or drop the line with `nestkit validate-manifest --write-clean OUT`"),
     ("all_zero", ERROR, "decode", "every sample of the segment is zero", _USELESS),
     ("dc_only", ERROR, "decode", "the segment is a constant (peak-to-peak below -80 dBFS) but not zero",
      _USELESS),

@@ -72,6 +72,7 @@ class _Use:
     audio: str
     offset: float
     duration: float
+    channel: int | None = None  # the channel read (a lhotse MonoCut of a multi-channel file); None: all
 
 
 _Usable = tuple[float, list[_Use]]  # a usable line: its duration and its audio uses
@@ -101,7 +102,7 @@ def _scan_one(
     min_duration_s: float,
     max_duration_s: float,
 ) -> str | None:
-    path, fmt, number, lines_here = source.path, None, 0, 0
+    path, fmt, number, lines_here, corrupt = source.path, None, 0, 0, False
     try:
         with open_manifest(path) as stream:
             for number, raw in enumerate(stream, start=1):
@@ -136,6 +137,7 @@ def _scan_one(
                     duration, uses = usable
                     _cross_checks(scan, seen, source, number, duration, uses, min_duration_s, max_duration_s)
     except (OSError, EOFError, zlib.error) as exc:
+        corrupt = True
         _add(
             scan,
             path,
@@ -145,7 +147,7 @@ def _scan_one(
             f"{'gzip ' if path.endswith('.gz') else ''}JSON lines, got {type(exc).__name__}: {exc})",
         )
     scan.lines += lines_here
-    if lines_here == 0:
+    if lines_here == 0 and not corrupt:  # a manifest that cannot be read is not reported as empty too
         _add(scan, path, 0, "empty_manifest", "no entries (expected at least one line, got none)")
     return fmt
 
@@ -193,8 +195,8 @@ def _decode(scan: Scan, raw: bytes, path: str, number: int) -> dict | None:
 
 def _json_allowing_non_finite(raw: bytes) -> dict | None:
     try:
-        item = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+        item = json.loads(raw.decode("utf-8"))  # str: no guessing at UTF-16 as json.loads(bytes) does
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than Python's stack allows
         return None
     return item if isinstance(item, dict) else None
 
@@ -303,7 +305,7 @@ def _lhotse_line(
     uses = []
     for audio, start, duration, channel in files:
         scan.entries.append(Entry(source_index, number, audio, start, duration, True, source.noise, channel))
-        uses.append(_Use(None if uses else cut.id, audio, start, duration))
+        uses.append(_Use(None if uses else cut.id, audio, start, duration, channel))
     return float(cut.duration), uses
 
 
@@ -340,7 +342,7 @@ def _cross_checks(
 ) -> None:
     path = source.path
     for use in uses:
-        key = (source.noise, use.audio, round(use.offset, 6), round(use.duration, 6))
+        key = (source.noise, use.audio, round(use.offset, 6), round(use.duration, 6), use.channel)
         first = seen.segments.setdefault(key, (path, number))
         if first != (path, number):
             _add(

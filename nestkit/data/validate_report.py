@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import xml.etree.ElementTree as ET
 from collections import defaultdict
 
@@ -19,6 +20,21 @@ from nestkit.data.validate_categories import ERROR, WARNING, Finding
 
 FORMATS = ("table", "json", "junit", "github")
 
+# Characters that would break a one-line finding or an XML document: control characters (a path
+# may hold a newline or a NUL), lone surrogates and the two non-characters XML forbids.
+_UNPRINTABLE = re.compile("[\x00-\x08\x0a-\x1f\x7f\ud800-\udfff\ufffe\uffff]")
+_ESCAPES = {"\n": "\\n", "\r": "\\r"}
+
+
+def _escape(match: re.Match) -> str:
+    char = match.group()
+    return _ESCAPES.get(char) or (f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}")
+
+
+def printable(text: str) -> str:
+    """`text` with every control character (tab aside) written as an escape: `\\n`, `\\x00`."""
+    return _UNPRINTABLE.sub(_escape, text)
+
 
 def display_path(path: str) -> str:
     """Relative to the working directory when below it (how CI annotations name repository files)."""
@@ -27,9 +43,8 @@ def display_path(path: str) -> str:
 
 
 def where(finding: Finding) -> str:
-    return (
-        f"{display_path(finding.manifest)}:{finding.line}" if finding.line else display_path(finding.manifest)
-    )
+    manifest = printable(display_path(finding.manifest))
+    return f"{manifest}:{finding.line}" if finding.line else manifest
 
 
 def summary_line(report: Report, strict: bool) -> str:
@@ -48,7 +63,7 @@ def summary_line(report: Report, strict: bool) -> str:
 
 
 def as_lines(report: Report, strict: bool) -> str:
-    lines = [f"{where(f)}: {f.severity}: [{f.category}] {f.reason}" for f in report.findings]
+    lines = [f"{where(f)}: {f.severity}: [{f.category}] {printable(f.reason)}" for f in report.findings]
     return "\n".join(lines + [summary_line(report, strict)]) + "\n"
 
 
@@ -73,11 +88,11 @@ def as_github(report: Report, strict: bool) -> str:
     lines = []
     for f in report.findings:
         level = "error" if f.severity == ERROR or strict else "warning"
-        properties = [f"file={_escape_property(display_path(f.manifest))}"]
+        properties = [f"file={_escape_property(printable(display_path(f.manifest)))}"]
         if f.line:
             properties.append(f"line={f.line}")
         properties.append(f"title={_escape_property(f'validate-manifest {f.category}')}")
-        lines.append(f"::{level} {','.join(properties)}::{_escape_data(f.reason)}")
+        lines.append(f"::{level} {','.join(properties)}::{_escape_data(printable(f.reason))}")
     return "\n".join(lines + [summary_line(report, strict)]) + "\n"
 
 
@@ -94,26 +109,27 @@ def as_junit(report: Report, strict: bool) -> str:
     total_tests = total_failures = 0
     for source in report.scan.sources:
         findings = by_manifest.pop(source.path, [])
-        suite = ET.SubElement(root, "testsuite", name=display_path(source.path))
+        suite_name = printable(display_path(source.path))
+        suite = ET.SubElement(root, "testsuite", name=suite_name)
         by_line: dict[int, list[Finding]] = defaultdict(list)
         for f in findings:
             by_line[f.line].append(f)
         failures = 0
         for line, line_findings in by_line.items():
-            paths = sorted({f.path for f in line_findings if f.path})
+            paths = sorted({printable(f.path) for f in line_findings if f.path})
             name = f"line {line}" + (f": {paths[0]}" if paths else "") if line else "manifest"
-            case = ET.SubElement(suite, "testcase", classname=display_path(source.path), name=name)
+            case = ET.SubElement(suite, "testcase", classname=suite_name, name=name)
             failing = [f for f in line_findings if f.severity == ERROR or (strict and f.severity == WARNING)]
             for f in failing:
-                failure = ET.SubElement(case, "failure", type=f.category, message=f.reason)
-                failure.text = f"{f.severity}: [{f.category}] {f.reason}"
+                failure = ET.SubElement(case, "failure", type=f.category, message=printable(f.reason))
+                failure.text = f"{f.severity}: [{f.category}] {printable(f.reason)}"
             passing = [f for f in line_findings if f not in failing]
             if passing:
                 ET.SubElement(case, "system-out").text = "\n".join(
-                    f"{f.severity}: [{f.category}] {f.reason}" for f in passing
+                    f"{f.severity}: [{f.category}] {printable(f.reason)}" for f in passing
                 )
             failures += bool(failing)
-        ET.SubElement(suite, "testcase", classname=display_path(source.path), name="all other lines")
+        ET.SubElement(suite, "testcase", classname=suite_name, name="all other lines")
         tests = len(by_line) + 1
         suite.set("tests", str(tests))
         suite.set("failures", str(failures))

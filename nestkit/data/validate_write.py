@@ -166,7 +166,9 @@ def write_fixed_durations(report: Report, targets: dict[str, str]) -> list[Writt
                 unmeasured += measured is None
                 try:
                     item = _parse(raw)
-                except ValueError:  # malformed: kept as it is, still an error
+                except (ValueError, RecursionError):  # malformed or nested too deep
+                    item = None
+                if not isinstance(item, dict):  # not a JSON object: kept as it is, still an error
                     out.write(raw)
                     continue
                 dirty = _relocate(item, source.path, target)

@@ -91,7 +91,7 @@ def time_samples(session: DebugSession, rank: int, position: Position) -> list[S
         started = time.perf_counter()
         status, reason = "ok", None
         try:
-            load_cut(cut, sample_rate, timeout_s)
+            load_cut(cut, sample_rate, timeout_s, require_signal=True)  # as the dataset loads utterances
         except AudioLoadError as exc:
             status, reason = exc.category, str(exc)
         reports.append(SampleReport(

@@ -92,7 +92,7 @@ def test_rows_the_augmentor_skips_stay_clean(corpus):
     assert torch.equal(batch.noisy_audio, batch.audio)
     assert not batch.noise.any() and all(r["augment"] == {"mode": "skip"} for r in batch.records)
     # with the default prob 0.5, skipped rows are clean and the others are not
-    default = build_pipeline(data_config(corpus["train"], corpus["noise"], batch_size=8))
+    default = build_pipeline(data_config(corpus["train"], corpus["noise"], batch_size=8, drop_last=True))
     modes = []
     for n in [(e, b) for e in range(6) for b in range(len(default.sampler))]:
         batch = default.batch(n[1], epoch=n[0])
@@ -129,7 +129,8 @@ def test_short_audio_is_padded_by_repeating_or_zeros(tmp_path):
 
 
 def test_other_rates_and_channels_are_resampled_and_downmixed(tmp_path):
-    stereo = np.stack([np.full(8000, 0.25, np.float32), np.full(8000, -0.05, np.float32)], axis=1)
+    wobble = 0.01 * np.sin(2 * np.pi * 100 * np.arange(8000) / 8000)  # a signal, not a constant (dc_only)
+    stereo = np.stack([0.25 + wobble, -0.05 + wobble], axis=1).astype(np.float32)
     path = tmp_path / "stereo8k.wav"
     sf.write(str(path), stereo, 8000, subtype="FLOAT")
     pipeline = build_pipeline(data_config(manifest_of(tmp_path / "m.json", [(str(path), 1.0)]), batch_size=1, batch_augmentor=None, drop_last=False))

@@ -55,7 +55,7 @@ def test_several_manifests_are_joined_in_order(tmp_path):
         ('{"audio_filepath": "x.wav", "duration": "long"}', "invalid duration"),
         ('{"audio_filepath": "x.wav", "duration": NaN}', "malformed JSON"),
         ('{"audio_filepath": "x.wav", "duration": 1, "offset": -1}', "invalid offset"),
-        ('[1, 2]', "expected a JSON object"),
+        ('[1, 2]', "not a JSON object (expected one JSON object per line, got a JSON array)"),
     ],
 )
 def test_a_bad_line_names_file_and_line(tmp_path, line, problem):

@@ -129,7 +129,8 @@ def build_zoo(folder: Path) -> dict:
         (nemo(ok, 1.0, offset=-1.0), "invalid_offset"),
         ({"audio_filepath": 5, "duration": 1.0}, "invalid_field"),
         ({"audio_filepath": "audio/ok.wav"}, "missing_field"),  # 35
-        (nemo(locked, 2.0), "unreadable"),
+        (nemo(samples(audio, "huge.wav", speech_like(2.0, 15) * 1e30, subtype="FLOAT"), 2.0), "out_of_range"),
+        (nemo(locked, 2.0), "unreadable"),  # last: see `unreadable` below
     ]
     train = write_jsonl(folder / "train.json", [line for line, _ in lines])
     expect = {(train, n): cat for n, (_, cat) in enumerate(lines, start=1) if cat}
