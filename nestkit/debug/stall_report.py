@@ -320,20 +320,26 @@ def data_in_motion(run_dir: str | os.PathLike, within_s: float) -> str | None:
     return None
 
 
-def _data_stall(rank: RankView, waiting: list[RankView]) -> Verdict:
+def _data_stall(fetching: list[RankView], waiting: list[RankView]) -> Verdict:
+    """Every rank that waits for its DataLoader, longest wait first (workers of several ranks can
+    hang on the same shared cause: a mount, a lock, a library)."""
+    ranks = sorted(fetching, key=lambda r: -(r.idle_seconds or 0.0))
+    what = "; ".join(_data_wait(rank) for rank in ranks)
+    return Verdict("data_stall", f"data stall: {what}{_waiting_clause(waiting)}", [r.rank for r in ranks])
+
+
+def _data_wait(rank: RankView) -> str:
     wanted = rank.waiting_for
     batch = f"batch {wanted['batch']}" if wanted else "its next batch"
     loader = _culprit_loader(rank)
     who = f"rank {rank.rank}" + ("" if loader is None or loader.name == "main" else f", {loader.name.replace('worker', 'worker ')}")
     held = f" for {loader.seconds:.0f} s" if loader is not None and loader.seconds is not None else ""
     if loader is not None and loader.state == "loading":
-        what = f"{who} blocked reading {loader.where} in {batch}{held}"
-    elif loader is not None:
-        what = f"{who} stuck {loader.state} {batch}{held}" + (f" at {loader.frame}" if loader.frame else "")
-    else:
-        what = (f"rank {rank.rank} waiting {rank.phase_seconds:.0f} s for {batch} from its DataLoader, and no worker "
-                "is reading a file (dead or deadlocked workers? see their stacks)")
-    return Verdict("data_stall", f"data stall: {what}{_waiting_clause(waiting)}", [rank.rank])
+        return f"{who} blocked reading {loader.where} in {batch}{held}"
+    if loader is not None:
+        return f"{who} stuck {loader.state} {batch}{held}" + (f" at {loader.frame}" if loader.frame else "")
+    return (f"rank {rank.rank} waiting {rank.phase_seconds:.0f} s for {batch} from its DataLoader, and no worker "
+            "is reading a file (dead or deadlocked workers? see their stacks)")
 
 
 def _first_line(error: str | None, limit: int = 300) -> str:
@@ -375,7 +381,7 @@ def classify(ranks: list[RankView], request_kind: str | None = None) -> Verdict:
     others = [r for r in active if not r.in_collective]
     fetching = [r for r in others if r.phase == "fetch" or (r.phase == "startup" and r.waiting_for)]
     if fetching:
-        return _data_stall(max(fetching, key=lambda r: r.idle_seconds or 0.0), waiting)
+        return _data_stall(fetching, waiting)
     if left and waiting:
         return Verdict("collective_mismatch", "collective mismatch: " + "; ".join(_why_left(r) for r in left)
                        + f" -- while {_waiting(waiting, 'waits' if len(waiting) == 1 else 'wait')}", [r.rank for r in left])

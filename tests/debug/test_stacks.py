@@ -60,6 +60,15 @@ def test_a_rank_stuck_in_compute_while_its_peer_waits(tmp_path):
     assert found.sentence.endswith("rank 1 waiting in all-reduce at step 9")
 
 
+def test_every_rank_waiting_for_its_data_is_named_longest_wait_first(tmp_path):
+    beat(tmp_path, 0, "fetch", 4, idle=70)
+    beat(tmp_path, 1, "fetch", 4, idle=90)
+    found = verdict(tmp_path)
+    assert found.kind == "data_stall" and found.culprits == [1, 0], found
+    assert found.sentence.startswith("data stall: rank 1 waiting 90 s for its next batch from its DataLoader")
+    assert "; rank 0 waiting 70 s for its next batch" in found.sentence
+
+
 def test_every_rank_in_the_same_collective_is_a_collective_stall(tmp_path):
     beat(tmp_path, 0, "collective", 4, idle=100)
     beat(tmp_path, 1, "collective", 4, idle=100)
