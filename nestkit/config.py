@@ -117,8 +117,10 @@ class PreprocessorConfig:
     """AudioToMelSpectrogramPreprocessor."""
 
     sample_rate: Optional[int] = None  # follows model.sample_rate
-    window_size: float = 0.025  # seconds
-    window_stride: float = 0.01  # seconds
+    # seconds; null when n_window_size / n_window_stride give the sizes in samples (NeMo requires
+    # exactly that spelling when the sample counts are set)
+    window_size: Optional[float] = 0.025
+    window_stride: Optional[float] = 0.01
     n_window_size: Optional[int] = None  # samples; overrides window_size
     n_window_stride: Optional[int] = None  # samples; overrides window_stride
     window: Literal["hann", "hamming", "blackman", "bartlett", "none", "ones"] = "hann"
@@ -210,7 +212,9 @@ class EncoderConfig:
     ff_expansion_factor: int = 4
     self_attention_model: Literal["rel_pos"] = "rel_pos"
     n_heads: int = 8
-    att_context_size: Optional[list[int]] = field(default_factory=lambda: [-1, -1])
+    # [left, right] frames, or NeMo's list of them for multi-context models; only full context
+    # ([-1, -1]) is supported, so [[-1, -1]] reads as [-1, -1]
+    att_context_size: Optional[Union[list[int], list[list[int]]]] = field(default_factory=lambda: [-1, -1])
     att_context_probs: Optional[list[float]] = _inert(None, "multi-context training is not supported", True)
     att_context_style: Literal["regular"] = "regular"
     xscaling: bool = True
@@ -218,7 +222,7 @@ class EncoderConfig:
     pos_emb_max_len: int = 5000
     conv_kernel_size: int = 9
     conv_norm_type: Literal["batch_norm", "layer_norm"] = "batch_norm"
-    conv_context_size: Optional[list[int]] = None
+    conv_context_size: Optional[Union[list[int], Literal["causal"]]] = None  # "causal" = [kernel - 1, 0], as NeMo
     use_bias: bool = True
     dropout: float = 0.1
     dropout_pre_encoder: float = 0.1
@@ -607,6 +611,11 @@ def _derive(cfg: NestConfig) -> None:
             ds.noise_manifest = ds.noise_manifest or []
     if enc.feat_in is None:
         enc.feat_in = m.preprocessor.features
+    if enc.conv_context_size == "causal":
+        enc.conv_context_size = [enc.conv_kernel_size - 1, 0]
+    contexts = enc.att_context_size
+    if contexts and all(isinstance(c, list) for c in contexts) and all(c == [-1, -1] for c in contexts):
+        enc.att_context_size = [-1, -1]
     if m.masking.feat_in is None:
         m.masking.feat_in = m.preprocessor.features if m.mask_position == "pre_conv" else enc.d_model
     q = m.quantizer
@@ -718,8 +727,11 @@ def _check(cfg: NestConfig, problems: list[str]) -> None:
     if chunking not in (-1, 1) and (chunking < 2 or chunking & (chunking - 1)):
         problems.append(f"model.encoder.subsampling_conv_chunking_factor: unsupported (expected -1, 1 or a power of 2, got {chunking})")
     pre = m.preprocessor
-    window = pre.n_window_size or int(pre.window_size * m.sample_rate)
-    if pre.n_fft is not None and pre.n_fft < window:
+    for seconds, samples in (("window_size", "n_window_size"), ("window_stride", "n_window_stride")):
+        if getattr(pre, seconds) is None and not getattr(pre, samples):
+            problems.append(f"model.preprocessor.{seconds}: required when {samples} is not set (expected seconds, got null)")
+    window = pre.n_window_size or int((pre.window_size or 0) * m.sample_rate)
+    if pre.n_fft is not None and window and pre.n_fft < window:
         problems.append(f"model.preprocessor.n_fft: shorter than the window (expected at least {window} samples, got {pre.n_fft})")
     if enc.conv_kernel_size % 2 == 0 and enc.conv_context_size is None:
         problems.append(f"model.encoder.conv_kernel_size: must be odd (got {enc.conv_kernel_size})")

@@ -125,6 +125,26 @@ def test_n_fft_shorter_than_the_window_is_refused():
         preprocessor(n_fft=256)
 
 
+def test_nemos_sample_count_spelling_gives_the_same_features():
+    """NeMo takes n_window_size/n_window_stride only with window_size/window_stride null."""
+    audio = torch.randn(2, 16000, generator=torch.Generator().manual_seed(5))
+    lengths = torch.tensor([16000, 11000])
+    seconds = preprocessor()
+    samples = preprocessor(window_size=None, n_window_size=400, window_stride=None, n_window_stride=160)
+    with torch.no_grad():
+        assert torch.equal(seconds.featurizer(audio, lengths)[0], samples.featurizer(audio, lengths)[0])
+
+
+def test_a_window_given_neither_in_seconds_nor_in_samples_is_a_config_error():
+    from nestkit.config import config_from_dict
+    from nestkit.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        config_from_dict({"model": {"preprocessor": {"window_size": None, "window_stride": None}}})
+    assert "model.preprocessor.window_size: required when n_window_size is not set" in str(err.value)
+    assert "model.preprocessor.window_stride: required when n_window_stride is not set" in str(err.value)
+
+
 def test_dither_only_in_training_and_only_from_the_given_generator():
     pre = preprocessor(dither=1e-3)
     audio, lengths = torch.randn(1, 8000) * 0.1, torch.tensor([8000])

@@ -227,3 +227,13 @@ def test_settings_nemo_cannot_run_either_fail_naming_the_key(model, match):
 @pytest.mark.parametrize("factor", [-1, 1, 2, 8])
 def test_every_chunking_factor_nemo_accepts_builds(factor):
     NestModel(tiny_config(encoder={"subsampling_conv_chunking_factor": factor}))
+
+
+def test_nemos_other_spellings_of_contexts_are_accepted():
+    """`conv_context_size: causal` is NeMo's [kernel - 1, 0]; `att_context_size: [[-1, -1]]` is a
+    multi-context list holding only full context."""
+    cfg = tiny_config(encoder={"conv_context_size": "causal", "att_context_size": [[-1, -1]], "conv_kernel_size": 5})
+    assert cfg.encoder.conv_context_size == [4, 0] and cfg.encoder.att_context_size == [-1, -1]
+    assert NestModel(cfg).encoder.layers[0].conv.context == (4, 0)
+    with pytest.raises(ConfigError, match=r"att_context_size: limited attention context is not supported"):
+        tiny_config(encoder={"att_context_size": [[-1, -1], [70, 13]]})
