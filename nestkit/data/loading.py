@@ -48,12 +48,17 @@ def file_segment(cut: Cut) -> FileSegment | None:
 
 
 def cut_path(cut: Cut) -> str:
-    """The file behind a cut, for messages (or the cut's recording id)."""
+    """What a cut reads, for messages: its file, URL or command (else its recording id)."""
     segment = file_segment(cut)
     if segment is not None:
         return segment.path
     recording = getattr(cut, "recording", None)
-    return recording.id if recording is not None else cut.id
+    if recording is None:
+        return cut.id
+    sources = recording.sources
+    if len(sources) == 1 and isinstance(sources[0].source, str) and sources[0].type in ("file", "url", "command"):
+        return sources[0].source  # the URL or command a user can try by hand
+    return recording.id
 
 
 def _load(

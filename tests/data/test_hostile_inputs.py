@@ -241,3 +241,14 @@ def test_utterances_with_nothing_to_learn_or_huge_samples_are_substituted(tmp_pa
     # the validator calls the same lines errors of the same categories
     _, report = run_json(manifest)
     assert found(report) == {(manifest, n): {c} for n, c in enumerate(bad, start=1)}
+
+
+def test_a_cut_that_is_not_a_file_is_named_by_its_url_or_command():
+    from lhotse import AudioSource, MonoCut, Recording
+
+    from nestkit.data.loading import cut_path
+
+    for kind, source in (("url", "https://example.com/a.wav"), ("command", "sox in.flac -t wav -")):
+        recording = Recording(id="rec", sources=[AudioSource(type=kind, channels=[0], source=source)],
+                              sampling_rate=16000, num_samples=16000, duration=1.0)
+        assert cut_path(MonoCut(id="c", start=0, duration=1.0, channel=0, recording=recording)) == source
