@@ -46,7 +46,7 @@ def per_call(fn, n: int) -> float:
 
 def bench_step(run_dir: Path, n: int) -> float:
     """Seconds of heartbeat work per training step on the training thread."""
-    from nestkit.debug.heartbeat import Heartbeat
+    from nestkit.monitor.heartbeat import Heartbeat
 
     hb = Heartbeat(run_dir, 0, 2)
     records = [{"cut_id": f"c{i}", "path": f"/data/c{i}.wav", "manifest": "train.json", "line": i} for i in range(4)]
@@ -74,8 +74,8 @@ def bench_hook(params: int, iterations: int) -> dict[str, float]:
     import torch.distributed as dist
     from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
-    from nestkit.debug.collective import register
-    from nestkit.debug.heartbeat import Heartbeat
+    from nestkit.monitor.collective import register
+    from nestkit.monitor.heartbeat import Heartbeat
 
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", "29581")
@@ -132,7 +132,7 @@ def bench_writer(run_dir: Path, n: int) -> float:
     from nestkit.config import load_config
     from nestkit.data.pipeline import build_pipeline
     from nestkit.data.sampler import PlanStream
-    from nestkit.debug.heartbeat import Heartbeat
+    from nestkit.monitor.heartbeat import Heartbeat
 
     cfg = load_config(DEMO, []).config
     stream = PlanStream(build_pipeline(cfg, "train", 0, 2).sampler)
@@ -150,9 +150,9 @@ def bench_train(steps: int, repeats: int, out: Path) -> dict[str, list[float]]:
     """Median step time of the demo, trained in this process with and without StallWatch."""
     from pytorch_lightning.callbacks import Callback
 
-    import nestkit.train as training
+    import nestkit.training.run as training
     from nestkit.config import load_config
-    from nestkit.train import read_batch_log
+    from nestkit.runfolder.batch_log import read_batch_log
 
     class NoWatch(Callback):  # the "off" arm: no heartbeat, no watchdog, a plain DataLoader iterator
         def __init__(self, *args):

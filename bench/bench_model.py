@@ -73,7 +73,7 @@ def run_training_steps(steps: int, warmup: int) -> dict:
     from nestkit.config import config_from_dict
     from nestkit.model.nest import NestModel
     from nestkit.model.schedule import build_optimizer, build_scheduler
-    from nestkit.rng import torch_generator
+    from nestkit.core.rng import torch_generator
 
     torch.set_num_threads(THREADS)
     torch.manual_seed(0)

@@ -27,10 +27,15 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from nestkit.config import config_from_dict, load_config
-from nestkit.data.loading import FileSegment, file_segment
+from nestkit.config import config_from_dict
+from nestkit.config import load_config
+from nestkit.data.loading import FileSegment
+from nestkit.data.loading import file_segment
 from nestkit.data.pipeline import build_pipeline
-from nestkit.synth import noise_like, speech_like, write_manifest, write_wav
+from nestkit.data.synthetic import noise_like
+from nestkit.data.synthetic import speech_like
+from nestkit.data.synthetic import write_manifest
+from nestkit.data.synthetic import write_wav
 
 
 def make_corpus(folder: Path, utterances: int, seed: int = 0) -> tuple[str, str, list[str], float]:

@@ -27,8 +27,10 @@ import numpy as np
 import yaml
 
 from nestkit.data.manifest import CutIndex
-from nestkit.data.plan import BatchingConfig, plan_epoch
-from nestkit.synth import speech_like, write_wav
+from nestkit.data.plan import BatchingConfig
+from nestkit.data.plan import plan_epoch
+from nestkit.data.synthetic import speech_like
+from nestkit.data.synthetic import write_wav
 
 
 def write_manifest(folder: Path, cuts: int) -> str:

@@ -10,7 +10,7 @@ Warms the page cache, then alternates, `--repeats` times:
   raw/1        soundfile.read(path, dtype="float32") of every decode-set file, one process;
   raw/J        the same in a pool of J processes (started before the clock, so raw gets the
                benefit of the doubt), J = --jobs (0: all cores, the validator's default);
-  decode       nestkit.data.validate.validate() with decoding (J workers; the time includes
+  decode       nestkit.validate.validator.validate() with decoding (J workers; the time includes
                reading the manifest, starting the workers and every check);
   headers      validate(decode=False) on the header set.
 Prints medians (files/s, audio-seconds/s), the ratio of `decode` to raw/J and to raw/1 (of the
@@ -34,10 +34,12 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from nestkit.data.validate import ValidateOptions, validate
-from nestkit.data.validate_audio import CheckSettings
-from nestkit.data.validate_pool import default_jobs
-from nestkit.synth import speech_like, write_manifest
+from nestkit.validate.validator import ValidateOptions
+from nestkit.validate.validator import validate
+from nestkit.validate.audio import CheckSettings
+from nestkit.validate.pool import default_jobs
+from nestkit.data.synthetic import speech_like
+from nestkit.data.synthetic import write_manifest
 
 RATE = 16000
 

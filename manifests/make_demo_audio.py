@@ -13,7 +13,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from nestkit.synth import make_corpus
+from nestkit.data.synthetic import make_corpus
 
 DEMO = Path(__file__).resolve().parent / "demo"
 SETTINGS = dict(num_utterances=96, num_noises=8, min_seconds=1.5, max_seconds=6.0, seed=2024)

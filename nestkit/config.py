@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
-from nestkit.errors import ConfigError
+from nestkit.core.errors import ConfigError
 
 # ------------------------------------------------------------------------------------------------
 # Field markers: metadata {"path": True} marks a file-system path (relative paths in a YAML

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from nestkit.synth import make_corpus
+from nestkit.data.synthetic import make_corpus
 
 
 @pytest.fixture(scope="session")

@@ -8,8 +8,12 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from nestkit.config import NestConfig, config_from_dict
-from nestkit.synth import noise_like, speech_like, write_manifest, write_wav
+from nestkit.config import NestConfig
+from nestkit.config import config_from_dict
+from nestkit.data.synthetic import noise_like
+from nestkit.data.synthetic import speech_like
+from nestkit.data.synthetic import write_manifest
+from nestkit.data.synthetic import write_wav
 
 
 def data_config(train: str | list[str], noise: str | list[str] | None = None, **train_ds) -> NestConfig:

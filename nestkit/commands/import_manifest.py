@@ -9,7 +9,9 @@ import typer
 from rich.markup import escape
 from rich.progress import Progress
 
-from nestkit.commands.common import console, err_console, is_interactive
+from nestkit.commands.common import console
+from nestkit.commands.common import err_console
+from nestkit.commands.common import is_interactive
 
 
 def import_manifest(

@@ -11,8 +11,11 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from nestkit.commands.common import console, print_notes
-from nestkit.commands.render import describe_augmentation, match_text, short_path
+from nestkit.commands.common import console
+from nestkit.commands.common import print_notes
+from nestkit.commands.render import describe_augmentation
+from nestkit.commands.render import match_text
+from nestkit.commands.render import short_path
 
 
 def lookup(
@@ -38,9 +41,9 @@ def lookup(
     num_workers x prefetch_factor more: a hang "at step 71" may be a load for step 72-75).
     """
     from nestkit.config import load_config
-    from nestkit.debug.lookup import lookup_batch
-    from nestkit.debug.positions import Position
-    from nestkit.debug.session import DebugSession
+    from nestkit.tools.lookup import lookup_batch
+    from nestkit.tools.positions import Position
+    from nestkit.tools.session import DebugSession
 
     if output_format not in ("table", "json"):
         raise typer.BadParameter(f"--format: expected table or json, got {output_format!r}")

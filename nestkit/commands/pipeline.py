@@ -11,7 +11,10 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from nestkit.commands.common import console, err_console, is_interactive, print_notes
+from nestkit.commands.common import console
+from nestkit.commands.common import err_console
+from nestkit.commands.common import is_interactive
+from nestkit.commands.common import print_notes
 
 
 def pipeline(

@@ -11,8 +11,10 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from nestkit.commands.common import console, print_notes
-from nestkit.commands.render import match_text, short_path
+from nestkit.commands.common import console
+from nestkit.commands.common import print_notes
+from nestkit.commands.render import match_text
+from nestkit.commands.render import short_path
 
 
 def replay_batch(
@@ -37,9 +39,9 @@ def replay_batch(
     folder (one-line manifest, config, command). Exit status 1 when a sample failed.
     """
     from nestkit.config import load_config
-    from nestkit.debug.positions import Position
-    from nestkit.debug.replay import replay_batch as replay
-    from nestkit.debug.session import DebugSession
+    from nestkit.tools.positions import Position
+    from nestkit.tools.replay import replay_batch as replay
+    from nestkit.tools.session import DebugSession
 
     if output_format not in ("table", "json"):
         raise typer.BadParameter(f"--format: expected table or json, got {output_format!r}")

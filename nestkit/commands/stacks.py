@@ -26,8 +26,8 @@ def stacks(
     Phase, step, batch, the file each worker reads, where each process is stuck (from the watchdog's stack dumps), and a verdict: data stall,
     collective mismatch, compute stall, slow, healthy.
     """
-    from nestkit.debug.stall_report import build_report, render_text
-    from nestkit.errors import NestkitError
+    from nestkit.monitor.stall_report import build_report, render_text
+    from nestkit.core.errors import NestkitError
 
     if output_format not in ("table", "text", "json"):
         raise typer.BadParameter(f"--format: expected table, text or json, got {output_format!r}")
@@ -45,9 +45,9 @@ def stacks(
 
 
 def _request_dump(run_dir: Path, wait: float) -> int:
-    from nestkit.debug.heartbeat import read_heartbeats
-    from nestkit.debug.incidents import open_incident
-    from nestkit.errors import NestkitError
+    from nestkit.runfolder.heartbeats import read_heartbeats
+    from nestkit.runfolder.incidents import open_incident
+    from nestkit.core.errors import NestkitError
 
     beats = read_heartbeats(run_dir)
     if not beats:

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 from rich.markup import escape
 
-from nestkit.commands.common import console, is_interactive, print_notes
-
-
-def _is_rank_zero() -> bool:
-    return int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
+from nestkit.commands.common import console
+from nestkit.commands.common import is_interactive
+from nestkit.commands.common import print_notes
 
 
 def train(
@@ -28,7 +25,8 @@ def train(
     fingerprint and cut ids are logged per rank under it, for `nestkit lookup` and `replay-batch`.
     """
     from nestkit.config import load_config
-    from nestkit.train import train as run_training
+    from nestkit.training.devices import is_global_rank_zero as _is_rank_zero
+    from nestkit.training.run import train as run_training
 
     loaded = load_config(config, overrides or [])
     if _is_rank_zero():

@@ -10,7 +10,9 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
-from nestkit.commands.common import console, err_console, is_interactive
+from nestkit.commands.common import console
+from nestkit.commands.common import err_console
+from nestkit.commands.common import is_interactive
 
 # Defaults, spelled out here so `--help` stays cheap (the library imports lhotse); a test checks
 # they equal the library's (CheckSettings, ValidateOptions, DatasetConfig).
@@ -193,7 +195,7 @@ def validate_manifest(
         if out is not None:
             _check_writable(out, option)
 
-    from nestkit.data.validate_write import output_paths  # lazy: imports lhotse
+    from nestkit.validate.write import output_paths  # lazy: imports lhotse
 
     everything = [str(p) for p in manifests + noise]
     targets = {}
@@ -204,8 +206,8 @@ def validate_manifest(
             except ValueError as exc:
                 raise _usage_error(f"{option} {exc}") from None
 
-    from nestkit.data.validate import ValidateOptions
-    from nestkit.data.validate_audio import CheckSettings
+    from nestkit.validate.validator import ValidateOptions
+    from nestkit.validate.audio import CheckSettings
 
     options = ValidateOptions(
         checks=CheckSettings(
@@ -225,7 +227,7 @@ def validate_manifest(
     try:
         _render(report, output_format.value, output, strict)
     except OSError as exc:
-        from nestkit.data.validate_report import summary_line
+        from nestkit.validate.report import summary_line
 
         err_console.print(escape(summary_line(report, strict)), soft_wrap=True)
         raise _output_error("--output", output, exc) from None
@@ -263,7 +265,7 @@ def _output_error(option: str, path, exc: OSError) -> typer.Exit:
 
 
 def _validate_with_progress(manifests: list[str], noise: list[str], options):
-    from nestkit.data.validate import validate
+    from nestkit.validate.validator import validate
 
     if not is_interactive():
         return validate(manifests, noise, options)
@@ -281,7 +283,7 @@ def _validate_with_progress(manifests: list[str], noise: list[str], options):
 
 
 def _render(report, output_format: str, output: Path | None, strict: bool) -> None:
-    from nestkit.data.validate_report import RENDERERS, summary_line
+    from nestkit.validate.report import RENDERERS, summary_line
 
     table_on_terminal = (
         output_format == "table"
@@ -307,7 +309,7 @@ def _render(report, output_format: str, output: Path | None, strict: bool) -> No
 def _print_table(report, strict: bool) -> None:
     from rich.table import Table
 
-    from nestkit.data.validate_report import printable, summary_line, where
+    from nestkit.validate.report import printable, summary_line, where
 
     if report.findings:
         table = Table(expand=True)
@@ -325,7 +327,7 @@ def _print_table(report, strict: bool) -> None:
 
 
 def _write_repair(report, option: str, targets: dict[str, str]) -> None:
-    from nestkit.data.validate_write import write_clean, write_fixed_durations
+    from nestkit.validate.write import write_clean, write_fixed_durations
 
     if option == "--write-clean":
         for w in write_clean(report, targets):

@@ -18,7 +18,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from nestkit.errors import AudioLoadError
+from nestkit.core.errors import AudioLoadError
 
 # A manifest duration may exceed what the file holds by this much before the segment counts as
 # truncated (header rounding, encoder padding). Same default as validate-manifest's tolerance.

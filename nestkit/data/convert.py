@@ -18,8 +18,13 @@ from lhotse.audio import AudioSource
 from lhotse.serialization import SequentialJsonlWriter
 
 from nestkit.data.audio import check_path
-from nestkit.data.manifest import FORMAT_NEMO, CutIndex, nemo_cut, nemo_entry
-from nestkit.errors import AudioLoadError, ManifestError, NestkitError
+from nestkit.data.manifest import FORMAT_NEMO
+from nestkit.data.manifest import CutIndex
+from nestkit.data.manifest import nemo_cut
+from nestkit.data.manifest import nemo_entry
+from nestkit.core.errors import AudioLoadError
+from nestkit.core.errors import ManifestError
+from nestkit.core.errors import NestkitError
 
 
 @dataclass

@@ -24,16 +24,23 @@ from lhotse.cut import Cut
 
 from nestkit.config import DatasetConfig
 from nestkit.data.augment import augment_batch
-from nestkit.data.batch import BatchPosition, NestBatch
-from nestkit.data.fingerprint import batch_fingerprint, rows_checksum
-from nestkit.data.loading import cut_path, file_segment, load_cut
+from nestkit.data.batch import BatchPosition
+from nestkit.data.batch import NestBatch
+from nestkit.data.fingerprint import batch_fingerprint
+from nestkit.data.fingerprint import rows_checksum
+from nestkit.data.loading import cut_path
+from nestkit.data.loading import file_segment
+from nestkit.data.loading import load_cut
 from nestkit.data.manifest import CutIndex
-from nestkit.data.noise import NoiseSettings, draw_noise
+from nestkit.data.noise import NoiseSettings
+from nestkit.data.noise import draw_noise
 from nestkit.data.plan import BatchingConfig
-from nestkit.data.quarantine import Quarantine
-from nestkit.debug import worker_status
-from nestkit.errors import AudioLoadError, ManifestError, NestkitError
-from nestkit.rng import generator
+from nestkit.runfolder.quarantine import Quarantine
+from nestkit.runfolder import worker_status
+from nestkit.core.errors import AudioLoadError
+from nestkit.core.errors import ManifestError
+from nestkit.core.errors import NestkitError
+from nestkit.core.rng import generator
 
 PLAN_KEY = "plan"  # cut.custom[PLAN_KEY] = {"epoch", "rank", "batch", "repeat"}
 
@@ -94,7 +101,7 @@ class NestDataset(torch.utils.data.Dataset):
         self.seed = seed
         self.index = index
         self.noise = noise
-        self.quarantine = quarantine or Quarantine(None, 0)
+        self.quarantine = quarantine or Quarantine(None, 0, split)
         self.split = split
         self.sample_rate = int(ds.sample_rate or 16000)
         self.noise_settings = NoiseSettings(
@@ -115,9 +122,7 @@ class NestDataset(torch.utils.data.Dataset):
         return generator(self.seed, self.split, purpose, position.epoch, batch_key, cut_id)
 
     def _quarantine(self, record: dict, position: BatchPosition) -> dict:
-        record = {"epoch": position.epoch, "batch": position.batch, "split": self.split, **record}
-        self.quarantine.write(record)
-        return {"rank": self.quarantine.rank, **record}
+        return self.quarantine.write({"epoch": position.epoch, "batch": position.batch, "split": self.split, **record})
 
     def _substitute_candidates(self, rng: np.random.Generator, batch: list[Cut]):
         if self.substitute_rows is not None and len(self.substitute_rows):

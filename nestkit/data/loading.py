@@ -8,10 +8,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from nestkit.bounded import CallTimeout, call_with_timeout
-from nestkit.data.audio import check_samples, read_audio, resample
-from nestkit.debug import hang_hooks, worker_status
-from nestkit.errors import AudioLoadError
+from nestkit.core.timeouts import CallTimeout
+from nestkit.core.timeouts import call_with_timeout
+from nestkit.data.audio import check_samples
+from nestkit.data.audio import read_audio
+from nestkit.data.audio import resample
+from nestkit.core import faults
+from nestkit.runfolder import worker_status
+from nestkit.core.errors import AudioLoadError
 
 if TYPE_CHECKING:  # lhotse (and torch) load lazily: validate-manifest's workers only need file_segment
     from lhotse.cut import Cut
@@ -64,10 +68,10 @@ def cut_path(cut: Cut) -> str:
 def _load(
     cut: Cut, sample_rate: int, offset: float, duration: float | None, require_signal: bool
 ) -> np.ndarray:
-    if hang_hooks.BLOCK_PATH is not None and hang_hooks.BLOCK_PATH in cut_path(cut):
-        hang_hooks.block_forever(cut_path(cut))  # a test hook: see nestkit/debug/hang_hooks.py
-    if hang_hooks.SLOW_READ_S:
-        hang_hooks.slow_read(cut_path(cut))
+    if faults.BLOCK_PATH is not None and faults.BLOCK_PATH in cut_path(cut):
+        faults.block_forever(cut_path(cut))  # a test hook: see nestkit/core/faults.py
+    if faults.SLOW_READ_S:
+        faults.slow_read(cut_path(cut))
     segment = file_segment(cut)
     if segment is not None:
         length = duration if duration else segment.duration

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Iterator, Sequence
 import numpy as np
 import orjson
 
-from nestkit.errors import ManifestError
+from nestkit.core.errors import ManifestError
 
 if TYPE_CHECKING:
     from lhotse import CutSet, MonoCut

@@ -15,9 +15,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from nestkit.data.loading import cut_path, load_cut
+from nestkit.data.loading import cut_path
+from nestkit.data.loading import load_cut
 from nestkit.data.manifest import CutIndex
-from nestkit.errors import AudioLoadError, ManifestError
+from nestkit.core.errors import AudioLoadError
+from nestkit.core.errors import ManifestError
 
 
 @dataclass(frozen=True)

@@ -14,15 +14,16 @@ from pathlib import Path
 
 import torch
 
-from nestkit.config import DatasetConfig, NestConfig
+from nestkit.config import DatasetConfig
+from nestkit.config import NestConfig
 from nestkit.data.batch import NestBatch
 from nestkit.data.dataset import NestDataset
 from nestkit.data.manifest import CutIndex
 from nestkit.data.plan import BatchingConfig
-from nestkit.data.quarantine import Quarantine
+from nestkit.runfolder.quarantine import Quarantine
 from nestkit.data.sampler import PlanSampler
-from nestkit.debug import worker_status
-from nestkit.errors import ConfigError
+from nestkit.runfolder import worker_status
+from nestkit.core.errors import ConfigError
 
 SPLITS = ("train", "validation")
 
@@ -52,7 +53,7 @@ class DataPipeline:
             extra = {
                 "prefetch_factor": self.config.prefetch_factor,
                 "timeout": self.dataloader_timeout_s or 0,
-                "worker_init_fn": worker_init_fn or _worker_init,
+                "worker_init_fn": worker_init_fn or init_loading_worker,
                 # forking workers every epoch costs copy-on-write faults on the parent's memory
                 "persistent_workers": True,
             }
@@ -66,10 +67,14 @@ class DataPipeline:
         )
 
 
-def _worker_init(worker_id: int) -> None:
+def init_loading_worker(worker_id: int) -> None:
+    """What every DataLoader worker of a NEST dataset does first (training adds its monitoring)."""
     # Workers decode audio; torch threads in each worker would only fight over the cores.
     torch.set_num_threads(1)
     worker_status.uninstall()  # forked from a rank that loads in-process: not its parent's slot
+    info = torch.utils.data.get_worker_info()
+    if info is not None and isinstance(info.dataset, NestDataset):
+        info.dataset.quarantine.bind_worker(worker_id)  # its own quarantine file
 
 
 def dataset_config(cfg: NestConfig, split: str) -> DatasetConfig:
@@ -108,7 +113,7 @@ def build_pipeline(
     sampler = PlanSampler(
         index, batching, cfg.nestkit.seed, rank, world_size, fixed_epoch=0 if split == "validation" else None
     )
-    quarantine = Quarantine(Path(run_dir) if run_dir is not None else None, rank)
+    quarantine = Quarantine(Path(run_dir) if run_dir is not None else None, rank, split)
     dataset = NestDataset(ds, cfg.nestkit.seed, index, noise, quarantine, split)
     return DataPipeline(split, ds, index, noise, sampler, dataset, cfg.nestkit.dataloader_timeout_s)
 

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from nestkit.config import DatasetConfig
-from nestkit.errors import PlanError
-from nestkit.rng import generator
+from nestkit.core.errors import PlanError
+from nestkit.core.rng import generator
 
 
 @dataclass(frozen=True)

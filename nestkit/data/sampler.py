@@ -16,8 +16,10 @@ from lhotse import CutSet
 
 from nestkit.data.dataset import PLAN_KEY
 from nestkit.data.manifest import CutIndex
-from nestkit.data.plan import BatchingConfig, EpochPlan, plan_epoch
-from nestkit.debug import hang_hooks
+from nestkit.data.plan import BatchingConfig
+from nestkit.data.plan import EpochPlan
+from nestkit.data.plan import plan_epoch
+from nestkit.core import faults
 
 
 class PlanSampler(torch.utils.data.Sampler):
@@ -110,7 +112,7 @@ class PlanStream(torch.utils.data.Sampler):
         self.start = (0, 0)
         self.handed_out: deque[tuple[int, int, CutSet]] = deque(maxlen=self.HANDED_OUT_KEPT)
         self.data_end: dict | None = None
-        self.stop_after = hang_hooks.stop_after(sampler.rank)  # None unless NESTKIT_DEBUG_STOP_RANK
+        self.stop_after = faults.stop_after(sampler.rank)  # None unless NESTKIT_DEBUG_STOP_RANK
 
     def resume(self, epoch: int, batch: int) -> None:
         self.start = (epoch, batch)
@@ -141,7 +143,7 @@ class PlanStream(torch.utils.data.Sampler):
         for epoch, batch in self.positions():
             if self.stop_after is not None and yielded >= self.stop_after:
                 self.data_end = {"after": _position(last), "reason": "debug",
-                                 "detail": f"{hang_hooks.STOP_RANK_ENV}: data ends after {self.stop_after} batches"}
+                                 "detail": f"{faults.STOP_RANK_ENV}: data ends after {self.stop_after} batches"}
                 return
             cuts = self.sampler.batch_cuts(batch, epoch)
             self.handed_out.append((epoch, batch, cuts))

@@ -18,7 +18,7 @@ from typing import Mapping, Optional
 import torch
 from torch import nn
 
-from nestkit.errors import NestkitError
+from nestkit.core.errors import NestkitError
 
 NEMO_WEIGHTS_MEMBER = "model_weights.ckpt"
 LIGHTNING_PREFIX = "model."

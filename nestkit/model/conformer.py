@@ -14,7 +14,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from nestkit.config import EncoderConfig
-from nestkit.model.attention import RelPositionalEncoding, RelPositionMultiHeadAttention, position_biases
+from nestkit.model.attention import RelPositionalEncoding
+from nestkit.model.attention import RelPositionMultiHeadAttention
+from nestkit.model.attention import position_biases
 from nestkit.model.subsampling import DwStridingSubsampling
 
 FEED_FORWARD_RESIDUAL_SCALE = 0.5  # macaron: each of the two feed-forward halves adds half its output

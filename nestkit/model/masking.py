@@ -93,7 +93,7 @@ class RandomBlockMasking(nn.Module):
         if generator is None:
             raise ValueError(
                 "masking: no generator (expected a torch.Generator, got None). "
-                "Pass generator=nestkit.rng.torch_generator(seed, 'model', step)"
+                "Pass generator=nestkit.core.rng.torch_generator(seed, 'model', step)"
             )
         frames = self.frame_mask(lengths.cpu(), feats.shape[-1], generator).to(feats.device)
         return apply_frame_mask(feats, frames, self.mask_embedding)

@@ -27,9 +27,11 @@ import torch
 from torch import nn
 
 from nestkit.config import ModelConfig
-from nestkit.model.conformer import ConformerEncoder, build_subsampling
+from nestkit.model.conformer import ConformerEncoder
+from nestkit.model.conformer import build_subsampling
 from nestkit.model.decoder import MultiSoftmaxDecoder
-from nestkit.model.loss import LossResult, masked_token_loss
+from nestkit.model.loss import LossResult
+from nestkit.model.loss import masked_token_loss
 from nestkit.model.masking import RandomBlockMasking
 from nestkit.model.preprocessor import MelPreprocessor
 from nestkit.model.quantizer import RandomProjectionQuantizer
@@ -109,7 +111,7 @@ class NestModel(nn.Module):
         if generator is None and (apply_mask or self.training):
             raise ValueError(
                 "NestModel.forward: no generator (expected a torch.Generator when apply_mask or training, got None). "
-                "Pass generator=nestkit.rng.torch_generator(seed, 'model', global_step)"
+                "Pass generator=nestkit.core.rng.torch_generator(seed, 'model', global_step)"
             )
         clean, clean_len, noisy, noisy_len = self.preprocessor.forward_pair(
             audio, audio_len, noisy_audio, noisy_audio_len, generator

@@ -159,7 +159,7 @@ def _dither_noise(x: torch.Tensor, generator: Optional[torch.Generator], rows: t
     if generator is None:
         raise ValueError(
             "preprocessor dither: no generator (expected a torch.Generator in training, got None). "
-            "Pass generator=nestkit.rng.torch_generator(seed, 'model', step) to the forward"
+            "Pass generator=nestkit.core.rng.torch_generator(seed, 'model', step) to the forward"
         )
     noise = [torch.randn((n, x.shape[1]), generator=generator, device=generator.device, dtype=x.dtype) for n in rows]
     return torch.cat(noise).to(x.device)

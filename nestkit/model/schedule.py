@@ -19,7 +19,8 @@ from typing import Optional
 import torch
 from torch import nn
 
-from nestkit.config import OptimConfig, SchedConfig
+from nestkit.config import OptimConfig
+from nestkit.config import SchedConfig
 
 
 def warmup_steps_of(sched: SchedConfig, max_steps: Optional[int] = None) -> int:

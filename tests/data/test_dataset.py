@@ -16,7 +16,7 @@ import torch
 
 from nestkit.data.augment import achieved_ratio_db
 from nestkit.data.pipeline import build_pipeline
-from nestkit.data.quarantine import read_quarantine
+from nestkit.runfolder.quarantine import read_quarantine
 from tests.helpers import data_config, manifest_of, read_jsonl, write_noise, write_speech
 
 ALWAYS_NOISE = {"prob": 1.0, "noise_ratio": 1.0}

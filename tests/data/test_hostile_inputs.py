@@ -12,15 +12,18 @@ import xml.etree.ElementTree as ET
 import numpy as np
 import pytest
 import soundfile as sf
-from validate_corpus import found, nemo, run_cli, run_json, speech, write_jsonl
+from tests.validate.validate_corpus import found, nemo, run_cli, run_json, speech, write_jsonl
 
-from nestkit.data.audio import check_path, read_audio
+from nestkit.data.audio import check_path
+from nestkit.data.audio import read_audio
 from nestkit.data.loading import load_cut
-from nestkit.data.manifest import CutIndex, lhotse_cut
+from nestkit.data.manifest import CutIndex
+from nestkit.data.manifest import lhotse_cut
 from nestkit.data.pipeline import build_pipeline
-from nestkit.data.quarantine import read_quarantine
-from nestkit.errors import AudioLoadError, ManifestError
-from nestkit.synth import speech_like
+from nestkit.runfolder.quarantine import read_quarantine
+from nestkit.core.errors import AudioLoadError
+from nestkit.core.errors import ManifestError
+from nestkit.data.synthetic import speech_like
 from tests.helpers import data_config, manifest_of, write_speech
 
 

@@ -10,8 +10,9 @@ import pytest
 
 from nestkit.data.audio import read_audio
 from nestkit.data.loading import load_cut
-from nestkit.data.manifest import CutIndex, read_cuts
-from nestkit.errors import ManifestError
+from nestkit.data.manifest import CutIndex
+from nestkit.data.manifest import read_cuts
+from nestkit.core.errors import ManifestError
 from tests.helpers import manifest_of, position_coded_wav, write_speech
 
 

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from nestkit.data.manifest import CutIndex
-from nestkit.data.plan import BatchingConfig, plan_epoch
+from nestkit.data.plan import BatchingConfig
+from nestkit.data.plan import plan_epoch
 from nestkit.data.sampler import PlanSampler
-from nestkit.errors import PlanError
+from nestkit.core.errors import PlanError
 from tests.helpers import manifest_of
 
 MODES = [

@@ -11,8 +11,11 @@ import torch
 from model_testing import GOLDEN_DIR, tiny_config
 from omegaconf import OmegaConf
 
-from nestkit.errors import NestkitError
-from nestkit.model.checkpoint import CheckpointError, export_nemo_state_dict, load_nemo_weights, read_state_dict
+from nestkit.core.errors import NestkitError
+from nestkit.model.checkpoint import CheckpointError
+from nestkit.model.checkpoint import export_nemo_state_dict
+from nestkit.model.checkpoint import load_nemo_weights
+from nestkit.model.checkpoint import read_state_dict
 from nestkit.model.nest import NestModel
 
 

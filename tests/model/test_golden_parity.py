@@ -8,7 +8,8 @@ import numpy as np
 import torch
 from model_testing import GOLDEN_DIR, t
 
-from nestkit.model.loss import loss_frame_mask, masked_token_loss
+from nestkit.model.loss import loss_frame_mask
+from nestkit.model.loss import masked_token_loss
 from nestkit.model.masking import apply_frame_mask
 from nestkit.model.nest import NestModel
 

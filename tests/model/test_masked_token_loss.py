@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from nestkit.model.loss import loss_frame_mask, masked_token_loss
+from nestkit.model.loss import loss_frame_mask
+from nestkit.model.loss import masked_token_loss
 
 
 def random_inputs(batch=2, frames=32, steps=4, classes=10, books=2, features=3):

@@ -8,8 +8,11 @@ import torch
 from model_testing import t
 
 from nestkit.config import PreprocessorConfig
-from nestkit.model.melscale import hz_to_mel, mel_to_hz, slaney_mel_filterbank
-from nestkit.model.preprocessor import MelPreprocessor, normalize_features
+from nestkit.model.melscale import hz_to_mel
+from nestkit.model.melscale import mel_to_hz
+from nestkit.model.melscale import slaney_mel_filterbank
+from nestkit.model.preprocessor import MelPreprocessor
+from nestkit.model.preprocessor import normalize_features
 
 
 def preprocessor(**changes: object) -> MelPreprocessor:
@@ -137,7 +140,7 @@ def test_nemos_sample_count_spelling_gives_the_same_features():
 
 def test_a_window_given_neither_in_seconds_nor_in_samples_is_a_config_error():
     from nestkit.config import config_from_dict
-    from nestkit.errors import ConfigError
+    from nestkit.core.errors import ConfigError
 
     with pytest.raises(ConfigError) as err:
         config_from_dict({"model": {"preprocessor": {"window_size": None, "window_stride": None}}})

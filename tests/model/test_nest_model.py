@@ -8,13 +8,15 @@ import pytest
 import torch
 from model_testing import REFERENCE_DIR, tiny_config
 
-from nestkit.config import ModelConfig, load_config
-from nestkit.errors import ConfigError
-from nestkit.model.attention import RelPositionalEncoding, RelPositionMultiHeadAttention
+from nestkit.config import ModelConfig
+from nestkit.config import load_config
+from nestkit.core.errors import ConfigError
+from nestkit.model.attention import RelPositionalEncoding
+from nestkit.model.attention import RelPositionMultiHeadAttention
 from nestkit.model.conformer import layer_drop_probabilities
 from nestkit.model.nest import NestModel
 from nestkit.model.schedule import build_optimizer
-from nestkit.rng import torch_generator
+from nestkit.core.rng import torch_generator
 
 
 def batch(seed: int = 0, lengths: tuple[int, ...] = (24000, 17000, 12000)) -> tuple[torch.Tensor, ...]:

@@ -8,9 +8,15 @@ import pytest
 import torch
 from model_testing import REFERENCE_DIR, tiny_config
 
-from nestkit.config import OptimConfig, SchedConfig
+from nestkit.config import OptimConfig
+from nestkit.config import SchedConfig
 from nestkit.model.nest import NestModel
-from nestkit.model.schedule import build_optimizer, build_scheduler, lr_at_step, noam_lr, parameter_groups, warmup_steps_of
+from nestkit.model.schedule import build_optimizer
+from nestkit.model.schedule import build_scheduler
+from nestkit.model.schedule import lr_at_step
+from nestkit.model.schedule import noam_lr
+from nestkit.model.schedule import parameter_groups
+from nestkit.model.schedule import warmup_steps_of
 
 NEMO_LRS = json.loads((REFERENCE_DIR / "noam_lr.json").read_text())
 

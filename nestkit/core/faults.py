@@ -1,0 +1,64 @@
+"""Debug hooks that make the classic DDP hangs (and a slow mount) reproducible on any machine.
+
+Each is read from the environment once, at import, and costs one falsy check when unset. They
+exist for tests and for docs/debugging.md; never set them in a real run.
+
+NESTKIT_DEBUG_BLOCK_PATH=<substring>
+    Loading an audio file whose path contains <substring> blocks in a read() that never returns,
+    as a read from a stalled network mount does. The block happens inside the bounded per-sample
+    load, so `model.train_ds.sample_timeout_s` still turns it into a quarantined substitute; set
+    sample_timeout_s=0 (unbounded) to get a real data stall.
+NESTKIT_DEBUG_SLOW_READ_S=<seconds>
+    Every audio read first sleeps that long, as on a slow network mount: the data keeps moving, only
+    slowly, which the watchdog must tell apart from a stall.
+NESTKIT_DEBUG_STOP_RANK=<rank>:<batches>
+    That rank's training data stream ends after <batches> batches, as if its plan were shorter
+    (uneven work: the rank finishes while its peers wait for it in the next all-reduce). nestkit's
+    planner makes uneven plans impossible by construction, hence a hook.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from nestkit.core.errors import NestkitError
+
+BLOCK_PATH_ENV = "NESTKIT_DEBUG_BLOCK_PATH"
+SLOW_READ_ENV = "NESTKIT_DEBUG_SLOW_READ_S"
+STOP_RANK_ENV = "NESTKIT_DEBUG_STOP_RANK"
+
+BLOCK_PATH: str | None = os.environ.get(BLOCK_PATH_ENV) or None
+SLOW_READ_S: float = float(os.environ.get(SLOW_READ_ENV) or 0.0)
+
+_held_pipes: list[int] = []  # write ends kept open, so the read below can never see EOF
+
+
+def block_forever(path: str) -> None:
+    """Block the calling thread in a read() syscall, forever (a stalled mount, not a busy loop:
+    the thread shows up in stack dumps exactly where a stuck read would)."""
+    read_end, write_end = os.pipe()
+    _held_pipes.append(write_end)
+    os.read(read_end, 1)  # NESTKIT_DEBUG_BLOCK_PATH: simulated stalled read of `path`
+    raise AssertionError(f"{path}: the simulated stalled read returned")  # unreachable
+
+
+def slow_read(path: str) -> None:
+    """Sleep SLOW_READ_S seconds before reading `path` (a read from a slow mount)."""
+    time.sleep(SLOW_READ_S)  # NESTKIT_DEBUG_SLOW_READ_S: simulated slow storage
+
+
+def stop_after(rank: int) -> int | None:
+    """Batches after which `rank`'s training stream ends (NESTKIT_DEBUG_STOP_RANK), or None."""
+    value = os.environ.get(STOP_RANK_ENV)
+    if not value:
+        return None
+    try:
+        stop_rank, batches = (int(part) for part in value.split(":"))
+    except ValueError:
+        raise NestkitError(
+            f"environment {STOP_RANK_ENV}: malformed (expected <rank>:<batches>, e.g. 1:5, got {value!r})"
+        ) from None
+    if batches < 0:
+        raise NestkitError(f"environment {STOP_RANK_ENV}: negative batch count (expected >= 0, got {batches})")
+    return batches if stop_rank == rank else None

@@ -1,1 +1,0 @@
-"""Replay, lookup, heartbeats, the stall watchdog and stall reports."""

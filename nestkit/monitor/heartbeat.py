@@ -1,0 +1,255 @@
+"""Per-rank heartbeats: what each rank is doing, written where any process can read it.
+
+The training thread only assigns a few attributes of a `Heartbeat` (phase, step, position: a
+hundred nanoseconds each); a background thread serialises the state every `heartbeat_interval_s`
+to `<run_dir>/heartbeat/rank<R>.json` (write a temporary file, then `os.replace`, so a reader never
+sees half a file). `nestkit stacks` and the watchdogs of all ranks read these files.
+
+Phases: startup, fetch (waiting for the DataLoader), forward, backward, collective (backward is
+done, the rank waits for its peers' gradients), optimizer, step_end (callbacks: logging,
+checkpoint decisions), validation, checkpoint, finished.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nestkit.core.procs import process_start_ticks
+from nestkit.runfolder.heartbeats import FAILED, FINISHED, FORMAT, RUNNING, write_heartbeat
+from nestkit.runfolder.layout import heartbeat_path
+from nestkit.runfolder.records import warn_once
+
+class StepTimes:
+    """The last `size` step durations in a fixed ring (no allocation per step)."""
+
+    def __init__(self, size: int = 200):
+        self._values = [0.0] * size
+        self.count = 0
+        self.first: float | None = None  # the first step (start-up, compilation) is kept apart
+
+    def add(self, seconds: float) -> None:
+        if self.first is None:
+            self.first = seconds
+            return
+        self._values[self.count % len(self._values)] = seconds
+        self.count += 1
+
+    def recent(self) -> list[float]:
+        n = min(self.count, len(self._values))
+        return sorted(self._values[:n]) if n else ([self.first] if self.first is not None else [])
+
+    def quantile(self, q: float) -> float | None:
+        values = self.recent()
+        return values[min(len(values) - 1, int(q * len(values)))] if values else None
+
+    def summary(self) -> dict:
+        values = self.recent()
+        if not values:
+            return {"count": 0}
+        return {"count": self.count + (self.first is not None), "first": _round(self.first),
+                "median": _round(values[len(values) // 2]), "p95": _round(self.quantile(0.95)), "max": _round(values[-1])}
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
+
+
+@dataclass
+class CollectiveState:
+    """DDP's gradient all-reduce of the current step, as the comm hook sees it."""
+
+    backend: str | None = None
+    op: str | None = None  # the collective the rank entered last: "all-reduce" or "buffer broadcast"
+    round: int = 0  # all-reduce rounds started (one per optimizer step with DDP)
+    buckets_launched: int = 0
+    bytes_launched: int = 0
+    round_started: float | None = None  # wall time the round's first bucket was launched
+    last_launched: float | None = None  # wall time of the last bucket launch: after it, the rank only waits
+    futures: list = field(default_factory=list, repr=False)  # the round's all-reduce futures
+
+    def as_dict(self) -> dict:
+        # completed buckets are counted when asked, not by a callback per bucket on the backend's
+        # thread (which would take the GIL in the middle of the all-reduce)
+        done = sum(1 for f in list(self.futures) if f.done())
+        return {"backend": self.backend, "op": self.op, "round": self.round, "buckets_launched": self.buckets_launched,
+                "buckets_done": done, "bytes_launched": self.bytes_launched, "round_started": self.round_started,
+                "last_launched": self.last_launched}
+
+
+def cut_summary(cut) -> dict:
+    """id, file, manifest:line of a cut (for in-flight batches)."""
+    from nestkit.data.loading import cut_path
+
+    custom = cut.custom or {}
+    return {"cut_id": cut.id, "path": cut_path(cut), "manifest": custom.get("manifest"), "line": custom.get("line")}
+
+
+class Heartbeat:
+    """One rank's progress. The training thread calls the `mark_*`/`set_phase` methods; everything
+    else (snapshot, write) runs on other threads."""
+
+    def __init__(self, run_dir: str | os.PathLike, rank: int, world_size: int, local_rank: int = 0):
+        self.run_dir = Path(run_dir)
+        self.path = heartbeat_path(run_dir, rank)
+        self.rank, self.world_size, self.local_rank = rank, world_size, local_rank
+        self.host = socket.gethostname()
+        self.pid = os.getpid()
+        self.pid_start = process_start_ticks(self.pid)
+        self.started_at = time.time()
+        self.status = RUNNING
+        self.error: str | None = None
+        self.phase = "startup"
+        self.phase_since = self.started_at
+        self.progress_mono = time.monotonic()  # the watchdog's clock: wall time may jump
+        self.step = 0  # the optimizer step in progress (the batch log's "step")
+        self.steps_done = 0
+        self.position: tuple[int, int] | None = None  # (epoch, batch) in training
+        self.batch_records: list[dict] = []  # the trained batch's per-utterance records (cut, file, line)
+        self.received: tuple[int, int] | None = None  # last batch that came out of the DataLoader
+        self.stream = None  # the PlanStream: what was handed to the DataLoader
+        self.workers: list[dict] = []  # [{"worker": w, "pid": p}]
+        self.collective = CollectiveState()
+        self.step_times = StepTimes()
+        self.stall_timeout_s: float | None = None  # set by the watchdog, for the record
+        self.timeout_rule = ""
+        self._step_started = 0.0
+        self._fetch_s = 0.0
+        self._cut_cache: dict[tuple[int, int], list[dict]] = {}
+        self.interval_s = 1.0
+        self._writer: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._write_lock = threading.Lock()
+        self.last_written: float | None = None  # wall time of the last heartbeat that reached the disk
+        self.write_failures = 0
+
+    # -- training thread ----------------------------------------------------------------------
+
+    def set_phase(self, phase: str) -> None:
+        self.phase = phase
+        self.phase_since = time.time()
+        self.progress_mono = time.monotonic()
+
+    def enter_collective(self, op: str) -> None:
+        """The rank has nothing to do until its peers join `op`."""
+        self.collective.op = op
+        self.set_phase("collective")
+
+    def mark_progress(self) -> None:
+        """Progress inside a phase (a validation batch): the phase's stall clock restarts."""
+        self.progress_mono = time.monotonic()
+
+    def mark_fetched(self, position: tuple[int, int] | None, seconds: float) -> None:
+        self.received = position
+        self._fetch_s = seconds
+
+    def mark_step_start(self, step: int, position: tuple[int, int] | None, records: list[dict]) -> None:
+        self.step = step
+        self.position = position
+        self.batch_records = records
+        self._step_started = time.monotonic()
+        self.set_phase("forward")
+
+    def mark_step_end(self, next_step: int) -> None:
+        # a step's time is its compute plus the wait for its batch; validation and checkpointing
+        # between steps have their own budget and stay out of it
+        self.step_times.add(time.monotonic() - self._step_started + self._fetch_s)
+        self.steps_done += 1
+        self.step = next_step  # from here on the rank works towards the next step (fetching its batch)
+        self.set_phase("step_end")
+
+    # -- any thread ---------------------------------------------------------------------------
+
+    def _cuts(self, epoch: int, batch: int, cuts) -> list[dict]:
+        key = (epoch, batch)
+        if key not in self._cut_cache:
+            if len(self._cut_cache) > 64:
+                self._cut_cache.clear()
+            self._cut_cache[key] = [cut_summary(c) for c in cuts]
+        return self._cut_cache[key]
+
+    def in_flight(self) -> list[dict]:
+        """Batches handed to the DataLoader and not trained yet, oldest first; `state` says whether
+        the DataLoader still owes it ("loading") or Lightning holds it already ("prefetched")."""
+        stream = self.stream
+        if stream is None:
+            return []
+        out = []
+        for epoch, batch, cuts in stream.handed_out_snapshot():
+            key = (epoch, batch)
+            if self.position is not None and key <= self.position:
+                continue
+            state = "prefetched" if self.received is not None and key <= self.received else "loading"
+            out.append({"epoch": epoch, "batch": batch, "state": state, "cuts": self._cuts(epoch, batch, cuts)})
+        return out
+
+    def snapshot(self) -> dict:
+        in_flight = self.in_flight()
+        waiting = next((b for b in in_flight if b["state"] == "loading"), None)
+        stream = self.stream
+        data_end = getattr(stream, "data_end", None) if stream is not None else None
+        return {
+            "format": FORMAT,
+            "rank": self.rank, "world_size": self.world_size, "local_rank": self.local_rank,
+            "host": self.host, "pid": self.pid, "pid_start": self.pid_start,
+            "started_at": self.started_at, "written_at": time.time(), "interval_s": self.interval_s,
+            "status": self.status, "error": self.error,
+            "step": self.step, "steps_done": self.steps_done,
+            "phase": self.phase, "phase_since": self.phase_since,
+            "progress_age_s": round(time.monotonic() - self.progress_mono, 3),
+            "stall_timeout_s": self.stall_timeout_s, "timeout_rule": self.timeout_rule,
+            "position": _pos(self.position),
+            "batch_cuts": [{k: r.get(k) for k in ("cut_id", "path", "manifest", "line")} for r in self.batch_records],
+            "received": _pos(self.received),
+            "waiting_for": waiting if self.phase in ("fetch", "startup") else None,
+            "in_flight": [{k: b[k] for k in ("epoch", "batch", "state")} | {"cut_ids": [c["cut_id"] for c in b["cuts"]]}
+                          for b in in_flight],
+            "data_end": data_end,
+            "workers": self.workers,
+            "collective": self.collective.as_dict(),
+            "step_time": self.step_times.summary(),
+        }
+
+    def write(self) -> dict:
+        """Snapshot and write the heartbeat; never raises for the file (a full disk is warned about
+        once by the run folder's writer, and the snapshot is still returned for stall dumps)."""
+        with self._write_lock:  # the writer thread and a final write from the training thread
+            data = self.snapshot()
+            if write_heartbeat(self.run_dir, self.rank, data):
+                self.last_written = data["written_at"]
+            else:
+                self.write_failures += 1
+            return data
+
+    def start(self, interval_s: float) -> None:
+        self.interval_s = interval_s
+        self.write()
+        self._writer = threading.Thread(target=self._run, args=(interval_s,), name="nestkit-heartbeat", daemon=True)
+        self._writer.start()
+
+    def _run(self, interval_s: float) -> None:
+        while not self._stop.wait(interval_s):
+            try:
+                self.write()
+            except Exception as exc:  # a bug in a snapshot must not kill training; say it once
+                warn_once(self.path, f"heartbeat snapshot failed ({type(exc).__name__}: {exc})")
+
+    def stop(self, status: str, error: str | None = None) -> None:
+        self._stop.set()
+        self.status = status
+        self.error = error
+        self.stall_timeout_s, self.timeout_rule = None, f"not training ({status})"
+        if status == FINISHED:
+            self.set_phase("finished")
+        try:
+            self.write()
+        except Exception as exc:
+            warn_once(self.path, f"final heartbeat failed ({type(exc).__name__}: {exc})")
+
+
+def _pos(position: tuple[int, int] | None) -> dict | None:
+    return None if position is None else {"epoch": position[0], "batch": position[1]}

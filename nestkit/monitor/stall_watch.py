@@ -1,0 +1,158 @@
+"""Lightning glue: heartbeat phases from the Trainer's hooks, the DDP comm hook, the watchdog.
+
+`StallWatch` is a Callback. Phases come from hooks that bracket each part of a step:
+
+    fetch      WatchedDataLoader.__next__          (the wait for the DataLoader)
+    forward    on_train_batch_start
+    backward   on_before_backward
+    collective the comm hook, once the step's last gradient bucket is launched
+    optimizer  on_after_backward                   (DDP's all-reduce has completed by then)
+    step_end   on_train_batch_end                  (logging and checkpoint callbacks follow)
+    collective on_train_batch_end, with DDP under Lightning >= 2.5: its loop broadcasts a SIGTERM flag
+               before the next fetch, so the rest of the step's end is labelled as that collective
+    validation on_validation_start .. on_validation_end (each validation batch is progress)
+    checkpoint Trainer.save_checkpoint, wrapped    (including its closing barrier)
+    finished   on_train_end
+
+The training thread only assigns heartbeat attributes; files are written by the heartbeat's thread.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from pytorch_lightning.callbacks import Callback
+
+from nestkit.config import WatchdogConfig
+from nestkit.monitor import collective
+from nestkit.runfolder import worker_status
+from nestkit.runfolder.heartbeats import FAILED
+from nestkit.runfolder.heartbeats import FINISHED
+from nestkit.monitor.heartbeat import Heartbeat
+from nestkit.runfolder.heartbeats import heartbeat_dir
+from nestkit.monitor.loader_watch import WatchedDataLoader
+from nestkit.monitor.watchdog import Watchdog
+
+
+class StallWatch(Callback):
+    def __init__(self, cfg: WatchdogConfig, run_dir: Path):
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.heartbeat: Heartbeat | None = None
+        self.watchdog: Watchdog | None = None
+        self.stream = None
+        self.buffer_broadcast = False
+        self.step_start_broadcast = False
+        self._before_validation = "step_end"
+
+    # -- set-up -------------------------------------------------------------------------------
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if stage != "fit" or self.heartbeat is not None:
+            return
+        hb = Heartbeat(self.run_dir, trainer.global_rank, trainer.world_size, trainer.local_rank)
+        self.heartbeat = hb
+        pl_module.stall_watch = self  # its train_dataloader() calls watch_loader()
+        hb.start(self.cfg.heartbeat_interval_s)
+        # the watchdog thread also runs with enabled=False: it still answers other ranks' incidents
+        self.watchdog = Watchdog(hb, self.cfg)
+        self.watchdog.start()
+        self._wrap_save_checkpoint(trainer)
+        self.step_start_broadcast = collective.lightning_broadcasts_at_step_start(trainer)
+
+    def _wrap_save_checkpoint(self, trainer) -> None:
+        """Checkpointing gets the slow-phase budget. ModelCheckpoint and SaveLastOnEnd both call
+        trainer.save_checkpoint, whose closing barrier is a collective: wrapping the method (on
+        this trainer instance only) covers the file write and the barrier."""
+        original = trainer.save_checkpoint
+        hb = self.heartbeat
+
+        def save_checkpoint(*args, **kwargs):
+            previous = hb.phase
+            hb.set_phase("checkpoint")
+            try:
+                return original(*args, **kwargs)
+            finally:
+                hb.set_phase(previous)
+
+        trainer.save_checkpoint = save_checkpoint
+
+    def watch_loader(self, loader: WatchedDataLoader, stream) -> None:
+        """Called by the module's train_dataloader with the loader and the PlanStream it reads."""
+        hb = self.heartbeat
+        hb.stream = self.stream = stream
+        loader.watch = hb
+        loader.on_timeout = lambda message: self.watchdog.declare(message, kind="data_timeout")
+        if loader.num_workers == 0:  # the rank loads its own data: it reports what it reads itself
+            worker_status.install(worker_status.slot_path(heartbeat_dir(self.run_dir), hb.rank, None), rank=hb.rank, worker=None)
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        # DDP wraps the model by now
+        self.buffer_broadcast = collective.register(trainer.strategy.model, self.heartbeat)
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        self._hold_if_aborting()
+
+    def _hold_if_aborting(self) -> None:
+        """While the watchdog takes the job down, the training thread may see the collective fail
+        (a peer exited): let the watchdog finish and exit with its code, not with this error."""
+        if self.watchdog is not None and self.watchdog.aborting.is_set():
+            threading.Event().wait(self.cfg.dump_grace_s + 60)
+
+    # -- phases -------------------------------------------------------------------------------
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        position = getattr(batch, "position", None)
+        self.heartbeat.mark_step_start(
+            trainer.global_step, (position.epoch, position.batch) if position is not None else None, getattr(batch, "records", [])
+        )
+        if self.buffer_broadcast:
+            self.heartbeat.enter_collective(collective.BUFFER_BROADCAST)
+
+    def on_before_backward(self, trainer, pl_module, loss) -> None:
+        self.heartbeat.set_phase("backward")
+
+    def on_after_backward(self, trainer, pl_module) -> None:
+        self.heartbeat.set_phase("optimizer")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.heartbeat.mark_step_end(trainer.global_step)
+        if self.step_start_broadcast:
+            self.heartbeat.enter_collective(collective.STEP_START_BROADCAST)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        # Lightning sees one endless epoch: it ends only when the stream does. A stream cut short by
+        # NESTKIT_DEBUG_STOP_RANK must end training on this rank (alone: that is the point).
+        end = self.stream.data_end if self.stream is not None else None
+        if end is not None and end["reason"] == "debug":
+            trainer.should_stop = True
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self._before_validation = self.heartbeat.phase  # step_end, or startup for the sanity check
+        self.heartbeat.set_phase("validation")
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self.heartbeat.mark_progress()
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        self.heartbeat.set_phase(self._before_validation)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.heartbeat.set_phase("finished")
+
+    # -- end ----------------------------------------------------------------------------------
+
+    def close(self, error: BaseException | None = None) -> None:
+        """After trainer.fit: final heartbeat (finished, or failed with the error), threads stopped."""
+        if self.heartbeat is None:
+            return
+        if error is not None:
+            self._hold_if_aborting()
+        if self.watchdog is not None:
+            self.watchdog.stop()
+        if error is None:
+            self.heartbeat.stop(FINISHED)
+        else:
+            self.heartbeat.stop(FAILED, f"{type(error).__name__}: {error}"[:2000])
+        worker_status.uninstall()

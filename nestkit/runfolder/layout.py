@@ -1,0 +1,92 @@
+"""Where each file of a run folder lives. Every path in the run folder is named here, once.
+
+    config.yaml                       the resolved config the run used
+    checkpoints/                      stepN.ckpt, last.ckpt, best-stepN.ckpt
+    batches/rank<R>.jsonl             per trained micro-batch: position, fingerprint, cut ids, loss
+    quarantine/rank<R>[-worker<W>].jsonl  unusable samples and noises, one file per writing process
+    heartbeat/rank<R>.json            per rank, rewritten every second
+    heartbeat/<process>.status        per data-loading process: the cut it reads now (memory-mapped)
+    stacks/<process>.txt              worker stack dumps (SIGUSR1 -> faulthandler)
+    stall/<N>/                        a stall incident: request, every rank's dump, the report
+    csv/, tb/                         Lightning's loggers
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+CONFIG_FILE = "config.yaml"
+CHECKPOINTS_DIR = "checkpoints"
+LAST_CHECKPOINT = "last.ckpt"
+BATCHES_DIR = "batches"
+QUARANTINE_DIR = "quarantine"
+HEARTBEAT_DIR = "heartbeat"
+STACKS_DIR = "stacks"
+STALL_DIR = "stall"
+
+
+def config_path(run_dir: str | os.PathLike) -> Path:
+    return Path(run_dir) / CONFIG_FILE
+
+
+def checkpoints_dir(run_dir: str | os.PathLike) -> Path:
+    return Path(run_dir) / CHECKPOINTS_DIR
+
+
+def last_checkpoint(run_dir: str | os.PathLike) -> Path:
+    return checkpoints_dir(run_dir) / LAST_CHECKPOINT
+
+
+def batch_log_path(run_dir: str | os.PathLike, rank: int) -> Path:
+    return Path(run_dir) / BATCHES_DIR / f"rank{rank}.jsonl"
+
+
+def quarantine_dir(run_dir: str | os.PathLike) -> Path:
+    return Path(run_dir) / QUARANTINE_DIR
+
+
+def heartbeat_dir(run_dir: str | os.PathLike) -> Path:
+    return Path(run_dir) / HEARTBEAT_DIR
+
+
+def heartbeat_path(run_dir: str | os.PathLike, rank: int) -> Path:
+    return heartbeat_dir(run_dir) / f"rank{rank}.json"
+
+
+def stacks_dir(run_dir: str | os.PathLike) -> Path:
+    return Path(run_dir) / STACKS_DIR
+
+
+def worker_stack_path(run_dir: str | os.PathLike, rank: int, worker: int, role: str = "") -> Path:
+    return stacks_dir(run_dir) / f"{process_name(rank, worker, role)}.txt"
+
+
+def stall_dir(run_dir: str | os.PathLike) -> Path:
+    return Path(run_dir) / STALL_DIR
+
+
+def process_name(rank: int, worker: int | None, role: str = "") -> str:
+    """`rank<R>-worker<W>`, `rank<R>-val-worker<W>` (validation) or `rank<R>-main` (the rank's own process)."""
+    return f"rank{rank}-main" if worker is None else f"rank{rank}-{role + '-' if role else ''}worker{worker}"
+
+
+def quarantine_path(run_dir: str | os.PathLike, rank: int, worker: int | None = None, role: str = "") -> Path:
+    """One file per writing process, so that a failed write can be rolled back without touching
+    another process's records: `rank<R>.jsonl` for the rank itself, `rank<R>-worker<W>.jsonl`."""
+    name = f"rank{rank}" if worker is None else process_name(rank, worker, role)
+    return quarantine_dir(run_dir) / f"{name}.jsonl"
+
+
+def rank_of_file(path: Path) -> int | None:
+    """The rank a per-rank file belongs to (`rank3.jsonl`, `rank3-worker1.jsonl` -> 3), or None."""
+    head = path.stem.split("-", 1)[0]
+    return int(head[4:]) if head.startswith("rank") and head[4:].isdigit() else None
+
+
+def is_run_folder(path: str | os.PathLike) -> bool:
+    """A folder `nestkit train` wrote into: its resolved config and at least one of its logs."""
+    path = Path(path)
+    return config_path(path).is_file() and any(
+        (path / d).is_dir() for d in (BATCHES_DIR, HEARTBEAT_DIR, CHECKPOINTS_DIR)
+    )

@@ -1,0 +1,202 @@
+"""`replay-batch`: rebuild one batch in this process, time every sample, optionally run its step.
+
+Each planned sample is first loaded alone with the training loader and a timeout, and timed; then
+the batch is built by the training dataset (same plan, same draws, same substitutes) and its
+fingerprint compared with the one the run logged. A sample
+that fails or times out is reported by name and gets a self-contained repro folder: its one-line
+manifest, a config that replays just that cut, and the command. `--forward` runs the training
+step itself (same masks, dither and dropout seeds as training) and names the first module whose
+activations or gradients are not finite.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shlex
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from nestkit.config import save_config
+from nestkit.data.batch import NestBatch
+from nestkit.data.loading import load_cut
+from nestkit.tools.positions import Position
+from nestkit.tools.positions import logged
+from nestkit.tools.session import DebugSession
+from nestkit.core.errors import AudioLoadError
+from nestkit.core.errors import NestkitError
+
+
+@dataclass
+class SampleReport:
+    slot: int
+    planned_cut: str
+    used_cut: str | None  # what the batch holds in this slot (a substitute when the cut failed)
+    manifest: str | None
+    line: int | None
+    path: str
+    load_ms: float
+    status: str  # "ok" or the failure category (LOAD_FAILURES), "timeout" included
+    reason: str | None = None
+
+
+@dataclass
+class ForwardReport:
+    step: int
+    loss: float
+    masked_frames: int
+    checkpoint: str | None
+    checkpoint_step: int | None
+    logged_loss: float | None
+    nonfinite: str | None  # where NaN/Inf first appeared, or None
+    grad_norm: float | None
+
+
+@dataclass
+class ReplayReport:
+    rank: int
+    position: Position
+    world_size: int
+    fingerprint: str | None  # None when the batch could not be built (see batch_error)
+    logged: dict | None
+    samples: list[SampleReport]
+    batch_error: str | None = None
+    forward: ForwardReport | None = None
+    repro_dirs: list[str] = field(default_factory=list)
+
+    @property
+    def matches_log(self) -> bool | None:
+        if self.logged is None or self.fingerprint is None:
+            return None
+        return self.logged["fingerprint"] == self.fingerprint
+
+    @property
+    def failed(self) -> list[SampleReport]:
+        return [s for s in self.samples if s.status != "ok"]
+
+    def as_dict(self) -> dict:
+        out = asdict(self)
+        out["position"] = asdict(self.position)
+        out["matches_log"] = self.matches_log
+        return out
+
+
+def time_samples(session: DebugSession, rank: int, position: Position) -> list[SampleReport]:
+    """Load every planned cut alone, with the training loader and its timeout, and time it."""
+    sample_rate = session.pipeline.dataset.sample_rate
+    timeout_s = session.cfg.model.train_ds.sample_timeout_s or None
+    reports = []
+    for planned, cut in zip(session.planned(rank, position), session.cuts(rank, position)):
+        started = time.perf_counter()
+        status, reason = "ok", None
+        try:
+            load_cut(cut, sample_rate, timeout_s, require_signal=True)  # as the dataset loads utterances
+        except AudioLoadError as exc:
+            status, reason = exc.category, str(exc)
+        reports.append(SampleReport(
+            slot=planned.slot, planned_cut=planned.cut_id, used_cut=None, manifest=planned.manifest,
+            line=planned.line, path=planned.path, load_ms=round((time.perf_counter() - started) * 1e3, 3),
+            status=status, reason=reason,
+        ))
+    return reports
+
+
+def write_repro(session: DebugSession, rank: int, position: Position, sample: SampleReport, out_dir: Path, timeout_s: float) -> Path:
+    """A folder that replays just this cut: manifest.json (its line), config.yaml, command.sh."""
+    folder = (out_dir / f"{sample.planned_cut}").resolve()  # absolute: the config and command name it
+    folder.mkdir(parents=True, exist_ok=True)
+    index = session.pipeline.index
+    row = index.row_at(sample.manifest, sample.line) if sample.manifest else None
+    item = index.item(row) if row is not None else {"audio_filepath": sample.path, "duration": None}
+    fmt = index.formats[int(index.source[row])] if row is not None else "nemo"
+    if fmt == "nemo":
+        item = {**item, "audio_filepath": sample.path}
+        item.pop("audio_filename", None)
+        manifest = folder / "manifest.json"
+    else:
+        manifest = folder / "manifest.jsonl"
+    manifest.write_text(json.dumps(item) + "\n")
+    cfg = copy.deepcopy(session.cfg)
+    ds = cfg.model.train_ds
+    ds.manifest_filepath = [str(manifest)]
+    ds.batch_size, ds.batch_duration = 1, None
+    ds.shuffle, ds.drop_last = False, False
+    ds.min_duration = ds.max_duration = None
+    ds.num_workers = 0
+    ds.sample_timeout_s = timeout_s
+    cfg.model.validation_ds = None
+    save_config(cfg, folder / "config.yaml")
+    command = f"nestkit replay-batch 0 --config {shlex.quote(str(folder / 'config.yaml'))} --world-size 1 --timeout {timeout_s:g}"
+    (folder / "command.sh").write_text("#!/bin/sh\n" + command + "\n")
+    (folder / "README.txt").write_text(
+        f"Repro for cut {sample.planned_cut} ({sample.manifest}:{sample.line}), slot {sample.slot} of "
+        f"{position} on rank {rank} of {session.world_size}.\n"
+        f"Failure: {sample.status}: {sample.reason}\n"
+        f"Audio: {sample.path}\n\nRun: {command}\n"
+    )
+    return folder
+
+
+def run_forward(session: DebugSession, batch: NestBatch, rank: int, position: Position, checkpoint: Path | None) -> ForwardReport:
+    """The training step on this batch: same seeds as training at the step that trained it."""
+    from nestkit.model.checkpoint import load_nemo_weights
+    from nestkit.training.module import training_loss
+    from nestkit.model.nan_probe import NanProbe, nonfinite_parameters
+    from nestkit.model.nest import NestModel
+
+    model = NestModel(session.cfg.model)
+    checkpoint_step = None
+    if checkpoint is not None:
+        load_nemo_weights(model, checkpoint, trust_pickle=True)
+        meta = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        checkpoint_step = meta.get("global_step") if isinstance(meta, dict) else None
+    record = logged(session.run_dir, rank, position)
+    step = record["step"] if record is not None else session.step_of(position)
+    model.train()
+    with NanProbe(model) as probe:
+        result = training_loss(model, batch, session.cfg.nestkit.seed, step, rank)
+        if result.loss.requires_grad:
+            result.loss.backward()
+    grads = [p.grad.norm() for p in model.parameters() if p.grad is not None]
+    grad_norm = float(torch.linalg.vector_norm(torch.stack(grads))) if grads else None
+    found = probe.forward_origin or probe.backward_origin or nonfinite_parameters(model)
+    nonfinite = probe.report() if found else None
+    return ForwardReport(
+        step=step, loss=float(result.loss.detach()), masked_frames=int(result.num_masked_frames),
+        checkpoint=str(checkpoint) if checkpoint else None, checkpoint_step=checkpoint_step,
+        logged_loss=record.get("loss") if record else None, nonfinite=nonfinite, grad_norm=grad_norm,
+    )
+
+
+def replay_batch(
+    session: DebugSession,
+    rank: int,
+    position: Position,
+    forward: bool = False,
+    checkpoint: Path | None = None,
+    repro_dir: Path | None = None,
+) -> ReplayReport:
+    samples = time_samples(session, rank, position)
+    batch, batch_error = None, None
+    try:
+        batch = session.build(rank, position)
+    except NestkitError as exc:  # e.g. every substitute failed too (a one-cut repro of a broken file)
+        batch_error = str(exc)
+    if batch is not None:
+        for sample, record in zip(samples, batch.records):
+            sample.used_cut = record["cut_id"]
+    report = ReplayReport(
+        rank=rank, position=position, world_size=session.world_size,
+        fingerprint=batch.fingerprint if batch is not None else None,
+        logged=logged(session.run_dir, rank, position), samples=samples, batch_error=batch_error,
+    )
+    timeout_s = session.cfg.model.train_ds.sample_timeout_s
+    if repro_dir is not None:
+        for sample in report.failed:
+            report.repro_dirs.append(str(write_repro(session, rank, position, sample, repro_dir, timeout_s)))
+    if forward and batch is not None:
+        report.forward = run_forward(session, batch, rank, position, checkpoint)
+    return report

@@ -1,0 +1,1 @@
+"""Lightning training: the LightningModule, the Trainer and its callbacks, resume."""

@@ -1,0 +1,95 @@
+"""`nestkit train`: Lightning training of the NEST model on nestkit's data pipeline.
+
+The run folder (exp_manager.exp_dir / exp_manager.name, default runs/<name>) is described in
+nestkit/runfolder/layout.py. DDP goes through Lightning (its launcher, torchrun or SLURM); nestkit's
+planner shards the data (`use_distributed_sampler=False`) and guarantees every rank the same
+number of batches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytorch_lightning as pl
+
+from nestkit.config import NestConfig, save_config
+from nestkit.core.errors import ConfigError, NestkitError
+from nestkit.monitor.stall_watch import StallWatch
+from nestkit.runfolder.layout import config_path, last_checkpoint
+from nestkit.training.devices import accelerator_and_devices, is_global_rank_zero, world_size
+from nestkit.training.trainer import build_trainer, quiet_lightning, validation_every, worker_notes
+
+
+@dataclass
+class TrainPlan:
+    """What `train` is about to do, resolved from the config and the run folder."""
+
+    run_dir: Path
+    resume_from: Path | None
+    init_from: Path | None
+
+
+def resolve(cfg: NestConfig, resume: bool | str = False) -> TrainPlan:
+    """Where the run writes, what it resumes from and what it initialises from; refuse surprises."""
+    run_dir = cfg.run_dir.resolve()
+    last = last_checkpoint(run_dir)
+    resume_from = None
+    if isinstance(resume, str) and resume:
+        resume_from = Path(resume)
+        if not resume_from.is_file():
+            raise NestkitError(f"checkpoint {resume_from}: no such file (expected a .ckpt to resume from)")
+    elif resume or cfg.exp_manager.resume_if_exists:
+        if last.is_file():
+            resume_from = last
+        elif resume and not cfg.exp_manager.resume_ignore_no_checkpoint:
+            raise NestkitError(f"run {run_dir}: nothing to resume (expected {last}). Train without --resume first")
+    elif last.is_file():
+        raise NestkitError(
+            f"run {run_dir}: already has checkpoints (found {last}). Pass --resume to continue it, "
+            "or set exp_manager.name (or exp_dir) for a new run"
+        )
+    init = cfg.init_from or cfg.init_from_nemo_model or cfg.init_from_ptl_ckpt
+    init_from = Path(init) if init and resume_from is None else None
+    if init_from is not None and not init_from.is_file():
+        raise NestkitError(f"init_from {init_from}: no such file (expected a .nemo, .ckpt or state_dict .pt)")
+    return TrainPlan(run_dir, resume_from, init_from)
+
+
+def train(cfg: NestConfig, resume: bool | str = False, interactive: bool = False, notify=print) -> TrainPlan:
+    """Train; returns the resolved plan (run folder, checkpoints). Raises NestkitError on bad input."""
+    from nestkit.data.pipeline import build_pipeline
+    from nestkit.model.checkpoint import load_nemo_weights
+    from nestkit.training.module import NestLightningModule
+
+    plan = resolve(cfg, resume)
+    run_dir = plan.run_dir
+    if cfg.model.train_ds is None:
+        raise ConfigError(["model.train_ds: missing (expected a dataset section with manifest_filepath)"])
+    # Fail before starting processes: manifests, plan and equal batch counts are checked here.
+    accelerator, devices = accelerator_and_devices(cfg)
+    world = world_size(devices, cfg.trainer.num_nodes)
+    probe = build_pipeline(cfg, "train", 0, world)
+    val_every, notes = validation_every(cfg, probe.sampler.plan().num_batches)
+    for note in notes + worker_notes(cfg):
+        notify(note)
+    if cfg.model.validation_ds is not None:
+        build_pipeline(cfg, "validation", 0, world).sampler.plan()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if is_global_rank_zero():
+        save_config(cfg, config_path(run_dir))
+
+    pl.seed_everything(cfg.nestkit.seed, workers=False, verbose=False)
+    module = NestLightningModule(cfg, run_dir)
+    if plan.init_from is not None:
+        load_nemo_weights(module.model, plan.init_from)
+    quiet_lightning()
+    watch = StallWatch(cfg.nestkit.watchdog, run_dir)  # heartbeats and the stall watchdog
+    trainer = build_trainer(cfg, run_dir, interactive, val_every, [watch])
+    try:
+        trainer.fit(module, ckpt_path=str(plan.resume_from) if plan.resume_from else None)
+    except BaseException as exc:
+        watch.close(exc)  # the heartbeat says "failed" and why: `nestkit stacks` reads it
+        raise
+    watch.close()
+    return plan

@@ -1,0 +1,147 @@
+"""Validate manifests before training: every line, every path, every header, every sample.
+
+    report = validate(["train.json"], noise=["noise.json"])
+    report.findings        # every problem found, in manifest order
+    report.exit_code(strict=False)
+
+Three stages, each in its own module:
+
+1. validate_lines: each manifest line through the trainer's own parsers, plus cross-line checks;
+2. validate_pool + validate_audio: each audio file, once for all lines that use it, in worker
+   processes under a per-file time limit (stat, header, segment bounds, and unless `decode=False`
+   the decoded samples);
+3. here: findings joined back to manifest lines, and a summary.
+
+Nothing stops at the first problem and nothing is dropped: every line that training would refuse
+or stumble on has an error finding, and every file gets a result (`timeout` and `worker_crash`
+included).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from nestkit.config import DatasetConfig
+from nestkit.validate.audio import CheckSettings
+from nestkit.validate.audio import FileResult
+from nestkit.validate.audio import FileTask
+from nestkit.validate.audio import Segment
+from nestkit.validate.categories import ERROR
+from nestkit.validate.categories import WARNING
+from nestkit.validate.categories import Finding
+from nestkit.validate.categories import finding
+from nestkit.validate.lines import Entry
+from nestkit.validate.lines import ManifestSource
+from nestkit.validate.lines import Scan
+from nestkit.validate.lines import scan_manifests
+from nestkit.validate.pool import WorkerPool
+
+DEFAULT_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class ValidateOptions:
+    checks: CheckSettings = field(default_factory=CheckSettings)
+    min_duration_s: float = DatasetConfig.min_duration  # training's plan leaves shorter cuts out
+    max_duration_s: float = DatasetConfig.max_duration
+    jobs: int = 0  # 0: all cores
+    timeout_s: float = DEFAULT_TIMEOUT_S  # per file
+
+
+@dataclass
+class Report:
+    scan: Scan
+    results: list[FileResult | None]  # per entry (None: no file check, e.g. the line was refused)
+    findings: list[Finding]
+    files: int
+    elapsed_s: float
+    decoded: bool
+
+    @property
+    def errors(self) -> int:
+        return sum(f.severity == ERROR for f in self.findings)
+
+    @property
+    def warnings(self) -> int:
+        return sum(f.severity == WARNING for f in self.findings)
+
+    def exit_code(self, strict: bool) -> int:
+        return 1 if self.errors or (strict and self.warnings) else 0
+
+    def failing_lines(self) -> set[tuple[str, int]]:
+        """(manifest, line) of every line with an error: what --write-clean leaves out."""
+        return {(f.manifest, f.line) for f in self.findings if f.severity == ERROR and f.line > 0}
+
+    def summary(self, strict: bool) -> dict:
+        return {
+            "manifests": [s.path for s in self.scan.sources if not s.noise],
+            "noise_manifests": [s.path for s in self.scan.sources if s.noise],
+            "lines": self.scan.lines,
+            "files": self.files,
+            "decoded": self.decoded,
+            "errors": self.errors,
+            "warnings": self.warnings,
+            "lines_with_errors": len(self.failing_lines()),
+            "categories": dict(sorted(Counter(f.category for f in self.findings).items())),
+            "strict": strict,
+            "exit_code": self.exit_code(strict),
+            "elapsed_s": round(self.elapsed_s, 3),
+            "files_per_s": round(self.files / self.elapsed_s, 1) if self.elapsed_s > 0 else None,
+        }
+
+
+def file_tasks(entries: Sequence[Entry]) -> list[FileTask]:
+    """One task per distinct file, in order of first use; segment refs are entry indices."""
+    segments: dict[str, list[Segment]] = {}
+    for ref, entry in enumerate(entries):
+        segments.setdefault(entry.path, []).append(
+            Segment(ref, entry.offset, entry.duration, entry.partial, entry.noise, entry.channel)
+        )
+    return [FileTask(path, tuple(uses)) for path, uses in segments.items()]
+
+
+def validate(
+    manifests: Sequence[str],
+    noise: Sequence[str] = (),
+    options: ValidateOptions = ValidateOptions(),
+    on_progress: Callable[[int, int], None] | None = None,
+) -> Report:
+    """Check manifests (and noise manifests, with the noise rules). Paths must exist (the CLI checks)."""
+    started = time.monotonic()
+    sources = [ManifestSource(os.path.abspath(p), False) for p in manifests]
+    sources += [ManifestSource(os.path.abspath(p), True) for p in noise]
+    with WorkerPool(options.checks, options.jobs, options.timeout_s) as pool:  # workers start while we read
+        scan = scan_manifests(sources, options.min_duration_s, options.max_duration_s)
+        report = _check_files(pool, scan, on_progress)
+    report.elapsed_s = time.monotonic() - started
+    return report
+
+
+def _check_files(pool: WorkerPool, scan: Scan, on_progress: Callable[[int, int], None] | None) -> Report:
+    sources = scan.sources
+    tasks = file_tasks(scan.entries)
+    results: list[FileResult | None] = [None] * len(scan.entries)
+    findings = list(scan.findings)
+    done = 0
+
+    def on_result(index: int, result: FileResult) -> None:
+        nonlocal done
+        for segment in tasks[index].segments:
+            results[segment.ref] = result
+        for ref, category, reason in result.findings:
+            entry = scan.entries[ref]
+            findings.append(finding(sources[entry.source].path, entry.line, entry.path, category, reason))
+        done += 1
+        if on_progress:
+            on_progress(done, len(tasks))
+
+    if on_progress:
+        on_progress(0, len(tasks))
+    pool.run(tasks, on_result)
+    order = {source.path: number for number, source in reversed(list(enumerate(sources)))}
+    findings.sort(key=lambda f: (order[f.manifest], f.line))  # stable: line checks before file checks
+    return Report(scan, results, findings, len(tasks), 0.0, pool.settings.decode)
