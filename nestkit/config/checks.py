@@ -1,0 +1,197 @@
+"""Cross-field checks: settings that are each valid alone but cannot work together (or that NeMo
+itself cannot run), every one reported, with the expected and the actual value."""
+
+from __future__ import annotations
+
+from nestkit.config.schema import DatasetConfig, NestConfig
+
+def _check_dataset(ds: DatasetConfig, where: str, problems: list[str]) -> None:
+    if not ds.manifest_filepath:
+        problems.append(f"{where}.manifest_filepath: required (expected a path or a list of paths, got nothing)")
+    if (ds.batch_size is None) == (ds.batch_duration is None):
+        problems.append(
+            f"{where}: set exactly one of batch_size and batch_duration "
+            f"(got batch_size={ds.batch_size}, batch_duration={ds.batch_duration})"
+        )
+    if ds.batch_size is not None and ds.batch_size < 1:
+        problems.append(f"{where}.batch_size: must be at least 1 (got {ds.batch_size})")
+    if ds.batch_duration is not None and ds.batch_duration <= 0:
+        problems.append(f"{where}.batch_duration: must be positive seconds (got {ds.batch_duration})")
+    if ds.num_buckets < 1:
+        problems.append(f"{where}.num_buckets: must be at least 1 (got {ds.num_buckets})")
+    if ds.min_duration is not None and ds.max_duration is not None and ds.min_duration > ds.max_duration:
+        problems.append(
+            f"{where}: min_duration must not exceed max_duration (got {ds.min_duration} > {ds.max_duration})"
+        )
+    for name in ("num_workers", "max_substitutes", "noise_max_segments"):
+        if getattr(ds, name) < 0:
+            problems.append(f"{where}.{name}: must not be negative (got {getattr(ds, name)})")
+    if ds.noise_max_files < 1:
+        problems.append(f"{where}.noise_max_files: must be at least 1 (got {ds.noise_max_files})")
+    if ds.prefetch_factor < 1:
+        problems.append(f"{where}.prefetch_factor: must be at least 1 (got {ds.prefetch_factor})")
+    if ds.sample_timeout_s < 0:
+        problems.append(f"{where}.sample_timeout_s: must be >= 0 seconds, 0 = unbounded (got {ds.sample_timeout_s})")
+    if ds.min_audio_len_secs < 0:
+        problems.append(f"{where}.min_audio_len_secs: must not be negative (got {ds.min_audio_len_secs})")
+    if ds.white_noise_min_db >= ds.white_noise_max_db:
+        problems.append(
+            f"{where}: white_noise_min_db must be below white_noise_max_db "
+            f"(got {ds.white_noise_min_db} >= {ds.white_noise_max_db})"
+        )
+    aug = ds.batch_augmentor
+    if aug is not None:
+        a = f"{where}.batch_augmentor"
+        for name in ("prob", "noise_ratio"):
+            if not 0.0 <= getattr(aug, name) <= 1.0:
+                problems.append(f"{a}.{name}: must be in [0, 1] (got {getattr(aug, name)})")
+        if not 0.0 <= aug.min_mix_rate <= aug.max_mix_rate <= 1.0:
+            problems.append(
+                f"{a}: need 0 <= min_mix_rate <= max_mix_rate <= 1 (got {aug.min_mix_rate}, {aug.max_mix_rate})"
+            )
+        for low, high in (("min_r_speech", "max_r_speech"), ("min_r_noise", "max_r_noise")):
+            if getattr(aug, low) > getattr(aug, high):
+                problems.append(f"{a}: {low} must not exceed {high} (got {getattr(aug, low)} > {getattr(aug, high)})")
+        for low, high in (("min_num_segments", "max_num_segments"), ("min_num_speakers", "max_num_speakers")):
+            if not 1 <= getattr(aug, low) <= getattr(aug, high):
+                problems.append(
+                    f"{a}: need 1 <= {low} <= {high} (got {getattr(aug, low)}, {getattr(aug, high)})"
+                )
+
+
+def check(cfg: NestConfig, problems: list[str]) -> None:
+    """Append every cross-field problem of a built, derived config to `problems`."""
+    m = cfg.model
+    if m.train_ds is not None:
+        _check_dataset(m.train_ds, "model.train_ds", problems)
+    if m.validation_ds is not None:
+        _check_dataset(m.validation_ds, "model.validation_ds", problems)
+    _check_sample_rates(cfg, problems)
+    _check_encoder(cfg, problems)
+    _check_preprocessor(cfg, problems)
+    _check_heads(cfg, problems)
+    _check_optim(cfg, problems)
+    _check_trainer(cfg, problems)
+    _check_nestkit(cfg, problems)
+
+
+def _check_sample_rates(cfg: NestConfig, problems: list[str]) -> None:
+    m = cfg.model
+    if m.preprocessor.sample_rate != m.sample_rate:
+        problems.append(
+            f"model.preprocessor.sample_rate: must equal model.sample_rate "
+            f"(expected {m.sample_rate}, got {m.preprocessor.sample_rate})"
+        )
+    for ds_name, ds in (("train_ds", m.train_ds), ("validation_ds", m.validation_ds)):
+        if ds is not None and ds.sample_rate != m.sample_rate:
+            problems.append(
+                f"model.{ds_name}.sample_rate: must equal model.sample_rate (expected {m.sample_rate}, got {ds.sample_rate})"
+            )
+
+
+def _check_encoder(cfg: NestConfig, problems: list[str]) -> None:
+    m = cfg.model
+    enc = m.encoder
+    if enc.subsampling_factor not in (2, 4, 8, 16, 32):
+        problems.append(f"model.encoder.subsampling_factor: must be a power of 2 from 2 to 32 (got {enc.subsampling_factor})")
+    if enc.d_model % enc.n_heads:
+        problems.append(f"model.encoder: d_model must be divisible by n_heads (got {enc.d_model} and {enc.n_heads})")
+    if enc.d_model % 2:
+        problems.append(f"model.encoder.d_model: must be even (position encodings come in sin/cos pairs; got {enc.d_model})")
+    chunking = enc.subsampling_conv_chunking_factor
+    if chunking not in (-1, 1) and (chunking < 2 or chunking & (chunking - 1)):
+        problems.append(f"model.encoder.subsampling_conv_chunking_factor: unsupported (expected -1, 1 or a power of 2, got {chunking})")
+    if enc.conv_kernel_size % 2 == 0 and enc.conv_context_size is None:
+        problems.append(f"model.encoder.conv_kernel_size: must be odd (got {enc.conv_kernel_size})")
+    if enc.att_context_size not in (None, [-1, -1]):
+        problems.append(
+            f"model.encoder.att_context_size: limited attention context is not supported "
+            f"(expected [-1, -1], got {enc.att_context_size})"
+        )
+    if enc.feat_in != m.preprocessor.features:
+        problems.append(
+            f"model.encoder.feat_in: must equal model.preprocessor.features "
+            f"(expected {m.preprocessor.features}, got {enc.feat_in})"
+        )
+
+
+def _check_preprocessor(cfg: NestConfig, problems: list[str]) -> None:
+    m = cfg.model
+    pre = m.preprocessor
+    for seconds, samples in (("window_size", "n_window_size"), ("window_stride", "n_window_stride")):
+        if getattr(pre, seconds) is None and not getattr(pre, samples):
+            problems.append(f"model.preprocessor.{seconds}: required when {samples} is not set (expected seconds, got null)")
+    window = pre.n_window_size or int((pre.window_size or 0) * m.sample_rate)
+    if pre.n_fft is not None and window and pre.n_fft < window:
+        problems.append(f"model.preprocessor.n_fft: shorter than the window (expected at least {window} samples, got {pre.n_fft})")
+
+
+def _check_heads(cfg: NestConfig, problems: list[str]) -> None:
+    """Masking, quantizer, decoder and loss must agree with each other and with the encoder."""
+    m = cfg.model
+    enc = m.encoder
+    enc_out = enc.feat_out if enc.feat_out > 0 else enc.d_model
+    if m.decoder.feat_in != enc_out:
+        problems.append(f"model.decoder.feat_in: must equal the encoder's output size (expected {enc_out}, got {m.decoder.feat_in})")
+    expected_feat = m.preprocessor.features if m.mask_position == "pre_conv" else enc.d_model
+    if m.masking.feat_in != expected_feat:
+        problems.append(
+            f"model.masking.feat_in: must match mask_position={m.mask_position} "
+            f"(expected {expected_feat}, got {m.masking.feat_in})"
+        )
+    q = m.quantizer
+    if q.feat_in != expected_feat:
+        problems.append(f"model.quantizer.feat_in: must match mask_position={m.mask_position} (expected {expected_feat}, got {q.feat_in})")
+    if q.time_ahead:
+        problems.append("model.quantizer.time_ahead: not supported by the NEST model (expected false: the model gives "
+                        "the quantizer (B, D, T) features; got true)")
+    for name, expected in (("num_classes", m.num_classes), ("num_books", m.num_books)):
+        if getattr(q, name) != expected:
+            problems.append(f"model.quantizer.{name}: must equal model.{name} (expected {expected}, got {getattr(q, name)})")
+    if m.decoder.num_classes != q.num_classes:
+        problems.append(f"model.decoder.num_classes: must equal the quantizer's (expected {q.num_classes}, got {m.decoder.num_classes})")
+    if m.decoder.num_decoders != q.num_books:
+        problems.append(f"model.decoder.num_decoders: must equal the number of codebooks (expected {q.num_books}, got {m.decoder.num_decoders})")
+    if m.loss.combine_time_steps != q.combine_time_steps:
+        problems.append(
+            f"model.loss.combine_time_steps: must equal model.quantizer.combine_time_steps "
+            f"(expected {q.combine_time_steps}, got {m.loss.combine_time_steps})"
+        )
+    if not 0.0 <= m.masking.mask_prob <= 1.0:
+        problems.append(f"model.masking.mask_prob: must be in [0, 1] (got {m.masking.mask_prob})")
+    if m.masking.block_size < 1:
+        problems.append(f"model.masking.block_size: must be at least 1 frame (got {m.masking.block_size})")
+
+
+def _check_optim(cfg: NestConfig, problems: list[str]) -> None:
+    optim = cfg.model.optim
+    if len(optim.betas) != 2:
+        problems.append(f"model.optim.betas: expected two numbers (got {optim.betas})")
+    sched = optim.sched
+    if sched is not None and sched.warmup_steps is not None and sched.warmup_ratio is not None:
+        problems.append("model.optim.sched: set warmup_steps or warmup_ratio, not both")
+
+
+def _check_trainer(cfg: NestConfig, problems: list[str]) -> None:
+    t = cfg.trainer
+    if t.max_steps <= 0 and t.max_epochs <= 0:
+        problems.append(f"trainer: set max_steps or max_epochs (got max_steps={t.max_steps}, max_epochs={t.max_epochs})")
+    if t.accumulate_grad_batches < 1:
+        problems.append(f"trainer.accumulate_grad_batches: must be at least 1 (got {t.accumulate_grad_batches})")
+    inits = [n for n in ("init_from", "init_from_nemo_model", "init_from_ptl_ckpt") if getattr(cfg, n)]
+    if len(inits) > 1:
+        problems.append(f"{' and '.join(inits)}: set only one checkpoint to initialise from")
+
+
+def _check_nestkit(cfg: NestConfig, problems: list[str]) -> None:
+    w = cfg.nestkit.watchdog
+    if w.stall_timeout_s is not None and w.stall_timeout_s <= 0:
+        problems.append(f"nestkit.watchdog.stall_timeout_s: must be positive seconds or null (got {w.stall_timeout_s})")
+    for name in ("min_stall_timeout_s", "first_step_timeout_s", "slow_phase_timeout_s", "slow_data_timeout_s", "poll_interval_s",
+                 "heartbeat_interval_s", "stall_factor"):
+        if getattr(w, name) <= 0:
+            problems.append(f"nestkit.watchdog.{name}: must be positive (got {getattr(w, name)})")
+    if w.dump_grace_s < 0:
+        problems.append(f"nestkit.watchdog.dump_grace_s: must not be negative seconds (got {w.dump_grace_s})")
+    if cfg.nestkit.dataloader_timeout_s < 0:
+        problems.append(f"nestkit.dataloader_timeout_s: must be >= 0 seconds, 0 = unbounded (got {cfg.nestkit.dataloader_timeout_s})")
