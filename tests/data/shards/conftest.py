@@ -61,3 +61,10 @@ def closed_port() -> int:
     port = s.getsockname()[1]
     s.close()
     return port
+
+
+@pytest.fixture(autouse=True)
+def index_cache(tmp_path, monkeypatch):
+    """Indexes of URLs go to a cache folder: keep the tests' out of the user's home."""
+    monkeypatch.setenv("NESTKIT_INDEX_CACHE", str(tmp_path / "index-cache"))
+    return tmp_path / "index-cache"
