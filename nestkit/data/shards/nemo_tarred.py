@@ -37,7 +37,7 @@ MANIFEST_SHARD_ID = re.compile(r"manifest[^/]*_(\d+)[^/]*\.json")
 SUB_SUFFIX = re.compile(r"^(?P<stem>.+)(?P<sub>-sub\d+)(?P<ext>\.\w+)?$")
 
 NEMO_FINDINGS = {
-    "shard_id_mismatch": "a line's shard_id is not the shard its manifest belongs to, or its member is in another shard",
+    "shard_id_mismatch": "a line's shard_id is not its manifest's shard, or its member is in another shard",
     "missing_shard_id": "a line of a single tarred manifest without shard_id: NeMo cannot place it",
     "member_missing": "a line whose member is not in its shard's tar (NeMo never yields it, silently)",
     "not_in_manifest": "a tar member no line refers to (NeMo raises 'Mismatched entry' unless "

@@ -35,6 +35,7 @@ import orjson
 
 from nestkit.data.shards.ranged import (
     DEFAULT_POLICY, RetryPolicy, SequentialReader, ShardReadError, ShardStat, is_url, read_whole, stat_shard,
+    watched,
 )
 
 INDEX_FORMAT = "nestkit-tar-index"
@@ -253,7 +254,8 @@ def build_index(shard: str, policy: RetryPolicy = DEFAULT_POLICY) -> TarIndex:
     started = time.perf_counter()
     st = stat_shard(shard, policy)
     with SequentialReader(shard, st.size, policy) as reader:
-        members, findings = _walk(reader, shard, st.size)
+        members, findings = watched(lambda: _walk(reader, shard, st.size), reader.progress, shard,
+                                    policy.read_timeout_s)
     names = [m[0] for m in members]
     columns = np.array([m[1:] for m in members], dtype=np.int64).reshape(-1, 3)
     return TarIndex(shard, st, names, columns[:, 0].copy(), columns[:, 1].copy(), columns[:, 2].copy(),

@@ -153,9 +153,9 @@ def write_shar(
                 cut = Recording.from_file(src.path, recording_id=src.cut_id).to_cut()
                 if src.offset > 0 or abs(src.duration - cut.duration) > 1e-6:
                     cut = cut.truncate(offset=src.offset, duration=src.duration, preserve_id=True)
+                written_path = src.item.get("audio_filepath", src.item.get("audio_filename"))
                 cut.custom = {"source": {"manifest": src.manifest, "line": src.line,
-                                         "audio_filepath": src.item.get("audio_filepath", src.item.get("audio_filename")),
-                                         "offset": src.offset}}
+                                         "audio_filepath": written_path, "offset": src.offset}}
                 writer.write(cut)
                 written += 1
             except Exception as exc:  # lhotse and its audio backends raise many types; each is recorded

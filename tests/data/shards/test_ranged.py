@@ -142,3 +142,19 @@ def test_sequential_reader_skips_forward(server, blob):
             assert reader.read(299_990, 512) == data[299_990:]
             with pytest.raises(ValueError):
                 reader.read(0, 1)
+
+
+def test_watched_walk_ends_when_reads_stop():
+    import threading
+
+    from nestkit.data.shards.ranged import watched
+
+    release = threading.Event()
+    started = time.monotonic()
+    with pytest.raises(ShardReadError) as err:
+        watched(lambda: release.wait(30), lambda: 0, "/mnt/stalled/audio_0.tar", 0.3)  # a read that never returns
+    release.set()
+    assert err.value.category == "timeout" and "/mnt/stalled/audio_0.tar" in str(err.value)
+    assert time.monotonic() - started < 1.0
+    ticks = iter(range(1000))
+    assert watched(lambda: time.sleep(0.5) or "done", lambda: next(ticks), "x", 0.2) == "done"  # slow, moving

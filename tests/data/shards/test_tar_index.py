@@ -186,3 +186,27 @@ def test_index_build_speed(tmp_path):
     print(f"\n[figures] index of 2000 members: build {built * 1000:.0f} ms, load {loaded * 1000:.1f} ms, "
           f"file {os.path.getsize(path + '.nkidx')} bytes")
     assert index.findings == [] and built < 10
+
+
+def test_http_versus_local_figures(server, http_root, tmp_path):
+    """Figures for the report: index build and single-member reads, local vs HTTP on 127.0.0.1."""
+    members = [(f"utt{i:05d}.flac", os.urandom(20_000 + i % 700)) for i in range(2000)]
+    path = make_tar(http_root / "audio_bench.tar", members)
+    url = server.url(path)
+    started = time.perf_counter()
+    local = build_index(path)
+    local_s = time.perf_counter() - started
+    started = time.perf_counter()
+    remote = build_index(url, FAST)
+    remote_s = time.perf_counter() - started
+    assert remote.names == local.names
+    reads = {}
+    for label, index in (("local", local), ("http", remote)):
+        started = time.perf_counter()
+        for i in range(0, 2000, 10):
+            a = index.address(i)
+            assert len(read_range(a.shard, a.offset, a.size, FAST)) == a.size
+        reads[label] = (time.perf_counter() - started) / 200
+    print(f"\n[figures] 2000 members, {os.path.getsize(path) / 1e6:.0f} MB: index build local {local_s * 1000:.0f} ms, "
+          f"http stream {remote_s * 1000:.0f} ms; one-member read local {reads['local'] * 1e6:.0f} us, "
+          f"http {reads['http'] * 1e6:.0f} us")

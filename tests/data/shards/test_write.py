@@ -53,8 +53,8 @@ def test_write_shar_reads_back_in_lhotse_and_in_nestkit(tmp_path):
     lhotse_cuts = list(CutSet.from_shar(in_dir=str(tmp_path / "shar")))
     assert [c.id for c in lhotse_cuts] == ["utt000-L1", "utt000-L2", "utt001-L3", "utt000-L5", "utt002-L6",
                                            "utt003-L7"]
-    assert lhotse_cuts[1].custom["source"] == {"manifest": manifest, "line": 2, "audio_filepath": lines[1]["audio_filepath"],
-                                               "offset": 0.25}
+    assert lhotse_cuts[1].custom["source"] == {"manifest": manifest, "line": 2, "offset": 0.25,
+                                               "audio_filepath": lines[1]["audio_filepath"]}
     # nestkit addresses and decodes every cut; the audio is the line's segment (flac: 16-bit PCM)
     layout = discover_shar(str(tmp_path / "shar"))
     assert layout.findings == []
