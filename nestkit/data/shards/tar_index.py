@@ -351,7 +351,12 @@ def cached_index_path(shard: str, cache_dir: str | None = None) -> str:
 
 
 def index_locations(shard: str, cache_dir: str | None = None) -> list[str]:
-    """Where an index of `shard` is looked for, in order. The first writable one is where a build goes."""
+    """Where an index of `shard` is looked for, in order. The first writable one is where a build goes.
+
+    Local: beside the shard first (shared by every machine that mounts it). URL: the local cache first
+    (no request), then an index published beside the remote shard."""
+    if is_url(shard):
+        return [cached_index_path(shard, cache_dir), published_index_path(shard)]
     return [published_index_path(shard), cached_index_path(shard, cache_dir)]
 
 

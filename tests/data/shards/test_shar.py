@@ -84,3 +84,21 @@ def test_shar_over_http_by_fields(server, http_root):
     with tarfile.open(out["recording"][1]) as tar:
         expected = tar.extractfile("utt002.flac").read()
     assert read_range(cuts[0].data.shard, cuts[0].data.offset, cuts[0].data.size, FAST) == expected
+
+
+def test_truncated_shar_tar_keeps_the_cuts_before_the_cut(tmp_path, server, http_root):
+    from .corpus import truncate
+
+    wavs = make_wavs(http_root / "wav_t", 4)
+    out = lhotse_shar(http_root / "shar_t", wavs, shard_size=4)
+    tar = out["recording"][0]
+    offsets = tarfile.open(tar).getmembers()
+    truncate(tar, offsets[5].offset_data + 10)  # inside utt002.json: utt002's pair is incomplete
+    layout = discover_shar(str(http_root / "shar_t"))
+    shard = layout.shards[0]
+    for where in (tar, server.url(tar)):
+        index = build_index(where, FAST)
+        assert [f.kind for f in index.findings] == ["truncated"] and len(index) == 5
+        cuts, findings = match_cuts(shard, read_shar_cuts(shard.cuts), index)
+        assert [c.cut_id for c in cuts] == ["utt000", "utt001"]
+        assert [f.kind for f in findings] == ["odd_members", "count_mismatch"]
