@@ -53,15 +53,15 @@ def bench_step(run_dir: Path, n: int) -> float:
 
     def steps(count: int) -> None:
         for i in range(count):
-            hb.set_phase("fetch")                      # WatchedDataLoader.__next__
+            hb.set_phase("fetch")  # WatchedDataLoader.__next__
             hb.mark_fetched((0, i), 0.001)
-            hb.mark_step_start(i, (0, i), records)     # on_train_batch_start
+            hb.mark_step_start(i, (0, i), records)  # on_train_batch_start
             hb.enter_collective("buffer broadcast")
-            hb.set_phase("forward")                    # forward pre-hook
-            hb.set_phase("backward")                   # on_before_backward
-            hb.enter_collective("all-reduce")          # comm hook, last bucket
-            hb.set_phase("optimizer")                  # on_after_backward
-            hb.mark_step_end(i + 1)                    # on_train_batch_end
+            hb.set_phase("forward")  # forward pre-hook
+            hb.set_phase("backward")  # on_before_backward
+            hb.enter_collective("all-reduce")  # comm hook, last bucket
+            hb.set_phase("optimizer")  # on_after_backward
+            hb.mark_step_end(i + 1)  # on_train_batch_end
             hb.enter_collective("step-start broadcast")
 
     steps(1000)
@@ -84,7 +84,9 @@ def bench_hook(params: int, iterations: int) -> dict[str, float]:
     width = int((params / 2) ** 0.5)
 
     def model():
-        return torch.nn.parallel.DistributedDataParallel(torch.nn.Sequential(torch.nn.Linear(width, width), torch.nn.Linear(width, width)))
+        return torch.nn.parallel.DistributedDataParallel(
+            torch.nn.Sequential(torch.nn.Linear(width, width), torch.nn.Linear(width, width))
+        )
 
     arms = {"builtin": model(), "python_default": model(), "nestkit": model()}
     arms["python_default"].register_comm_hook(None, allreduce_hook)
@@ -167,9 +169,18 @@ def bench_train(steps: int, repeats: int, out: Path) -> dict[str, list[float]]:
         for arm in ("off", "on") if r % 2 == 0 else ("on", "off"):  # ABBA: no arm always runs second
             training.StallWatch = NoWatch if arm == "off" else real
             name = f"{arm}{r}"
-            cfg = load_config(DEMO, [f"trainer.max_steps={steps}", f"exp_manager.name={name}", f"exp_manager.exp_dir={out}",
-                                     "trainer.val_check_interval=100000", "exp_manager.create_checkpoint_callback=false",
-                                     "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1000"]).config
+            cfg = load_config(
+                DEMO,
+                [
+                    f"trainer.max_steps={steps}",
+                    f"exp_manager.name={name}",
+                    f"exp_manager.exp_dir={out}",
+                    "trainer.val_check_interval=100000",
+                    "exp_manager.create_checkpoint_callback=false",
+                    "trainer.enable_progress_bar=false",
+                    "trainer.log_every_n_steps=1000",
+                ],
+            ).config
             training.train(cfg, notify=lambda note: None)
             gc.collect()  # shut the run's persistent DataLoader workers down before the next run
             stamps = [rec["time"] for rec in read_batch_log(out / name, 0)]
@@ -210,7 +221,8 @@ def main() -> None:
         "heartbeat_calls_per_step_us": step * 1e6,
         "comm_hook_per_backward_us": hook_s * 1e6,
         "comm_hook_vs_python_default_us": (hook["nestkit"] - hook["python_default"]) * 1e6,
-        **{f"ddp_backward_{name}_ms": value * 1e3 for name, value in hook.items()}, "model_params": params,
+        **{f"ddp_backward_{name}_ms": value * 1e3 for name, value in hook.items()},
+        "model_params": params,
         "worker_status_per_batch_us": worker * 1e6,
         "heartbeat_write_ms": writer * 1e3,
         "demo_step_ms_with_watch": [round(v * 1e3, 2) for v in train["on"]],

@@ -63,7 +63,9 @@ def synthetic_batch(seed: int = 0) -> tuple[torch.Tensor, ...]:
         t = np.arange(length) / SAMPLE_RATE
         audio[row, :length] = 0.1 * np.sin(2 * np.pi * rng.uniform(100, 300) * t) * (1 + np.sin(2 * np.pi * 4 * t))
         audio[row, :length] += 0.01 * rng.standard_normal(length)
-    noisy = audio + 0.03 * rng.standard_normal(audio.shape).astype(np.float32) * (np.arange(audio.shape[1]) < lengths[:, None])
+    noisy = audio + 0.03 * rng.standard_normal(audio.shape).astype(np.float32) * (
+        np.arange(audio.shape[1]) < lengths[:, None]
+    )
     lengths_t = torch.from_numpy(lengths)
     return torch.from_numpy(audio), lengths_t, torch.from_numpy(noisy.astype(np.float32)), lengths_t.clone()
 
@@ -71,9 +73,9 @@ def synthetic_batch(seed: int = 0) -> tuple[torch.Tensor, ...]:
 def run_training_steps(steps: int, warmup: int) -> dict:
     """Runs in a fresh process (see main): times full training steps of the Small model."""
     from nestkit.config import config_from_dict
+    from nestkit.core.rng import torch_generator
     from nestkit.model.nest import NestModel
     from nestkit.model.schedule import build_optimizer, build_scheduler
-    from nestkit.core.rng import torch_generator
 
     torch.set_num_threads(THREADS)
     torch.manual_seed(0)
@@ -112,7 +114,11 @@ def quantizer_inputs():
 
     torch.manual_seed(0)
     cfg = QuantizerConfig(
-        feat_in=QUANT_FEATURES, code_dim=16, num_books=1, num_classes=QUANT_CLASSES, combine_time_steps=QUANT_STEPS,
+        feat_in=QUANT_FEATURES,
+        code_dim=16,
+        num_books=1,
+        num_classes=QUANT_CLASSES,
+        combine_time_steps=QUANT_STEPS,
         squeeze_single=False,
     )
     quantizer = RandomProjectionQuantizer(cfg)
@@ -166,9 +172,7 @@ def run_quantizer_memory(method: str) -> dict:
 
 
 def in_subprocess(*args: str) -> dict:
-    done = subprocess.run(
-        [sys.executable, __file__, *args], capture_output=True, text=True, check=True, cwd=REPO
-    )
+    done = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, check=True, cwd=REPO)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -197,7 +201,11 @@ def main() -> None:
     rows = [
         ("training step, Small, 8 x 10..5 s (median)", f"{step['step_median_s']:.3f} s", ""),
         ("training step peak RSS", f"{step['peak_rss_bytes'] / 2**30:.2f} GiB", ""),
-        ("quantizer nestkit (median per call, peak extra)", f"{ours_s * 1e3:.1f} ms", f"{memory['nestkit'] / MIB:.1f} MiB"),
+        (
+            "quantizer nestkit (median per call, peak extra)",
+            f"{ours_s * 1e3:.1f} ms",
+            f"{memory['nestkit'] / MIB:.1f} MiB",
+        ),
         ("quantizer NeMo float64 broadcast", f"{nemo_s * 1e3:.1f} ms", f"{memory['nemo'] / MIB:.0f} MiB"),
         (
             "quantizer NeMo / nestkit (alternating calls)",

@@ -27,15 +27,10 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from nestkit.config import config_from_dict
-from nestkit.config import load_config
-from nestkit.data.loading import FileSegment
-from nestkit.data.loading import file_segment
+from nestkit.config import config_from_dict, load_config
+from nestkit.data.loading import FileSegment, file_segment
 from nestkit.data.pipeline import build_pipeline
-from nestkit.data.synthetic import noise_like
-from nestkit.data.synthetic import speech_like
-from nestkit.data.synthetic import write_manifest
-from nestkit.data.synthetic import write_wav
+from nestkit.data.synthetic import noise_like, speech_like, write_manifest, write_wav
 
 
 def make_corpus(folder: Path, utterances: int, seed: int = 0) -> tuple[str, str, list[str], float]:
@@ -50,7 +45,9 @@ def make_corpus(folder: Path, utterances: int, seed: int = 0) -> tuple[str, str,
     noises = []
     for i in range(12):
         seconds = round(float(rng.uniform(10, 40)), 2)
-        noises.append({"audio_filepath": write_wav(folder / f"noise{i:03d}.wav", noise_like(seconds, i)), "duration": seconds})
+        noises.append(
+            {"audio_filepath": write_wav(folder / f"noise{i:03d}.wav", noise_like(seconds, i)), "duration": seconds}
+        )
     return write_manifest(folder / "train.json", entries), write_manifest(folder / "noise.json", noises), paths, total
 
 
@@ -70,8 +67,12 @@ def raw_decode(segments: list[FileSegment]) -> float:
 def planned_segments(pipeline) -> list[FileSegment]:
     """Every file segment of the epoch's plan: exactly what the pipeline reads for its utterances."""
     plan = pipeline.sampler.plan(0)
-    return [seg for b in range(plan.num_batches) for cut in pipeline.sampler.batch_cuts(b, 0)
-            if (seg := file_segment(cut)) is not None]
+    return [
+        seg
+        for b in range(plan.num_batches)
+        for cut in pipeline.sampler.batch_cuts(b, 0)
+        if (seg := file_segment(cut)) is not None
+    ]
 
 
 def pipeline_pass(pipeline, loader, epoch: int) -> float:
@@ -104,12 +105,21 @@ def main() -> None:
             corpus = {"config": args.config, "overrides": args.overrides}
         else:
             train, noise, _, _ = make_corpus(folder, args.utterances)
-            cfg = config_from_dict({
-                "model": {"train_ds": {
-                    "manifest_filepath": [train], "noise_manifest": [noise], "batch_size": 8,
-                    "min_duration": None, "max_duration": None, "drop_last": False, "num_workers": 0,
-                }},
-            }).config
+            cfg = config_from_dict(
+                {
+                    "model": {
+                        "train_ds": {
+                            "manifest_filepath": [train],
+                            "noise_manifest": [noise],
+                            "batch_size": 8,
+                            "min_duration": None,
+                            "max_duration": None,
+                            "drop_last": False,
+                            "num_workers": 0,
+                        }
+                    },
+                }
+            ).config
             corpus = {"utterances": args.utterances, "batch_size": 8}
         pipeline = build_pipeline(cfg, run_dir=folder / "run")
         paths = planned_segments(pipeline)
@@ -127,7 +137,10 @@ def main() -> None:
             ):
                 seconds, wall = timed(fn, *fn_args)
                 rates[name].append(seconds / wall)
-            print(f"repeat {r + 1}/{args.repeats}: " + ", ".join(f"{k} {v[-1]:,.0f}" for k, v in rates.items()), file=sys.stderr)
+            print(
+                f"repeat {r + 1}/{args.repeats}: " + ", ".join(f"{k} {v[-1]:,.0f}" for k, v in rates.items()),
+                file=sys.stderr,
+            )
 
     medians = {k: statistics.median(v) for k, v in rates.items()}
     result = {

@@ -27,10 +27,8 @@ import numpy as np
 import yaml
 
 from nestkit.data.manifest import CutIndex
-from nestkit.data.plan import BatchingConfig
-from nestkit.data.plan import plan_epoch
-from nestkit.data.synthetic import speech_like
-from nestkit.data.synthetic import write_wav
+from nestkit.data.plan import BatchingConfig, plan_epoch
+from nestkit.data.synthetic import speech_like, write_wav
 
 
 def write_manifest(folder: Path, cuts: int) -> str:
@@ -72,15 +70,44 @@ def main() -> None:
             "plan_bucketed_s": BatchingConfig(batch_size=None, batch_duration=120.0, num_buckets=30),
         }
         for name, mode in modes.items():
-            results[name] = median_time(lambda: plan_epoch(index.duration, mode, 0, 0, 8), args.repeats)
+            results[name] = median_time(lambda mode=mode: plan_epoch(index.duration, mode, 0, 0, 8), args.repeats)
         plan = plan_epoch(index.duration, modes["plan_fixed_s"], 0, 0, 8)
-        results["batch_lookup_ms"] = 1e3 * median_time(lambda: [index.cut(int(r)) for r in plan.batch_rows(7, 10_000)], args.repeats)
+        results["batch_lookup_ms"] = 1e3 * median_time(
+            lambda: [index.cut(int(r)) for r in plan.batch_rows(7, 10_000)], args.repeats
+        )
         config = folder / "config.yaml"
-        config.write_text(yaml.safe_dump({"model": {"train_ds": {
-            "manifest_filepath": manifest, "batch_size": 8, "num_workers": 0, "min_duration": None, "max_duration": None,
-        }}, "trainer": {"devices": 8}}))
-        command = [sys.executable, "-m", "nestkit.cli", "lookup", str(config), "--batch", "10000", "--rank", "7", "--world-size", "8"]
-        results["lookup_cli_s"] = median_time(lambda: subprocess.run(command, check=True, capture_output=True), args.repeats)
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "model": {
+                        "train_ds": {
+                            "manifest_filepath": manifest,
+                            "batch_size": 8,
+                            "num_workers": 0,
+                            "min_duration": None,
+                            "max_duration": None,
+                        }
+                    },
+                    "trainer": {"devices": 8},
+                }
+            )
+        )
+        command = [
+            sys.executable,
+            "-m",
+            "nestkit.cli",
+            "lookup",
+            str(config),
+            "--batch",
+            "10000",
+            "--rank",
+            "7",
+            "--world-size",
+            "8",
+        ]
+        results["lookup_cli_s"] = median_time(
+            lambda: subprocess.run(command, check=True, capture_output=True), args.repeats
+        )
     results = {k: round(v, 3) for k, v in results.items()}
     results["cuts"] = args.cuts
     for key, value in results.items():

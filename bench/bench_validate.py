@@ -34,12 +34,10 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from nestkit.validate.validator import ValidateOptions
-from nestkit.validate.validator import validate
+from nestkit.data.synthetic import speech_like, write_manifest
 from nestkit.validate.audio import CheckSettings
 from nestkit.validate.pool import default_jobs
-from nestkit.data.synthetic import speech_like
-from nestkit.data.synthetic import write_manifest
+from nestkit.validate.validator import ValidateOptions, validate
 
 RATE = 16000
 
@@ -115,9 +113,7 @@ def cli_wall(manifest: str, decode: bool) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--header-files", type=int, default=20000)
     parser.add_argument("--decode-files", type=int, default=3000)
     parser.add_argument("--repeats", type=int, default=5)
@@ -156,9 +152,7 @@ def main() -> None:
         name: {
             "median_s": round(medians[name], 3),
             "files_per_s": round(counts[name] / medians[name], 1),
-            "audio_s_per_s": None
-            if name == "headers"
-            else round(corpora["audio_seconds"] / medians[name], 1),
+            "audio_s_per_s": None if name == "headers" else round(corpora["audio_seconds"] / medians[name], 1),
         }
         for name in runs
     }
@@ -166,8 +160,10 @@ def main() -> None:
     # back to back, so a repeat's ratio is less exposed to load that comes and goes on a shared machine).
     for raw, name in ((f"raw/{jobs}", "decode_vs_raw_parallel"), ("raw/1", "decode_vs_raw_serial")):
         paired = [r / d for r, d in zip(runs[raw], runs["decode"])]
-        figures[name] = {"of_medians": round(medians[raw] / medians["decode"], 3),
-                         "median_of_repeats": round(statistics.median(paired), 3)}
+        figures[name] = {
+            "of_medians": round(medians[raw] / medians["decode"], 3),
+            "median_of_repeats": round(statistics.median(paired), 3),
+        }
     figures["cli_wall_s"] = {k: round(v, 2) for k, v in cli.items()}
     figures["cli_files_per_s"] = {
         "decode": round(len(paths) / cli["decode"], 1),

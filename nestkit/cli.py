@@ -5,17 +5,10 @@ from __future__ import annotations
 import typer
 from rich.markup import escape
 
-from nestkit.commands import export_nemo
-from nestkit.commands import import_manifest
-from nestkit.commands import lookup
-from nestkit.commands import pipeline
-from nestkit.commands import replay_batch
-from nestkit.commands import train
-from nestkit.commands import validate_manifest
-from nestkit.commands.stacks import stacks
+from nestkit.commands import export_nemo, import_manifest, lookup, pipeline, replay_batch, train, validate_manifest
 from nestkit.commands.common import err_console
-from nestkit.core.errors import ConfigError
-from nestkit.core.errors import NestkitError
+from nestkit.commands.stacks import stacks
+from nestkit.core.errors import ConfigError, NestkitError
 
 app = typer.Typer(
     name="nestkit",

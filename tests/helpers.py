@@ -8,12 +8,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from nestkit.config import NestConfig
-from nestkit.config import config_from_dict
-from nestkit.data.synthetic import noise_like
-from nestkit.data.synthetic import speech_like
-from nestkit.data.synthetic import write_manifest
-from nestkit.data.synthetic import write_wav
+from nestkit.config import NestConfig, config_from_dict
+from nestkit.data.synthetic import noise_like, speech_like, write_manifest, write_wav
 
 
 def data_config(train: str | list[str], noise: str | list[str] | None = None, **train_ds) -> NestConfig:
@@ -62,12 +58,21 @@ TINY_MODEL = {
 }
 
 
-def write_train_config(path: Path, train: str, noise: str | None = None, validation: str | None = None, **sections) -> str:
+def write_train_config(
+    path: Path, train: str, noise: str | None = None, validation: str | None = None, **sections
+) -> str:
     """A small training YAML (tiny model, CPU, few steps); `sections` update its top-level keys."""
     import yaml
 
-    ds = {"manifest_filepath": train, "noise_manifest": noise, "batch_size": 2, "drop_last": True, "num_workers": 0,
-          "min_duration": None, "max_duration": None}
+    ds = {
+        "manifest_filepath": train,
+        "noise_manifest": noise,
+        "batch_size": 2,
+        "drop_last": True,
+        "num_workers": 0,
+        "min_duration": None,
+        "max_duration": None,
+    }
     model = {**TINY_MODEL, "train_ds": ds}
     if validation:
         model["validation_ds"] = {**ds, "manifest_filepath": validation, "shuffle": False, "drop_last": False}
@@ -75,7 +80,10 @@ def write_train_config(path: Path, train: str, noise: str | None = None, validat
         "name": "test-run",
         "model": model,
         "trainer": {"devices": 1, "max_steps": 6, "val_check_interval": 1000, "log_every_n_steps": 1},
-        "exp_manager": {"exp_dir": str(path.parent / "runs"), "checkpoint_callback_params": {"every_n_train_steps": 1000}},
+        "exp_manager": {
+            "exp_dir": str(path.parent / "runs"),
+            "checkpoint_callback_params": {"every_n_train_steps": 1000},
+        },
         "nestkit": {"seed": 3},
     }
     for key, value in sections.items():
@@ -87,5 +95,7 @@ def write_train_config(path: Path, train: str, noise: str | None = None, validat
 def _merge(base: dict, update: dict) -> dict:
     out = dict(base)
     for key, value in update.items():
-        out[key] = _merge(out.get(key, {}), value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        out[key] = (
+            _merge(out.get(key, {}), value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        )
     return out

@@ -15,13 +15,17 @@ from tests.helpers import manifest_of, write_speech, write_train_config
 
 
 def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "nestkit.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "nestkit.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_import_manifest_probes_rates_and_channels(tmp_path):
     mono = write_speech(tmp_path / "mono.wav", 1.5)
     sf.write(str(tmp_path / "stereo8k.wav"), np.zeros((16000, 2), np.float32), 8000)
-    manifest = manifest_of(tmp_path / "m.json", [(mono, 1.5), {"audio_filepath": "stereo8k.wav", "duration": 1.0, "offset": 0.5}])
+    manifest = manifest_of(
+        tmp_path / "m.json", [(mono, 1.5), {"audio_filepath": "stereo8k.wav", "duration": 1.0, "offset": 0.5}]
+    )
     out = tmp_path / "cuts.jsonl.gz"
     result = run("import-manifest", manifest, "-o", str(out), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -59,10 +63,15 @@ def test_pipeline_summarises_plan_throughput_and_bad_data(tmp_path):
     result = run("pipeline", config, "--run-dir", str(tmp_path / "check"), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     out = " ".join(result.stdout.split())
-    assert "10 cuts; 0 shorter than min_duration, 0 longer than max_duration; 3 batches on every rank; 1 dropped by drop_last" in out
+    assert (
+        "10 cuts; 0 shorter than min_duration, 0 longer than max_duration; 3 batches on every rank; 1 dropped by drop_last"
+        in out
+    )
     assert "3 batches, 9 cuts" in out
     assert "1 sample(s) replaced; 1 audio missing" in out
-    records = [json.loads(line) for line in (tmp_path / "check" / "quarantine" / "rank0.jsonl").read_text().splitlines()]
+    records = [
+        json.loads(line) for line in (tmp_path / "check" / "quarantine" / "rank0.jsonl").read_text().splitlines()
+    ]
     assert [(r["line"], r["category"]) for r in records] == [(1, "missing")]
     assert "no noise manifest" in out
 

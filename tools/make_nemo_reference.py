@@ -54,83 +54,187 @@ PCM_SCALE = 32768.0
 CASES: dict[str, dict] = {
     "books2_k5_train": dict(
         settings={
-            "num_books": 2, "num_classes": 128, "encoder.d_model": 96, "encoder.n_heads": 4, "encoder.n_layers": 3,
-            "encoder.ff_expansion_factor": 2, "encoder.conv_kernel_size": 5, "encoder.subsampling_conv_channels": 16,
+            "num_books": 2,
+            "num_classes": 128,
+            "encoder.d_model": 96,
+            "encoder.n_heads": 4,
+            "encoder.n_layers": 3,
+            "encoder.ff_expansion_factor": 2,
+            "encoder.conv_kernel_size": 5,
+            "encoder.subsampling_conv_channels": 16,
             "masking.mask_prob": 0.05,
         },
-        init_seed=11, mask_seed=5, audio_seed=101, durations=(1.9, 1.1, 1.5), mode="train", keep_features=False,
+        init_seed=11,
+        mask_seed=5,
+        audio_seed=101,
+        durations=(1.9, 1.1, 1.5),
+        mode="train",
+        keep_features=False,
     ),
     "cosine_layernorm_sub4": dict(
         settings={
-            "quantizer.dist_fn": "cosine", "encoder.conv_norm_type": "layer_norm", "encoder.use_bias": False,
-            "encoder.xscaling": False, "encoder.subsampling_factor": 4, "encoder.d_model": 64, "encoder.n_heads": 2,
-            "encoder.n_layers": 2, "encoder.subsampling_conv_channels": 16, "decoder.use_bias": False,
-            "masking.allow_overlap": False, "masking.mask_prob": 0.2, "masking.block_size": 20,
+            "quantizer.dist_fn": "cosine",
+            "encoder.conv_norm_type": "layer_norm",
+            "encoder.use_bias": False,
+            "encoder.xscaling": False,
+            "encoder.subsampling_factor": 4,
+            "encoder.d_model": 64,
+            "encoder.n_heads": 2,
+            "encoder.n_layers": 2,
+            "encoder.subsampling_conv_channels": 16,
+            "decoder.use_bias": False,
+            "masking.allow_overlap": False,
+            "masking.mask_prob": 0.2,
+            "masking.block_size": 20,
         },
-        init_seed=22, mask_seed=7, audio_seed=202, durations=(1.9, 1.1, 1.5), mode="eval",
+        init_seed=22,
+        mask_seed=7,
+        audio_seed=202,
+        durations=(1.9, 1.1, 1.5),
+        mode="eval",
     ),
     "post_conv": dict(
         settings={
-            "mask_position": "post_conv", "num_classes": 128, "encoder.d_model": 64, "encoder.n_heads": 4,
-            "encoder.n_layers": 2, "encoder.subsampling_conv_channels": 32, "masking.mask_prob": 0.2,
+            "mask_position": "post_conv",
+            "num_classes": 128,
+            "encoder.d_model": 64,
+            "encoder.n_heads": 4,
+            "encoder.n_layers": 2,
+            "encoder.subsampling_conv_channels": 32,
+            "masking.mask_prob": 0.2,
         },
-        init_seed=33, mask_seed=9, audio_seed=303, durations=(2.4, 1.6, 2.0), mode="eval",
+        init_seed=33,
+        mask_seed=9,
+        audio_seed=303,
+        durations=(2.4, 1.6, 2.0),
+        mode="eval",
     ),
     "sub16_context_featout_train": dict(
         settings={
-            "squeeze_single": True, "num_classes": 64, "preprocessor.features": 64, "preprocessor.exact_pad": True,
-            "preprocessor.window": "hamming", "preprocessor.normalize": "all_features",
-            "encoder.subsampling_factor": 16, "encoder.d_model": 64, "encoder.n_heads": 8, "encoder.n_layers": 2,
-            "encoder.subsampling_conv_channels": 16, "encoder.conv_context_size": [6, 2], "encoder.feat_out": 48,
-            "encoder.untie_biases": False, "masking.mask_prob": 0.03,
+            "squeeze_single": True,
+            "num_classes": 64,
+            "preprocessor.features": 64,
+            "preprocessor.exact_pad": True,
+            "preprocessor.window": "hamming",
+            "preprocessor.normalize": "all_features",
+            "encoder.subsampling_factor": 16,
+            "encoder.d_model": 64,
+            "encoder.n_heads": 8,
+            "encoder.n_layers": 2,
+            "encoder.subsampling_conv_channels": 16,
+            "encoder.conv_context_size": [6, 2],
+            "encoder.feat_out": 48,
+            "encoder.untie_biases": False,
+            "masking.mask_prob": 0.03,
         },
-        init_seed=44, mask_seed=11, audio_seed=404, durations=(2.3, 1.2, 1.7), mode="train",
+        init_seed=44,
+        mask_seed=11,
+        audio_seed=404,
+        durations=(2.3, 1.2, 1.7),
+        mode="train",
     ),
     "sub2_causal": dict(
         settings={
-            "num_classes": 64, "encoder.subsampling_factor": 2, "encoder.causal_downsampling": True,
-            "encoder.d_model": 32, "encoder.n_heads": 2, "encoder.n_layers": 1, "encoder.subsampling_conv_channels": 8,
-            "encoder.conv_kernel_size": 3, "masking.mask_prob": 0.03,
+            "num_classes": 64,
+            "encoder.subsampling_factor": 2,
+            "encoder.causal_downsampling": True,
+            "encoder.d_model": 32,
+            "encoder.n_heads": 2,
+            "encoder.n_layers": 1,
+            "encoder.subsampling_conv_channels": 8,
+            "encoder.conv_kernel_size": 3,
+            "masking.mask_prob": 0.03,
         },
-        init_seed=55, mask_seed=13, audio_seed=505, durations=(1.3, 0.9, 1.1), mode="eval",
+        init_seed=55,
+        mask_seed=13,
+        audio_seed=505,
+        durations=(1.3, 0.9, 1.1),
+        mode="eval",
     ),
     # dither and stochastic depth draw from the RNG before (dither) and after (layer drops) the
     # masks: with a width whose sample count is not a multiple of 16 and a seed that drops a layer,
     # nestkit's generator must consume NeMo's global RNG stream draw for draw
     "books4_f128_dither_depth_train": dict(
         settings={
-            "num_books": 4, "num_classes": 128, "code_dim": 32, "preprocessor.features": 128, "preprocessor.dither": 1e-5,
-            "encoder.subsampling_factor": 4, "encoder.d_model": 64, "encoder.n_heads": 8, "encoder.n_layers": 3,
-            "encoder.ff_expansion_factor": 2, "encoder.conv_kernel_size": 31, "encoder.subsampling_conv_channels": 16,
-            "encoder.stochastic_depth_drop_prob": 0.6, "masking.mask_prob": 0.04, "masking.block_size": 24,
+            "num_books": 4,
+            "num_classes": 128,
+            "code_dim": 32,
+            "preprocessor.features": 128,
+            "preprocessor.dither": 1e-5,
+            "encoder.subsampling_factor": 4,
+            "encoder.d_model": 64,
+            "encoder.n_heads": 8,
+            "encoder.n_layers": 3,
+            "encoder.ff_expansion_factor": 2,
+            "encoder.conv_kernel_size": 31,
+            "encoder.subsampling_conv_channels": 16,
+            "encoder.stochastic_depth_drop_prob": 0.6,
+            "masking.mask_prob": 0.04,
+            "masking.block_size": 24,
         },
-        init_seed=66, mask_seed=3, audio_seed=606, durations=(1.9003, 1.1, 1.5), mode="train", keep_features=False,
+        init_seed=66,
+        mask_seed=3,
+        audio_seed=606,
+        durations=(1.9003, 1.1, 1.5),
+        mode="train",
+        keep_features=False,
     ),
     "post_conv_disjoint_sub4": dict(
         settings={
-            "mask_position": "post_conv", "num_books": 2, "num_classes": 64, "encoder.subsampling_factor": 4,
-            "encoder.d_model": 48, "encoder.n_heads": 4, "encoder.n_layers": 2, "encoder.subsampling_conv_channels": 16,
-            "encoder.pos_emb_max_len": 20, "masking.allow_overlap": False, "masking.mask_prob": 0.3, "masking.block_size": 48,
+            "mask_position": "post_conv",
+            "num_books": 2,
+            "num_classes": 64,
+            "encoder.subsampling_factor": 4,
+            "encoder.d_model": 48,
+            "encoder.n_heads": 4,
+            "encoder.n_layers": 2,
+            "encoder.subsampling_conv_channels": 16,
+            "encoder.pos_emb_max_len": 20,
+            "masking.allow_overlap": False,
+            "masking.mask_prob": 0.3,
+            "masking.block_size": 48,
         },
-        init_seed=77, mask_seed=15, audio_seed=707, durations=(2.4, 1.6, 2.0), mode="eval",
+        init_seed=77,
+        mask_seed=15,
+        audio_seed=707,
+        durations=(2.4, 1.6, 2.0),
+        mode="eval",
     ),
     # disjoint blocks shrunk for short utterances keep offsets up to block_size: NeMo masks padding
     # frames (row 2: a whole loss group past the encoder length, which its loss scores; row 4: the
     # 8-frame fallback on a 5-frame utterance)
     "disjoint_past_utterance_end": dict(
         settings={
-            "num_classes": 64, "encoder.d_model": 32, "encoder.n_heads": 2, "encoder.n_layers": 1,
-            "encoder.subsampling_conv_channels": 8, "masking.allow_overlap": False, "masking.mask_prob": 0.5,
+            "num_classes": 64,
+            "encoder.d_model": 32,
+            "encoder.n_heads": 2,
+            "encoder.n_layers": 1,
+            "encoder.subsampling_conv_channels": 8,
+            "masking.allow_overlap": False,
+            "masking.mask_prob": 0.5,
         },
-        init_seed=91, mask_seed=9, audio_seed=909, durations=(1.6, 0.55, 1.2, 0.05), mode="eval",
+        init_seed=91,
+        mask_seed=9,
+        audio_seed=909,
+        durations=(1.6, 0.55, 1.2, 0.05),
+        mode="eval",
     ),
     "small176_sdpa": dict(
         settings={
-            "num_classes": 256, "encoder.d_model": 176, "encoder.n_heads": 4, "encoder.n_layers": 1,
-            "encoder.ff_expansion_factor": 1, "encoder.subsampling_conv_channels": 16, "encoder.use_pytorch_sdpa": True,
+            "num_classes": 256,
+            "encoder.d_model": 176,
+            "encoder.n_heads": 4,
+            "encoder.n_layers": 1,
+            "encoder.ff_expansion_factor": 1,
+            "encoder.subsampling_conv_channels": 16,
+            "encoder.use_pytorch_sdpa": True,
             "masking.mask_prob": 0.05,
         },
-        init_seed=88, mask_seed=17, audio_seed=808, durations=(1.7, 2.1, 0.6), mode="eval",
+        init_seed=88,
+        mask_seed=17,
+        audio_seed=808,
+        durations=(1.7, 2.1, 0.6),
+        mode="eval",
     ),
 }
 
@@ -219,8 +323,11 @@ def forward_like_training_step(model, audio, audio_len, noisy, noisy_len, post_c
     audio, noisy = audio.clone(), noisy.clone()
     if not post_conv:
         return model.forward(
-            input_signal=audio, input_signal_length=audio_len,
-            noisy_input_signal=noisy, noisy_input_signal_length=noisy_len, apply_mask=True,
+            input_signal=audio,
+            input_signal_length=audio_len,
+            noisy_input_signal=noisy,
+            noisy_input_signal_length=noisy_len,
+            apply_mask=True,
         )
     clean_feats, clean_len = model.preprocessor(input_signal=audio, length=audio_len)
     noisy_feats, noisy_feats_len = model.preprocessor(input_signal=noisy, length=noisy_len)
@@ -233,8 +340,8 @@ def forward_like_training_step(model, audio, audio_len, noisy, noisy_len, post_c
 
 
 def make_case(name: str, spec: dict, out_dir: Path) -> None:
-    from omegaconf import OmegaConf
     from nemo.collections.asr.models.ssl_models import EncDecDenoiseMaskedTokenPredModel
+    from omegaconf import OmegaConf
 
     cfg = build_config(spec["settings"], spec["mode"])
     config_text = OmegaConf.to_yaml(cfg)  # before NeMo edits its copy (post_conv changes block_size)
@@ -267,7 +374,9 @@ def make_case(name: str, spec: dict, out_dir: Path) -> None:
 
     model.preprocessor.register_forward_hook(keep_first_features)
     torch.manual_seed(spec["mask_seed"])
-    log_probs, encoded_len, masks, tokens = forward_like_training_step(model, audio, audio_len, noisy, noisy_len, post_conv)
+    log_probs, encoded_len, masks, tokens = forward_like_training_step(
+        model, audio, audio_len, noisy, noisy_len, post_conv
+    )
     frame_mask = masks[:, 0, :]
     assert torch.equal(masks, frame_mask[:, None, :].expand_as(masks)), "masks differ across features"
     arrays = {
@@ -280,9 +389,15 @@ def make_case(name: str, spec: dict, out_dir: Path) -> None:
     if spec.get("keep_features", True):
         arrays["clean_feats"] = features["clean"].numpy()
     meta = {
-        "case": name, "settings": spec["settings"], "mode": spec["mode"], "init_seed": spec["init_seed"],
-        "mask_seed": spec["mask_seed"], "audio_seed": spec["audio_seed"], "durations": spec["durations"],
-        "versions": versions(), "torch_threads": torch.get_num_threads(),
+        "case": name,
+        "settings": spec["settings"],
+        "mode": spec["mode"],
+        "init_seed": spec["init_seed"],
+        "mask_seed": spec["mask_seed"],
+        "audio_seed": spec["audio_seed"],
+        "durations": spec["durations"],
+        "versions": versions(),
+        "torch_threads": torch.get_num_threads(),
     }
     try:
         loss = model.loss(masks=masks, decoder_outputs=log_probs, targets=tokens, decoder_lengths=encoded_len)
@@ -362,8 +477,12 @@ def make_noam_table(out_dir: Path) -> None:
             param = torch.nn.Parameter(torch.zeros(1))
             optimizer = torch.optim.AdamW([param], lr=c["lr"])
             sched = NoamAnnealing(
-                optimizer, d_model=c["d_model"], warmup_steps=c["warmup_steps"], warmup_ratio=c["warmup_ratio"],
-                max_steps=c["max_steps"], min_lr=c["min_lr"],
+                optimizer,
+                d_model=c["d_model"],
+                warmup_steps=c["warmup_steps"],
+                warmup_ratio=c["warmup_ratio"],
+                max_steps=c["max_steps"],
+                min_lr=c["min_lr"],
             )
             if step <= stepped_limit:
                 for _ in range(step):  # Lightning: one scheduler step after each optimiser step
@@ -408,8 +527,11 @@ def crosscheck_checkpoints(work_dir: Path) -> None:
 
     reference = REPO / "tests/fixtures/nemo_reference"
     for config_path in (
-        BASE_CONFIG, reference / "post_conv.config.yaml", reference / "books4_f128_dither_depth_train.config.yaml",
-        reference / "post_conv_disjoint_sub4.config.yaml", reference / "small176_sdpa.config.yaml",
+        BASE_CONFIG,
+        reference / "post_conv.config.yaml",
+        reference / "books4_f128_dither_depth_train.config.yaml",
+        reference / "post_conv_disjoint_sub4.config.yaml",
+        reference / "small176_sdpa.config.yaml",
     ):
         from omegaconf import OmegaConf
 
@@ -430,7 +552,9 @@ def crosscheck_checkpoints(work_dir: Path) -> None:
         ours.loss(out).loss.backward()
         optimizer.step()
         ours.eval()
-        exported = export_nemo_state_dict({f"model.{k}": v for k, v in ours.state_dict().items()}, work_dir / "export.pt")
+        exported = export_nemo_state_dict(
+            {f"model.{k}": v for k, v in ours.state_dict().items()}, work_dir / "export.pt"
+        )
         fresh = EncDecDenoiseMaskedTokenPredModel(OmegaConf.load(config_path).model).eval()
         fresh.load_state_dict(torch.load(exported, weights_only=True), strict=True)
         gap_out = (nemo_log_probs(fresh) - nestkit_log_probs(ours)).abs().max().item()
@@ -458,15 +582,22 @@ def time_nemo_training_step(steps: int = 6, warmup: int = 1) -> dict:
     cfg = build_config(settings, "eval")  # "eval": keep the YAML's dropouts
     model = EncDecDenoiseMaskedTokenPredModel(cfg.model).train()
     optim = cfg.model.optim
-    optimizer = torch.optim.AdamW(model.parameters(), lr=optim.lr, betas=tuple(optim.betas), weight_decay=optim.weight_decay)
-    scheduler = NoamAnnealing(optimizer, d_model=optim.sched.d_model, warmup_steps=optim.sched.warmup_steps, min_lr=optim.sched.min_lr)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=optim.lr, betas=tuple(optim.betas), weight_decay=optim.weight_decay
+    )
+    scheduler = NoamAnnealing(
+        optimizer, d_model=optim.sched.d_model, warmup_steps=optim.sched.warmup_steps, min_lr=optim.sched.min_lr
+    )
     audio, audio_len, noisy, noisy_len = synthetic_batch()
     times = []
     for step in range(warmup + steps):
         start = time.perf_counter()
         log_probs, encoded_len, masks, tokens = model.forward(
-            input_signal=audio, input_signal_length=audio_len, noisy_input_signal=noisy,
-            noisy_input_signal_length=noisy_len, apply_mask=True,
+            input_signal=audio,
+            input_signal_length=audio_len,
+            noisy_input_signal=noisy,
+            noisy_input_signal_length=noisy_len,
+            apply_mask=True,
         )
         loss = model.loss(masks=masks, decoder_outputs=log_probs, targets=tokens, decoder_lengths=encoded_len)
         optimizer.zero_grad(set_to_none=True)
@@ -482,14 +613,21 @@ def time_nemo_training_step(steps: int = 6, warmup: int = 1) -> dict:
 def versions() -> dict[str, str]:
     import nemo
 
-    return {"nemo": nemo.__version__, "torch": torch.__version__, "numpy": np.__version__, "python": sys.version.split()[0]}
+    return {
+        "nemo": nemo.__version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "python": sys.version.split()[0],
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=REPO / "tests/fixtures/nemo_reference")
     parser.add_argument(
-        "--only", nargs="*", default=None,
+        "--only",
+        nargs="*",
+        default=None,
         help="case names, 'sizes', 'noam' (default: all of them); 'crosscheck' (checkpoints both ways) or "
         "'nemo-step' (NeMo's training step time, for docs/BENCHMARKS.md) only print",
     )

@@ -11,7 +11,9 @@ from nestkit.commands.common import console
 
 
 def export_nemo(
-    checkpoint: Path = typer.Argument(..., help="nestkit Lightning checkpoint (RUN_DIR/checkpoints/last.ckpt).", show_default=False),
+    checkpoint: Path = typer.Argument(
+        ..., help="nestkit Lightning checkpoint (RUN_DIR/checkpoints/last.ckpt).", show_default=False
+    ),
     output: Path = typer.Option(..., "--output", "-o", help="Where to write the state_dict (.pt).", show_default=False),
 ) -> None:
     """Write the encoder/decoder/quantizer weights under NeMo's key names.

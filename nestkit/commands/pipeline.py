@@ -4,22 +4,23 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
 import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from nestkit.commands.common import console
-from nestkit.commands.common import err_console
-from nestkit.commands.common import is_interactive
-from nestkit.commands.common import print_notes
+from nestkit.commands.common import console, err_console, is_interactive, print_notes
 
 
 def pipeline(
-    config: Path = typer.Argument(..., help="Training config (NeMo's nest_fast-conformer.yaml layout or a short native one).", show_default=False),
-    overrides: Optional[List[str]] = typer.Argument(None, help="dotted.key=value overrides, e.g. model.train_ds.batch_size=4.", show_default=False),
+    config: Path = typer.Argument(
+        ..., help="Training config (NeMo's nest_fast-conformer.yaml layout or a short native one).", show_default=False
+    ),
+    overrides: Optional[list[str]] = typer.Argument(
+        None, help="dotted.key=value overrides, e.g. model.train_ds.batch_size=4.", show_default=False
+    ),
     split: str = typer.Option("train", help="train or validation."),
     epoch: int = typer.Option(0, help="Epoch whose plan to run."),
     rank: int = typer.Option(0, help="Rank whose batches to build."),
@@ -78,7 +79,10 @@ def pipeline(
         f"({rate:,.0f} audio-s/s, {num_workers} worker{'s' if num_workers != 1 else ''})",
     )
     modes = ", ".join(f"{m} {stats.modes[m]}" for m in ("skip", "noise", "speech"))
-    fallback_text = {"white": "white noise after failed noise files: {}", "none": "no noise manifest: {} noise mix(es) added nothing"}
+    fallback_text = {
+        "white": "white noise after failed noise files: {}",
+        "none": "no noise manifest: {} noise mix(es) added nothing",
+    }
     fallbacks = "; ".join(fallback_text[k].format(v) for k, v in stats.noise_fallbacks.items()) or "no noise fallback"
     table.add_row("augment", f"{modes} ({fallbacks})")
     if stats.failures:

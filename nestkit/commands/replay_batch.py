@@ -5,31 +5,42 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
-from nestkit.commands.common import console
-from nestkit.commands.common import print_notes
-from nestkit.commands.render import match_text
-from nestkit.commands.render import short_path
+from nestkit.commands.common import console, print_notes
+from nestkit.commands.render import match_text, short_path
 
 
 def replay_batch(
     batch: Optional[int] = typer.Argument(None, help="Batch index within --epoch (or use --step).", show_default=False),
     config: Path = typer.Option(..., "--config", help="The training config.", show_default=False),
-    overrides: Optional[List[str]] = typer.Option(None, "--set", help="dotted.key=value override (repeatable)."),
+    overrides: Optional[list[str]] = typer.Option(None, "--set", help="dotted.key=value override (repeatable)."),
     step: Optional[int] = typer.Option(None, help="Training step instead of BATCH/--epoch."),
     rank: int = typer.Option(0, help="Rank whose batch to rebuild."),
-    world_size: Optional[int] = typer.Option(None, help="Ranks in the run (default: the run folder's logs, else the config)."),
+    world_size: Optional[int] = typer.Option(
+        None, help="Ranks in the run (default: the run folder's logs, else the config)."
+    ),
     epoch: int = typer.Option(0, help="Epoch of BATCH."),
-    run_dir: Optional[Path] = typer.Option(None, help="Run folder whose logged fingerprint to compare with (default: the config's)."),
-    timeout: float = typer.Option(10.0, help="Seconds each sample may take to load; a slower one is reported as timeout (raise it for slow storage)."),
-    forward: bool = typer.Option(False, "--forward", help="Also run the training step on it: loss, and the first module with NaN/Inf."),
-    checkpoint: Optional[Path] = typer.Option(None, help="Weights for --forward (a nestkit or NeMo checkpoint); default: freshly initialised."),
-    repro_dir: Path = typer.Option(Path("nestkit-repro"), help="Where a repro folder is written for each sample that fails."),
+    run_dir: Optional[Path] = typer.Option(
+        None, help="Run folder whose logged fingerprint to compare with (default: the config's)."
+    ),
+    timeout: float = typer.Option(
+        10.0,
+        help="Seconds each sample may take to load; a slower one is reported as timeout (raise it for slow storage).",
+    ),
+    forward: bool = typer.Option(
+        False, "--forward", help="Also run the training step on it: loss, and the first module with NaN/Inf."
+    ),
+    checkpoint: Optional[Path] = typer.Option(
+        None, help="Weights for --forward (a nestkit or NeMo checkpoint); default: freshly initialised."
+    ),
+    repro_dir: Path = typer.Option(
+        Path("nestkit-repro"), help="Where a repro folder is written for each sample that fails."
+    ),
     output_format: str = typer.Option("table", "--format", help="table or json."),
 ) -> None:
     """Rebuild batch N of a rank exactly as training built it, in this process, and time each sample.
@@ -63,8 +74,10 @@ def replay_batch(
 
 
 def _render(report) -> None:
-    console.print(f"[bold]replay of batch {report.position.batch}, rank {report.rank}[/] (epoch {report.position.epoch}, "
-                  f"world size {report.world_size})")
+    console.print(
+        f"[bold]replay of batch {report.position.batch}, rank {report.rank}[/] (epoch {report.position.epoch}, "
+        f"world size {report.world_size})"
+    )
     table = Table(box=None, pad_edge=False, show_edge=False)
     for column in ("#", "cut", "manifest:line", "path", "load ms", "status"):
         table.add_column(column, overflow="fold")
@@ -74,7 +87,9 @@ def _render(report) -> None:
             status = "[green]ok[/]"
         else:
             status = f"[red]{escape(s.status)}[/]" + (f" -> replaced by {escape(s.used_cut)}" if s.used_cut else "")
-        table.add_row(str(s.slot), escape(s.planned_cut), escape(where), escape(short_path(s.path)), f"{s.load_ms:.1f}", status)
+        table.add_row(
+            str(s.slot), escape(s.planned_cut), escape(where), escape(short_path(s.path)), f"{s.load_ms:.1f}", status
+        )
     console.print(table)
     for s in report.failed:
         console.print(f"  [red]{escape(s.planned_cut)}[/]: {escape(s.reason or '')}")
@@ -94,8 +109,10 @@ def _render(report) -> None:
             line += f"; weights from {escape(f.checkpoint)} (global step {f.checkpoint_step})"
         console.print(line)
         if f.checkpoint_step is not None and f.checkpoint_step != f.step:
-            console.print(f"  [dim]step {f.step} was trained with the weights of global step {f.step}; these are from step "
-                          f"{f.checkpoint_step}, so the loss differs. A checkpoint saved at global step {f.step} reproduces it exactly.[/]")
+            console.print(
+                f"  [dim]step {f.step} was trained with the weights of global step {f.step}; these are from step "
+                f"{f.checkpoint_step}, so the loss differs. A checkpoint saved at global step {f.step} reproduces it exactly.[/]"
+            )
         elif f.checkpoint is None:
             console.print("  [dim]freshly initialised weights (pass --checkpoint for the run's)[/]")
         if f.nonfinite:

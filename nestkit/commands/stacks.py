@@ -17,8 +17,14 @@ from nestkit.commands.common import console
 def stacks(
     run_dir: Path = typer.Argument(..., help="The run folder (exp_manager.exp_dir/name).", show_default=False),
     output_format: str = typer.Option("table", "--format", help="table, text or json."),
-    incident: Optional[int] = typer.Option(None, help="Stall incident number (the folder stall/N under the run folder; default: the latest)."),
-    dump: bool = typer.Option(False, "--dump", help="Ask a running job for fresh stacks first: every rank's watchdog dumps within a poll interval (the job is not stopped)."),
+    incident: Optional[int] = typer.Option(
+        None, help="Stall incident number (the folder stall/N under the run folder; default: the latest)."
+    ),
+    dump: bool = typer.Option(
+        False,
+        "--dump",
+        help="Ask a running job for fresh stacks first: every rank's watchdog dumps within a poll interval (the job is not stopped).",
+    ),
     wait: float = typer.Option(20.0, help="With --dump: seconds to wait for the ranks' dumps."),
 ) -> None:
     """One report of what every rank and DataLoader worker was doing, with a verdict.
@@ -26,8 +32,8 @@ def stacks(
     Phase, step, batch, the file each worker reads, where each process is stuck (from the watchdog's stack dumps), and a verdict: data stall,
     collective mismatch, compute stall, slow, healthy.
     """
-    from nestkit.monitor.stall_report import build_report, render_text
     from nestkit.core.errors import NestkitError
+    from nestkit.monitor.stall_report import build_report, render_text
 
     if output_format not in ("table", "text", "json"):
         raise typer.BadParameter(f"--format: expected table, text or json, got {output_format!r}")
@@ -45,21 +51,28 @@ def stacks(
 
 
 def _request_dump(run_dir: Path, wait: float) -> int:
+    from nestkit.core.errors import NestkitError
     from nestkit.runfolder.heartbeats import read_heartbeats
     from nestkit.runfolder.incidents import open_incident
-    from nestkit.core.errors import NestkitError
 
     beats = read_heartbeats(run_dir)
     if not beats:
         raise NestkitError(f"run {run_dir}: no heartbeats (expected heartbeat/rank<R>.json): nothing to ask for stacks")
     world = max(b.get("world_size", 1) for b in beats.values())
-    request = {"kind": "manual", "rank": None, "reason": "stacks requested by `nestkit stacks --dump`", "time": time.time()}
+    request = {
+        "kind": "manual",
+        "rank": None,
+        "reason": "stacks requested by `nestkit stacks --dump`",
+        "time": time.time(),
+    }
     found, _ = open_incident(run_dir, request)
     dumped = found.wait_for_dumps(world, wait)
     if len(dumped) < world:
         missing = sorted(set(range(world)) - set(dumped))
-        console.print(f"[yellow]note:[/] no dump from rank(s) {', '.join(map(str, missing))} within {wait:g} s "
-                      "(finished, dead, or its watchdog thread cannot run)")
+        console.print(
+            f"[yellow]note:[/] no dump from rank(s) {', '.join(map(str, missing))} within {wait:g} s "
+            "(finished, dead, or its watchdog thread cannot run)"
+        )
     return found.number
 
 
@@ -88,8 +101,16 @@ def _print_tables(report) -> None:
         elif r.data_end:
             waiting = f"nothing: data ended after batch {(r.data_end.get('after') or {}).get('batch')}"
         batch = f"{r.position['epoch']}/{r.position['batch']}" if r.position else "-"
-        ranks.add_row(str(r.rank), r.status, r.phase or "-", _seconds(r.phase_seconds), str(r.step), batch,
-                      escape(waiting), escape(r.frame or (r.error if r.status == "failed" else None) or "-"))
+        ranks.add_row(
+            str(r.rank),
+            r.status,
+            r.phase or "-",
+            _seconds(r.phase_seconds),
+            str(r.step),
+            batch,
+            escape(waiting),
+            escape(r.frame or (r.error if r.status == "failed" else None) or "-"),
+        )
     console.print(ranks)
     loaders = Table(title="data loading processes", title_justify="left")
     for column in ("rank", "process", "state", "for", "batch", "reading", "where"):
@@ -102,12 +123,19 @@ def _print_tables(report) -> None:
                 reading = f"{short_path(w.path)} (cut {w.cut_id}{manifest})"
             stuck = w.state != "idle" and (w.seconds or 0) > 5
             loaders.add_row(
-                str(r.rank), f"{w.name} ({w.pid})", f"[bold red]{w.state}[/]" if stuck else str(w.state),
-                _seconds(w.seconds), str(w.batch["batch"]) if w.batch else "-", escape(reading), escape(w.frame or "-"),
+                str(r.rank),
+                f"{w.name} ({w.pid})",
+                f"[bold red]{w.state}[/]" if stuck else str(w.state),
+                _seconds(w.seconds),
+                str(w.batch["batch"]) if w.batch else "-",
+                escape(reading),
+                escape(w.frame or "-"),
             )
     if loaders.row_count:
         console.print(loaders)
     if report.incident is not None:
-        console.print(f"stacks: {escape(short_path(str(Path(report.run_dir) / 'stall' / str(report.incident))))}/rank<R>/threads.txt, worker<W>.txt")
+        console.print(
+            f"stacks: {escape(short_path(str(Path(report.run_dir) / 'stall' / str(report.incident))))}/rank<R>/threads.txt, worker<W>.txt"
+        )
     color = {"healthy": "green", "finished": "green", "slow": "yellow"}.get(report.verdict.kind, "red")
     console.print(f"[bold {color}]verdict:[/] {escape(report.verdict.sentence)}")

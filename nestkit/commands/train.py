@@ -3,21 +3,31 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
 import typer
 from rich.markup import escape
 
-from nestkit.commands.common import console
-from nestkit.commands.common import is_interactive
-from nestkit.commands.common import print_notes
+from nestkit.commands.common import console, is_interactive, print_notes
 
 
 def train(
-    config: Path = typer.Argument(..., help="NeMo's nest_fast-conformer.yaml (manifest paths filled in) or a short native config.", show_default=False),
-    overrides: Optional[List[str]] = typer.Argument(None, help="dotted.key=value overrides, e.g. trainer.max_steps=1000.", show_default=False),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in the run folder from its last checkpoint: same step, same data position."),
-    resume_from: Optional[Path] = typer.Option(None, "--resume-from", help="Continue from this checkpoint instead of the run folder's last.ckpt."),
+    config: Path = typer.Argument(
+        ...,
+        help="NeMo's nest_fast-conformer.yaml (manifest paths filled in) or a short native config.",
+        show_default=False,
+    ),
+    overrides: Optional[list[str]] = typer.Argument(
+        None, help="dotted.key=value overrides, e.g. trainer.max_steps=1000.", show_default=False
+    ),
+    resume: bool = typer.Option(
+        False,
+        "--resume",
+        help="Continue the run in the run folder from its last checkpoint: same step, same data position.",
+    ),
+    resume_from: Optional[Path] = typer.Option(
+        None, "--resume-from", help="Continue from this checkpoint instead of the run folder's last.ckpt."
+    ),
 ) -> None:
     """Train the NEST model (Lightning; DDP over trainer.devices / num_nodes, torchrun or SLURM).
 
@@ -36,7 +46,12 @@ def train(
         console.print(f"run folder [bold]{escape(str(cfg.run_dir))}[/]")
     notify = print_notes if _is_rank_zero() else (lambda notes: None)
     plan = run_training(
-        cfg, resume=str(resume_from) if resume_from else resume, interactive=is_interactive(), notify=lambda n: notify([n])
+        cfg,
+        resume=str(resume_from) if resume_from else resume,
+        interactive=is_interactive(),
+        notify=lambda n: notify([n]),
     )
     if _is_rank_zero():
-        console.print(f"done: checkpoints in {escape(str(plan.run_dir / 'checkpoints'))}, per-step batch log in {escape(str(plan.run_dir / 'batches'))}")
+        console.print(
+            f"done: checkpoints in {escape(str(plan.run_dir / 'checkpoints'))}, per-step batch log in {escape(str(plan.run_dir / 'batches'))}"
+        )

@@ -10,9 +10,7 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
-from nestkit.commands.common import console
-from nestkit.commands.common import err_console
-from nestkit.commands.common import is_interactive
+from nestkit.commands.common import console, err_console, is_interactive
 
 # Defaults, spelled out here so `--help` stays cheap (the library imports lhotse); a test checks
 # they equal the library's (CheckSettings, ValidateOptions, DatasetConfig).
@@ -44,9 +42,7 @@ def _usage_error(message: str) -> typer.Exit:
 def _check_readable(path: Path, what: str) -> None:
     if not path.exists():
         got = "a broken symbolic link or a link loop" if path.is_symlink() else "nothing"
-        raise _usage_error(
-            f"{what} {path}: no such file (expected a JSON-lines manifest, got {got}). Check the path"
-        )
+        raise _usage_error(f"{what} {path}: no such file (expected a JSON-lines manifest, got {got}). Check the path")
     if not path.is_file():
         raise _usage_error(
             f"{what} {path}: not a regular file (expected a JSON-lines manifest, got a "
@@ -66,16 +62,14 @@ def validate_manifest(
         None,
         metavar="MANIFEST...",
         show_default=False,
-        help="NeMo JSON-lines or lhotse CutSet manifests (.json, .jsonl, .jsonl.gz) of training or "
-        "validation audio.",
+        help="NeMo JSON-lines or lhotse CutSet manifests (.json, .jsonl, .jsonl.gz) of training or validation audio.",
     ),
     noise: list[Path] | None = typer.Option(
         None,
         "--noise",
         metavar="NOISE",
         show_default=False,
-        help="A noise manifest, checked with the noise rules too (a silent noise is an error). "
-        "Repeat for several.",
+        help="A noise manifest, checked with the noise rules too (a silent noise is an error). Repeat for several.",
     ),
     decode: bool = typer.Option(
         True,
@@ -96,9 +90,7 @@ def validate_manifest(
         None, "--output", "-o", show_default=False, help="Write the report to this file instead of stdout."
     ),
     strict: bool = typer.Option(False, "--strict", help="Exit 1 on warnings too, not only on errors."),
-    jobs: int = typer.Option(
-        0, "--jobs", "-j", min=0, help="Worker processes; 0 means one per available core."
-    ),
+    jobs: int = typer.Option(0, "--jobs", "-j", min=0, help="Worker processes; 0 means one per available core."),
     timeout: float = typer.Option(
         _TIMEOUT_S,
         "--timeout",
@@ -123,15 +115,13 @@ def validate_manifest(
         _MIN_DURATION_S,
         "--min-duration",
         min=0.0,
-        help="Shorter lines are `too_short` (training's default min_duration; it leaves them out). "
-        "0 turns it off.",
+        help="Shorter lines are `too_short` (training's default min_duration; it leaves them out). 0 turns it off.",
     ),
     max_duration: float = typer.Option(
         _MAX_DURATION_S,
         "--max-duration",
         min=0.0,
-        help="Longer lines are `too_long` (training's default max_duration; it leaves them out). "
-        "0 turns it off.",
+        help="Longer lines are `too_long` (training's default max_duration; it leaves them out). 0 turns it off.",
     ),
     clip_level: float = typer.Option(
         _CLIP_LEVEL,
@@ -149,8 +139,7 @@ def validate_manifest(
     noise_silence_db: float = typer.Option(
         _NOISE_SILENCE_DB,
         "--noise-silence-db",
-        help="A noise segment with RMS at or below this (dBFS) is `silent_noise` "
-        "(training's noise_silence_db).",
+        help="A noise segment with RMS at or below this (dBFS) is `silent_noise` (training's noise_silence_db).",
     ),
     write_clean: Path | None = typer.Option(
         None,
@@ -206,8 +195,8 @@ def validate_manifest(
             except ValueError as exc:
                 raise _usage_error(f"{option} {exc}") from None
 
-    from nestkit.validate.validator import ValidateOptions
     from nestkit.validate.audio import CheckSettings
+    from nestkit.validate.validator import ValidateOptions
 
     options = ValidateOptions(
         checks=CheckSettings(
@@ -247,20 +236,17 @@ def _check_writable(path: Path, option: str) -> None:
         folder = folder.parent
     if not folder.is_dir():
         raise _usage_error(
-            f"{option} {path}: cannot be created (expected a folder at {folder}, got a file). "
-            f"Choose another path"
+            f"{option} {path}: cannot be created (expected a folder at {folder}, got a file). Choose another path"
         )
     if option == "--output" and path.is_dir():
         raise _usage_error(
-            f"{option} {path}: is a folder (expected a file to write the report to, got a folder). "
-            f"Name a file"
+            f"{option} {path}: is a folder (expected a file to write the report to, got a folder). Name a file"
         )
 
 
 def _output_error(option: str, path, exc: OSError) -> typer.Exit:
     return _usage_error(
-        f"{option} {path}: cannot be written (expected a writable file, got {exc.strerror or exc}). "
-        f"Choose another path"
+        f"{option} {path}: cannot be written (expected a writable file, got {exc.strerror or exc}). Choose another path"
     )
 
 
@@ -286,10 +272,7 @@ def _render(report, output_format: str, output: Path | None, strict: bool) -> No
     from nestkit.validate.report import RENDERERS, summary_line
 
     table_on_terminal = (
-        output_format == "table"
-        and output is None
-        and console.is_terminal
-        and len(report.findings) <= _TABLE_ROWS_MAX
+        output_format == "table" and output is None and console.is_terminal and len(report.findings) <= _TABLE_ROWS_MAX
     )
     if table_on_terminal:
         _print_table(report, strict)

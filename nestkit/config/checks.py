@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from nestkit.config.schema import DatasetConfig, NestConfig
 
+
 def _check_dataset(ds: DatasetConfig, where: str, problems: list[str]) -> None:
     if not ds.manifest_filepath:
         problems.append(f"{where}.manifest_filepath: required (expected a path or a list of paths, got nothing)")
@@ -54,9 +55,7 @@ def _check_dataset(ds: DatasetConfig, where: str, problems: list[str]) -> None:
                 problems.append(f"{a}: {low} must not exceed {high} (got {getattr(aug, low)} > {getattr(aug, high)})")
         for low, high in (("min_num_segments", "max_num_segments"), ("min_num_speakers", "max_num_speakers")):
             if not 1 <= getattr(aug, low) <= getattr(aug, high):
-                problems.append(
-                    f"{a}: need 1 <= {low} <= {high} (got {getattr(aug, low)}, {getattr(aug, high)})"
-                )
+                problems.append(f"{a}: need 1 <= {low} <= {high} (got {getattr(aug, low)}, {getattr(aug, high)})")
 
 
 def check(cfg: NestConfig, problems: list[str]) -> None:
@@ -93,14 +92,20 @@ def _check_encoder(cfg: NestConfig, problems: list[str]) -> None:
     m = cfg.model
     enc = m.encoder
     if enc.subsampling_factor not in (2, 4, 8, 16, 32):
-        problems.append(f"model.encoder.subsampling_factor: must be a power of 2 from 2 to 32 (got {enc.subsampling_factor})")
+        problems.append(
+            f"model.encoder.subsampling_factor: must be a power of 2 from 2 to 32 (got {enc.subsampling_factor})"
+        )
     if enc.d_model % enc.n_heads:
         problems.append(f"model.encoder: d_model must be divisible by n_heads (got {enc.d_model} and {enc.n_heads})")
     if enc.d_model % 2:
-        problems.append(f"model.encoder.d_model: must be even (position encodings come in sin/cos pairs; got {enc.d_model})")
+        problems.append(
+            f"model.encoder.d_model: must be even (position encodings come in sin/cos pairs; got {enc.d_model})"
+        )
     chunking = enc.subsampling_conv_chunking_factor
     if chunking not in (-1, 1) and (chunking < 2 or chunking & (chunking - 1)):
-        problems.append(f"model.encoder.subsampling_conv_chunking_factor: unsupported (expected -1, 1 or a power of 2, got {chunking})")
+        problems.append(
+            f"model.encoder.subsampling_conv_chunking_factor: unsupported (expected -1, 1 or a power of 2, got {chunking})"
+        )
     if enc.conv_kernel_size % 2 == 0 and enc.conv_context_size is None:
         problems.append(f"model.encoder.conv_kernel_size: must be odd (got {enc.conv_kernel_size})")
     if enc.att_context_size not in (None, [-1, -1]):
@@ -120,10 +125,14 @@ def _check_preprocessor(cfg: NestConfig, problems: list[str]) -> None:
     pre = m.preprocessor
     for seconds, samples in (("window_size", "n_window_size"), ("window_stride", "n_window_stride")):
         if getattr(pre, seconds) is None and not getattr(pre, samples):
-            problems.append(f"model.preprocessor.{seconds}: required when {samples} is not set (expected seconds, got null)")
+            problems.append(
+                f"model.preprocessor.{seconds}: required when {samples} is not set (expected seconds, got null)"
+            )
     window = pre.n_window_size or int((pre.window_size or 0) * m.sample_rate)
     if pre.n_fft is not None and window and pre.n_fft < window:
-        problems.append(f"model.preprocessor.n_fft: shorter than the window (expected at least {window} samples, got {pre.n_fft})")
+        problems.append(
+            f"model.preprocessor.n_fft: shorter than the window (expected at least {window} samples, got {pre.n_fft})"
+        )
 
 
 def _check_heads(cfg: NestConfig, problems: list[str]) -> None:
@@ -132,7 +141,9 @@ def _check_heads(cfg: NestConfig, problems: list[str]) -> None:
     enc = m.encoder
     enc_out = enc.feat_out if enc.feat_out > 0 else enc.d_model
     if m.decoder.feat_in != enc_out:
-        problems.append(f"model.decoder.feat_in: must equal the encoder's output size (expected {enc_out}, got {m.decoder.feat_in})")
+        problems.append(
+            f"model.decoder.feat_in: must equal the encoder's output size (expected {enc_out}, got {m.decoder.feat_in})"
+        )
     expected_feat = m.preprocessor.features if m.mask_position == "pre_conv" else enc.d_model
     if m.masking.feat_in != expected_feat:
         problems.append(
@@ -141,17 +152,27 @@ def _check_heads(cfg: NestConfig, problems: list[str]) -> None:
         )
     q = m.quantizer
     if q.feat_in != expected_feat:
-        problems.append(f"model.quantizer.feat_in: must match mask_position={m.mask_position} (expected {expected_feat}, got {q.feat_in})")
+        problems.append(
+            f"model.quantizer.feat_in: must match mask_position={m.mask_position} (expected {expected_feat}, got {q.feat_in})"
+        )
     if q.time_ahead:
-        problems.append("model.quantizer.time_ahead: not supported by the NEST model (expected false: the model gives "
-                        "the quantizer (B, D, T) features; got true)")
+        problems.append(
+            "model.quantizer.time_ahead: not supported by the NEST model (expected false: the model gives "
+            "the quantizer (B, D, T) features; got true)"
+        )
     for name, expected in (("num_classes", m.num_classes), ("num_books", m.num_books)):
         if getattr(q, name) != expected:
-            problems.append(f"model.quantizer.{name}: must equal model.{name} (expected {expected}, got {getattr(q, name)})")
+            problems.append(
+                f"model.quantizer.{name}: must equal model.{name} (expected {expected}, got {getattr(q, name)})"
+            )
     if m.decoder.num_classes != q.num_classes:
-        problems.append(f"model.decoder.num_classes: must equal the quantizer's (expected {q.num_classes}, got {m.decoder.num_classes})")
+        problems.append(
+            f"model.decoder.num_classes: must equal the quantizer's (expected {q.num_classes}, got {m.decoder.num_classes})"
+        )
     if m.decoder.num_decoders != q.num_books:
-        problems.append(f"model.decoder.num_decoders: must equal the number of codebooks (expected {q.num_books}, got {m.decoder.num_decoders})")
+        problems.append(
+            f"model.decoder.num_decoders: must equal the number of codebooks (expected {q.num_books}, got {m.decoder.num_decoders})"
+        )
     if m.loss.combine_time_steps != q.combine_time_steps:
         problems.append(
             f"model.loss.combine_time_steps: must equal model.quantizer.combine_time_steps "
@@ -175,7 +196,9 @@ def _check_optim(cfg: NestConfig, problems: list[str]) -> None:
 def _check_trainer(cfg: NestConfig, problems: list[str]) -> None:
     t = cfg.trainer
     if t.max_steps <= 0 and t.max_epochs <= 0:
-        problems.append(f"trainer: set max_steps or max_epochs (got max_steps={t.max_steps}, max_epochs={t.max_epochs})")
+        problems.append(
+            f"trainer: set max_steps or max_epochs (got max_steps={t.max_steps}, max_epochs={t.max_epochs})"
+        )
     if t.accumulate_grad_batches < 1:
         problems.append(f"trainer.accumulate_grad_batches: must be at least 1 (got {t.accumulate_grad_batches})")
     inits = [n for n in ("init_from", "init_from_nemo_model", "init_from_ptl_ckpt") if getattr(cfg, n)]
@@ -187,11 +210,20 @@ def _check_nestkit(cfg: NestConfig, problems: list[str]) -> None:
     w = cfg.nestkit.watchdog
     if w.stall_timeout_s is not None and w.stall_timeout_s <= 0:
         problems.append(f"nestkit.watchdog.stall_timeout_s: must be positive seconds or null (got {w.stall_timeout_s})")
-    for name in ("min_stall_timeout_s", "first_step_timeout_s", "slow_phase_timeout_s", "slow_data_timeout_s", "poll_interval_s",
-                 "heartbeat_interval_s", "stall_factor"):
+    for name in (
+        "min_stall_timeout_s",
+        "first_step_timeout_s",
+        "slow_phase_timeout_s",
+        "slow_data_timeout_s",
+        "poll_interval_s",
+        "heartbeat_interval_s",
+        "stall_factor",
+    ):
         if getattr(w, name) <= 0:
             problems.append(f"nestkit.watchdog.{name}: must be positive (got {getattr(w, name)})")
     if w.dump_grace_s < 0:
         problems.append(f"nestkit.watchdog.dump_grace_s: must not be negative seconds (got {w.dump_grace_s})")
     if cfg.nestkit.dataloader_timeout_s < 0:
-        problems.append(f"nestkit.dataloader_timeout_s: must be >= 0 seconds, 0 = unbounded (got {cfg.nestkit.dataloader_timeout_s})")
+        problems.append(
+            f"nestkit.dataloader_timeout_s: must be >= 0 seconds, 0 = unbounded (got {cfg.nestkit.dataloader_timeout_s})"
+        )

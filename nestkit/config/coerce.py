@@ -14,6 +14,7 @@ from typing import Any, Literal, Union
 
 from nestkit.config.schema import TARGETS, NestConfig
 
+
 def _check_target(cls: type, target: Any, where: str, problems: list[str]) -> None:
     allowed = TARGETS.get(cls)
     if allowed is None:
@@ -123,8 +124,7 @@ def build(cls: type, data: dict, where: str, problems: list[str]) -> Any:
             close = difflib.get_close_matches(str(key), list(fields), n=1)
             hint = f"did you mean '{close[0]}'? " if close else ""
             problems.append(
-                f"{here}: unknown key. {hint}Valid keys under {where or 'the top level'}: "
-                f"{', '.join(sorted(fields))}"
+                f"{here}: unknown key. {hint}Valid keys under {where or 'the top level'}: {', '.join(sorted(fields))}"
             )
             continue
         if value == "???":

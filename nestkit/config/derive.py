@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from nestkit.config.schema import NestConfig
 
+
 def derive(cfg: NestConfig) -> None:
     m = cfg.model
     enc = m.encoder

@@ -19,6 +19,7 @@ from nestkit.config.derive import derive
 from nestkit.config.schema import NestConfig
 from nestkit.core.errors import ConfigError
 
+
 def _resolve_paths(data: Any, cls: type, base: Path) -> None:
     """Make relative path fields in `data` (a plain dict for `cls`) absolute against `base`."""
     if not isinstance(data, dict) or not dataclasses.is_dataclass(cls):
@@ -105,8 +106,10 @@ def load_config(path: str | os.PathLike, overrides: list[str] = ()) -> LoadedCon
         merged = OmegaConf.merge(merged, OmegaConf.create(override_data))
         data = OmegaConf.to_container(merged, resolve=True)
     except yaml.YAMLError as exc:
-        raise ConfigError([f"an override is not valid YAML: {str(exc).splitlines()[0]}. Quote the value, "
-                           "e.g. key='[1, 2]'"], str(path)) from None
+        raise ConfigError(
+            [f"an override is not valid YAML: {str(exc).splitlines()[0]}. Quote the value, e.g. key='[1, 2]'"],
+            str(path),
+        ) from None
     except OmegaConfBaseException as exc:
         raise ConfigError([f"cannot resolve config: {exc}".splitlines()[0]], str(path)) from None
     return config_from_dict(data, source=str(path))

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
+
 def _inert(default: Any, why: str, must_keep_default: bool = False) -> Any:
     """A NeMo key that nestkit accepts for compatibility but that has no effect here.
 
@@ -310,7 +311,9 @@ class TrainerConfig:
     log_every_n_steps: int = 10
     enable_progress_bar: bool = True
     num_sanity_val_steps: int = 0
-    check_val_every_n_epoch: Optional[int] = _inert(1, "training is step-based: validation runs every val_check_interval steps")
+    check_val_every_n_epoch: Optional[int] = _inert(
+        1, "training is step-based: validation runs every val_check_interval steps"
+    )
     sync_batchnorm: bool = True
     enable_checkpointing: bool = False  # nestkit's checkpointing is configured in exp_manager
     logger: bool = False  # loggers are configured in exp_manager
@@ -328,7 +331,9 @@ class CheckpointConfig:
     save_top_k: int = 1
     save_last: bool = True
     every_n_train_steps: Optional[int] = 1000
-    keep_periodic: int = 3  # every-N-steps checkpoints kept (the newest); -1 keeps all (replay-batch --forward uses them)
+    keep_periodic: int = (
+        3  # every-N-steps checkpoints kept (the newest); -1 keeps all (replay-batch --forward uses them)
+    )
     filename: Optional[str] = None
     always_save_nemo: bool = _inert(True, "nestkit writes Lightning checkpoints; see `nestkit export-nemo`")
     save_nemo_on_train_end: bool = _inert(True, "see `nestkit export-nemo`")

@@ -79,22 +79,30 @@ def check_path(path: str) -> os.stat_result:
         st = os.stat(path)
     except FileNotFoundError:
         if os.path.islink(path):
-            raise AudioLoadError("broken_symlink", path, f"broken symbolic link (points to {os.readlink(path)!r})",
-                                 "Fix the link or the manifest path") from None
+            raise AudioLoadError(
+                "broken_symlink",
+                path,
+                f"broken symbolic link (points to {os.readlink(path)!r})",
+                "Fix the link or the manifest path",
+            ) from None
         raise AudioLoadError("missing", path, "no such file", "Fix the manifest path or restore the file") from None
     except ValueError:  # a NUL character: no file can have that name, and os.stat refuses to ask
-        raise AudioLoadError("missing", path, "no such file (a path with a NUL character)",
-                             "Fix the manifest path") from None
+        raise AudioLoadError(
+            "missing", path, "no such file (a path with a NUL character)", "Fix the manifest path"
+        ) from None
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise AudioLoadError("symlink_loop", path, "symbolic link loop", "Fix the link") from None
         if exc.errno in _NO_FILE_ERRNOS:
-            raise AudioLoadError("missing", path, f"no such file ({_NO_FILE_ERRNOS[exc.errno]})",
-                                 "Fix the manifest path") from None
+            raise AudioLoadError(
+                "missing", path, f"no such file ({_NO_FILE_ERRNOS[exc.errno]})", "Fix the manifest path"
+            ) from None
         raise AudioLoadError("unreadable", path, f"cannot stat ({exc.strerror})") from None
     if not stat.S_ISREG(st.st_mode):
         raise AudioLoadError(
-            "not_regular_file", path, f"not a regular file (expected an audio file, got {file_kind(st.st_mode)})",
+            "not_regular_file",
+            path,
+            f"not a regular file (expected an audio file, got {file_kind(st.st_mode)})",
             "It was not opened: a FIFO or device would block the reader",
         )
     if not os.access(path, os.R_OK):
@@ -107,10 +115,18 @@ def _open(path: str) -> sf.SoundFile:
         return sf.SoundFile(path)
     except sf.LibsndfileError as exc:
         if _zero_bytes(path):
-            raise AudioLoadError("empty", path, "the file is empty (expected audio data, got 0 bytes)",
-                                 "Re-copy the file or remove it from the manifest") from None
-        raise AudioLoadError("not_audio", path, f"not readable as audio ({exc.error_string})",
-                             "Re-encode it as WAV/FLAC or remove it from the manifest") from None
+            raise AudioLoadError(
+                "empty",
+                path,
+                "the file is empty (expected audio data, got 0 bytes)",
+                "Re-copy the file or remove it from the manifest",
+            ) from None
+        raise AudioLoadError(
+            "not_audio",
+            path,
+            f"not readable as audio ({exc.error_string})",
+            "Re-encode it as WAV/FLAC or remove it from the manifest",
+        ) from None
     except (RuntimeError, TypeError) as exc:
         raise AudioLoadError("not_audio", path, f"not readable as audio ({exc})") from None
     except OSError as exc:
@@ -151,19 +167,31 @@ def check_samples(mono: np.ndarray, rate: int, path: str, require_signal: bool) 
     """
     high, low = float(mono.max()), float(mono.min())
     if max(high, -low) > MAX_ABS_SAMPLE:
-        raise AudioLoadError("out_of_range", path, f"float samples so far beyond full scale that their "
-                             f"energy overflows float32 (expected |x| <= {MAX_ABS_SAMPLE:g}, "
-                             f"got {max(high, -low):.3g})",
-                             "Re-encode the file with samples scaled to [-1, 1] or remove it")
+        raise AudioLoadError(
+            "out_of_range",
+            path,
+            f"float samples so far beyond full scale that their "
+            f"energy overflows float32 (expected |x| <= {MAX_ABS_SAMPLE:g}, "
+            f"got {max(high, -low):.3g})",
+            "Re-encode the file with samples scaled to [-1, 1] or remove it",
+        )
     if not require_signal:
         return
     if high == 0.0 and low == 0.0:
-        raise AudioLoadError("all_zero", path, f"every sample is zero (expected sound, got {mono.size} "
-                             "zeros)", "Remove the line: there is nothing to learn from")
+        raise AudioLoadError(
+            "all_zero",
+            path,
+            f"every sample is zero (expected sound, got {mono.size} zeros)",
+            "Remove the line: there is nothing to learn from",
+        )
     if high - low < DC_PEAK_TO_PEAK and mono.size >= DC_MIN_SECONDS * rate:
-        raise AudioLoadError("dc_only", path, f"the signal is a constant {(high + low) / 2:+.6f} "
-                             f"(expected peak-to-peak >= {DC_PEAK_TO_PEAK:g}, got {high - low:.2g})",
-                             "Remove the line: there is nothing to learn from")
+        raise AudioLoadError(
+            "dc_only",
+            path,
+            f"the signal is a constant {(high + low) / 2:+.6f} "
+            f"(expected peak-to-peak >= {DC_PEAK_TO_PEAK:g}, got {high - low:.2g})",
+            "Remove the line: there is nothing to learn from",
+        )
 
 
 def resample(samples: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
@@ -191,12 +219,14 @@ def read_audio(
     with _open(path) as f:
         sr, frames = f.samplerate, f.frames
         if frames <= 0:
-            raise AudioLoadError("empty", path, "the file has no samples (expected > 0, got 0)",
-                                 "Remove it from the manifest")
+            raise AudioLoadError(
+                "empty", path, "the file has no samples (expected > 0, got 0)", "Remove it from the manifest"
+            )
         start = int(round(offset * sr))
         if start >= frames:
             raise AudioLoadError(
-                "offset_beyond_end", path,
+                "offset_beyond_end",
+                path,
                 f"offset {offset:.3f} s is past the end of the file (expected < {frames / sr:.3f} s)",
                 "Fix the offset in the manifest",
             )
@@ -204,38 +234,49 @@ def read_audio(
         tolerance = int(DURATION_TOLERANCE_S * sr)
         if start + wanted > frames + tolerance:
             raise AudioLoadError(
-                "truncated", path,
+                "truncated",
+                path,
                 f"segment needs {(start + wanted) / sr:.3f} s but the file holds {frames / sr:.3f} s "
                 f"(offset {offset:.3f} s, duration {wanted / sr:.3f} s)",
                 "Re-measure durations with `nestkit validate-manifest --fix-durations OUT`",
             )
         if channel is not None and channel >= f.channels:  # a mono file too: the cut names a channel it lacks
-            raise AudioLoadError("not_audio", path, f"the cut reads a channel the file does not have "
-                                 f"(expected channel < {f.channels}, got {channel})",
-                                 "Fix the cut's channel or the recording")
+            raise AudioLoadError(
+                "not_audio",
+                path,
+                f"the cut reads a channel the file does not have (expected channel < {f.channels}, got {channel})",
+                "Fix the cut's channel or the recording",
+            )
         wanted = min(wanted, frames - start)
         try:
             seek_frame(f, start)
             data = f.read(wanted, dtype="float32")
         except (sf.LibsndfileError, RuntimeError) as exc:
-            raise AudioLoadError("decode_error", path, f"decoding failed (expected {wanted / sr:.3f} s of "
-                                 f"samples from {start / sr:.3f} s, got an error: {exc})",
-                                 "The file is damaged: re-encode or remove it") from None
+            raise AudioLoadError(
+                "decode_error",
+                path,
+                f"decoding failed (expected {wanted / sr:.3f} s of "
+                f"samples from {start / sr:.3f} s, got an error: {exc})",
+                "The file is damaged: re-encode or remove it",
+            ) from None
     if len(data) < wanted - tolerance:
         raise AudioLoadError(
-            "truncated", path,
-            f"decoding stopped early (expected {wanted / sr:.3f} s as the header promises, "
-            f"got {len(data) / sr:.3f} s)",
+            "truncated",
+            path,
+            f"decoding stopped early (expected {wanted / sr:.3f} s as the header promises, got {len(data) / sr:.3f} s)",
             "The file is cut short or damaged: re-encode or remove it",
         )
     if len(data) == 0:
-        raise AudioLoadError("empty", path, "the segment has no samples (expected > 0, got 0)",
-                             "Remove the line")
+        raise AudioLoadError("empty", path, "the segment has no samples (expected > 0, got 0)", "Remove the line")
     if data.ndim == 2:
         data = data[:, channel] if channel is not None else data.mean(axis=1, dtype=np.float32)
     if not math.isfinite(float(np.sum(data, dtype=np.float64))):
         first = int(np.flatnonzero(~np.isfinite(data))[0])
-        raise AudioLoadError("nan_inf", path, f"samples contain NaN or Inf (expected finite samples, got the "
-                             f"first at {offset + first / sr:.3f} s)", "Re-encode the file or remove it")
+        raise AudioLoadError(
+            "nan_inf",
+            path,
+            f"samples contain NaN or Inf (expected finite samples, got the first at {offset + first / sr:.3f} s)",
+            "Re-encode the file or remove it",
+        )
     check_samples(data, sr, path, require_signal)
     return resample(np.ascontiguousarray(data, dtype=np.float32), sr, target_sr)

@@ -19,7 +19,7 @@ the differences are deliberate:
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -44,7 +44,9 @@ def _draw_row(
     length = int(audio_len[i])
     if rng.random() >= cfg.prob:
         return {"mode": "skip"}
-    mix_rate = rng.uniform(cfg.min_mix_rate, cfg.max_mix_rate) if cfg.min_mix_rate < cfg.max_mix_rate else cfg.min_mix_rate
+    mix_rate = (
+        rng.uniform(cfg.min_mix_rate, cfg.max_mix_rate) if cfg.min_mix_rate < cfg.max_mix_rate else cfg.min_mix_rate
+    )
     mix_len = max(1, int(length * mix_rate))
     num_segments = int(rng.integers(cfg.min_num_segments, cfg.max_num_segments + 1))
     num_speakers = min(int(rng.integers(cfg.min_num_speakers, cfg.max_num_speakers + 1)), batch_size)
@@ -105,7 +107,9 @@ def augment_batch(
     overlay = np.zeros_like(audio) if out is None else out
     if cfg is None:
         return overlay, [{"mode": "skip"} for _ in range(audio.shape[0])]
-    records = [_draw_row(i, audio, audio_len, noise_source, rngs[i], cfg, overlay, cut_ids) for i in range(audio.shape[0])]
+    records = [
+        _draw_row(i, audio, audio_len, noise_source, rngs[i], cfg, overlay, cut_ids) for i in range(audio.shape[0])
+    ]
     for i, record in enumerate(records):
         if record["mode"] == "skip":
             continue

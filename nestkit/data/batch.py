@@ -75,12 +75,12 @@ class NestBatch:
 
     sample_rate: int = 16000
 
-    def _map(self, fn) -> "NestBatch":
+    def _map(self, fn) -> NestBatch:
         return dataclasses.replace(self, **{name: fn(getattr(self, name)) for name in self._TENSORS})
 
-    def pin_memory(self) -> "NestBatch":
+    def pin_memory(self) -> NestBatch:
         """Called by the DataLoader when pin_memory=True."""
         return self._map(lambda t: t.pin_memory())
 
-    def to(self, device: torch.device | str) -> "NestBatch":
+    def to(self, device: torch.device | str) -> NestBatch:
         return self._map(lambda t: t.to(device, non_blocking=True))

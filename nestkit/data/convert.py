@@ -9,22 +9,17 @@ multi-channel file becomes a MultiCut over all channels, which nestkit averages 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import soundfile as sf
 from lhotse import MultiCut, Recording
 from lhotse.audio import AudioSource
 from lhotse.serialization import SequentialJsonlWriter
 
+from nestkit.core.errors import AudioLoadError, ManifestError, NestkitError
 from nestkit.data.audio import check_path
-from nestkit.data.manifest import FORMAT_NEMO
-from nestkit.data.manifest import CutIndex
-from nestkit.data.manifest import nemo_cut
-from nestkit.data.manifest import nemo_entry
-from nestkit.core.errors import AudioLoadError
-from nestkit.core.errors import ManifestError
-from nestkit.core.errors import NestkitError
+from nestkit.data.manifest import FORMAT_NEMO, CutIndex, nemo_cut, nemo_entry
 
 
 @dataclass
@@ -41,7 +36,8 @@ def _probed_cut(entry, manifest: str, line: int, sampling_rate: int):
         raise AudioLoadError("not_audio", entry.path, f"not readable as audio ({exc})") from None
     if entry.offset + entry.duration > info.duration + 0.1:
         raise AudioLoadError(
-            "truncated", entry.path,
+            "truncated",
+            entry.path,
             f"segment ends at {entry.offset + entry.duration:.3f} s but the file holds {info.duration:.3f} s",
         )
     cut = nemo_cut(entry, manifest, line, sampling_rate)
@@ -54,8 +50,14 @@ def _probed_cut(entry, manifest: str, line: int, sampling_rate: int):
         duration=info.frames / info.samplerate,
     )
     if info.channels > 1:
-        cut = MultiCut(id=cut.id, start=cut.start, duration=cut.duration, channel=channels,
-                       recording=cut.recording, custom=cut.custom)
+        cut = MultiCut(
+            id=cut.id,
+            start=cut.start,
+            duration=cut.duration,
+            channel=channels,
+            recording=cut.recording,
+            custom=cut.custom,
+        )
     return cut
 
 
@@ -77,7 +79,11 @@ def nemo_to_lhotse(
         manifest, line = index.manifests[int(index.source[row])], int(index.line[row])
         try:
             entry = nemo_entry(index.item(row), manifest, line)
-            cuts.append(_probed_cut(entry, manifest, line, sampling_rate) if probe else nemo_cut(entry, manifest, line, sampling_rate))
+            cuts.append(
+                _probed_cut(entry, manifest, line, sampling_rate)
+                if probe
+                else nemo_cut(entry, manifest, line, sampling_rate)
+            )
         except (ManifestError, AudioLoadError) as exc:
             report.problems.append(f"{manifest}:{line}: {exc}")
         if progress:
@@ -98,4 +104,3 @@ def nemo_to_lhotse(
             writer.write(cut)
     report.written = len(cuts)
     return report
-

@@ -23,24 +23,17 @@ from lhotse import CutSet
 from lhotse.cut import Cut
 
 from nestkit.config import DatasetConfig
-from nestkit.data.augment import augment_batch
-from nestkit.data.batch import BatchPosition
-from nestkit.data.batch import NestBatch
-from nestkit.data.fingerprint import batch_fingerprint
-from nestkit.data.fingerprint import rows_checksum
-from nestkit.data.loading import cut_path
-from nestkit.data.loading import file_segment
-from nestkit.data.loading import load_cut
-from nestkit.data.manifest import CutIndex
-from nestkit.data.noise import NoiseSettings
-from nestkit.data.noise import draw_noise
-from nestkit.data.plan import BatchingConfig
-from nestkit.runfolder.quarantine import Quarantine
-from nestkit.runfolder import worker_status
-from nestkit.core.errors import AudioLoadError
-from nestkit.core.errors import ManifestError
-from nestkit.core.errors import NestkitError
+from nestkit.core.errors import AudioLoadError, ManifestError, NestkitError
 from nestkit.core.rng import generator
+from nestkit.data.augment import augment_batch
+from nestkit.data.batch import BatchPosition, NestBatch
+from nestkit.data.fingerprint import batch_fingerprint, rows_checksum
+from nestkit.data.loading import cut_path, file_segment, load_cut
+from nestkit.data.manifest import CutIndex
+from nestkit.data.noise import NoiseSettings, draw_noise
+from nestkit.data.plan import BatchingConfig
+from nestkit.runfolder import worker_status
+from nestkit.runfolder.quarantine import Quarantine
 
 PLAN_KEY = "plan"  # cut.custom[PLAN_KEY] = {"epoch", "rank", "batch", "repeat"}
 
@@ -145,21 +138,31 @@ class NestDataset(torch.utils.data.Dataset):
         for attempt in range(self.ds.max_substitutes + 1):
             attempt_started = time.perf_counter()
             try:
-                samples = load_cut(
-                    current, self.sample_rate, self.ds.sample_timeout_s or None, require_signal=True
-                )
+                samples = load_cut(current, self.sample_rate, self.ds.sample_timeout_s or None, require_signal=True)
             except AudioLoadError as exc:
                 custom = current.custom or {}
                 if candidates is None:
-                    candidates = self._substitute_candidates(self._key("substitute", position, batch_key, cut.id), batch)
+                    candidates = self._substitute_candidates(
+                        self._key("substitute", position, batch_key, cut.id), batch
+                    )
                 tried.add(current.id)
                 replacement = _untried(candidates, tried) if attempt < self.ds.max_substitutes else None
-                failures.append(self._quarantine({
-                    "kind": "audio", "cut_id": current.id, "manifest": custom.get("manifest"), "line": custom.get("line"),
-                    "path": exc.path, "category": exc.category, "reason": str(exc),
-                    "substitute": replacement.id if replacement is not None else None,
-                    "elapsed_ms": round((time.perf_counter() - attempt_started) * 1e3, 3),
-                }, position))
+                failures.append(
+                    self._quarantine(
+                        {
+                            "kind": "audio",
+                            "cut_id": current.id,
+                            "manifest": custom.get("manifest"),
+                            "line": custom.get("line"),
+                            "path": exc.path,
+                            "category": exc.category,
+                            "reason": str(exc),
+                            "substitute": replacement.id if replacement is not None else None,
+                            "elapsed_ms": round((time.perf_counter() - attempt_started) * 1e3, 3),
+                        },
+                        position,
+                    )
+                )
                 if replacement is None:
                     break
                 current = replacement
@@ -178,7 +181,11 @@ class NestDataset(torch.utils.data.Dataset):
             }
             return _Loaded(samples, current, record, failures, (time.perf_counter() - started) * 1e3)
         substitutes = len(failures) - 1
-        why = "no other loadable cut to substitute" if substitutes < self.ds.max_substitutes else "the data is mostly unreadable"
+        why = (
+            "no other loadable cut to substitute"
+            if substitutes < self.ds.max_substitutes
+            else "the data is mostly unreadable"
+        )
         raise NestkitError(
             f"cut {cut.id}: it and {substitutes} substitute(s) failed to load (last: {failures[-1]['reason']}); "
             f"{why}. Run `nestkit validate-manifest` on the manifests and see the quarantine file"
@@ -222,7 +229,9 @@ class NestDataset(torch.utils.data.Dataset):
         noise_source = self._noise_source(position, batch_key, cut_ids, failures)
         overlay, aug_records = augment_batch(audio, lengths, aug_rngs, self.ds.batch_augmentor, cut_ids, noise_source)
         spans = _spans(aug_records)
-        overlay_checksum = rows_checksum([None if aug["mode"] == "skip" else overlay[i, : lengths[i]] for i, aug in enumerate(aug_records)])
+        overlay_checksum = rows_checksum(
+            [None if aug["mode"] == "skip" else overlay[i, : lengths[i]] for i, aug in enumerate(aug_records)]
+        )
         audio_t, values_t, lengths_t = _shared_tensors(audio.size, int(sum(n for _, _, n in spans)), len(lengths))
         audio_t = audio_t.view(shape)
         audio_t.numpy()[:] = audio

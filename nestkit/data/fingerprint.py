@@ -43,9 +43,7 @@ _LOCATION_KEYS = ("path", "manifest")
 
 
 def _portable(record: dict) -> dict:
-    return {
-        k: _portable(v) if isinstance(v, dict) else v for k, v in record.items() if k not in _LOCATION_KEYS
-    }
+    return {k: _portable(v) if isinstance(v, dict) else v for k, v in record.items() if k not in _LOCATION_KEYS}
 
 
 def batch_fingerprint(cut_ids: list[str], records: list[dict], checksums: dict[str, str]) -> str:

@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from nestkit.core.timeouts import CallTimeout
-from nestkit.core.timeouts import call_with_timeout
-from nestkit.data.audio import check_samples
-from nestkit.data.audio import read_audio
-from nestkit.data.audio import resample
 from nestkit.core import faults
-from nestkit.runfolder import worker_status
 from nestkit.core.errors import AudioLoadError
+from nestkit.core.timeouts import CallTimeout, call_with_timeout
+from nestkit.data.audio import check_samples, read_audio, resample
+from nestkit.runfolder import worker_status
 
 if TYPE_CHECKING:  # lhotse (and torch) load lazily: validate-manifest's workers only need file_segment
     from lhotse.cut import Cut
@@ -65,9 +61,7 @@ def cut_path(cut: Cut) -> str:
     return recording.id
 
 
-def _load(
-    cut: Cut, sample_rate: int, offset: float, duration: float | None, require_signal: bool
-) -> np.ndarray:
+def _load(cut: Cut, sample_rate: int, offset: float, duration: float | None, require_signal: bool) -> np.ndarray:
     if faults.BLOCK_PATH is not None and faults.BLOCK_PATH in cut_path(cut):
         faults.block_forever(cut_path(cut))  # a test hook: see nestkit/core/faults.py
     if faults.SLOW_READ_S:
@@ -75,28 +69,36 @@ def _load(
     segment = file_segment(cut)
     if segment is not None:
         length = duration if duration else segment.duration
-        return read_audio(
-            segment.path, segment.offset + offset, length, sample_rate, segment.channel, require_signal
-        )
+        return read_audio(segment.path, segment.offset + offset, length, sample_rate, segment.channel, require_signal)
     # Anything else (URLs, in-memory audio, mixed cuts): lhotse loads it, we downmix and resample.
     try:
         sub = cut.truncate(offset=offset, duration=duration) if (offset or duration) else cut
         samples = np.asarray(sub.load_audio(), dtype=np.float32)
     except Exception as exc:  # lhotse and its backends raise many exception types
-        raise AudioLoadError("decode_error", cut_path(cut), f"lhotse could not load it ({type(exc).__name__}: {exc})") from None
+        raise AudioLoadError(
+            "decode_error", cut_path(cut), f"lhotse could not load it ({type(exc).__name__}: {exc})"
+        ) from None
     if samples.ndim == 2:
         samples = samples.mean(axis=0)
     if samples.size == 0:
         raise AudioLoadError("empty", cut_path(cut), "no samples (expected > 0, got 0)", "Remove the cut")
     if not np.isfinite(samples).all():
-        raise AudioLoadError("nan_inf", cut_path(cut), "samples contain NaN or Inf (expected finite "
-                             "samples, got some)", "Re-encode the audio or remove the cut")
+        raise AudioLoadError(
+            "nan_inf",
+            cut_path(cut),
+            "samples contain NaN or Inf (expected finite samples, got some)",
+            "Re-encode the audio or remove the cut",
+        )
     check_samples(samples, cut.sampling_rate, cut_path(cut), require_signal)
     return resample(samples, cut.sampling_rate, sample_rate)
 
 
 def load_cut(
-    cut: Cut, sample_rate: int, timeout_s: float | None, offset: float = 0.0, duration: float | None = None,
+    cut: Cut,
+    sample_rate: int,
+    timeout_s: float | None,
+    offset: float = 0.0,
+    duration: float | None = None,
     require_signal: bool = False,
 ) -> np.ndarray:
     """Samples of `cut` (or of `[offset, offset+duration)` within it) within `timeout_s` seconds.
@@ -113,7 +115,9 @@ def load_cut(
         )
     except CallTimeout:
         raise AudioLoadError(
-            "timeout", cut_path(cut), f"loading took longer than {timeout_s:g} s",
+            "timeout",
+            cut_path(cut),
+            f"loading took longer than {timeout_s:g} s",
             "A stalled mount or a pipe? Check the file; raise sample_timeout_s if storage is just slow",
         ) from None
     finally:

@@ -21,10 +21,11 @@ import math
 import mmap
 import os
 import zlib
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import orjson
@@ -60,7 +61,9 @@ def _number(item: dict, key: str, manifest: str, line: int, required: bool) -> f
     if key not in item or item[key] is None:
         if required:
             raise ManifestError(
-                manifest, line, f"missing '{key}' (expected a number of seconds)",
+                manifest,
+                line,
+                f"missing '{key}' (expected a number of seconds)",
                 "Add it, or run `nestkit validate-manifest --fix-durations OUT` to measure it",
             )
         return None
@@ -80,30 +83,35 @@ def decode_line(text: bytes | str, manifest: str, line: int) -> dict:
         raise ManifestError(manifest, line, f"malformed JSON ({problem})", hint) from None
     if not isinstance(item, dict):
         kind = _JSON_KINDS.get(type(item), type(item).__name__)
-        raise ManifestError(manifest, line, f"not a JSON object (expected one JSON object per line, got a "
-                            f"JSON {kind})", "Each line must be one JSON object")
+        raise ManifestError(
+            manifest,
+            line,
+            f"not a JSON object (expected one JSON object per line, got a JSON {kind})",
+            "Each line must be one JSON object",
+        )
     return item
 
 
-_JSON_KINDS = {
-    list: "array", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"
-}
+_JSON_KINDS = {list: "array", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}
 
 
 def _json_problem(text: bytes | str, exc: Exception) -> tuple[str, str]:
     """What is wrong with a line orjson refused, and the hint: the encoding, when that is the cause."""
     raw = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else bytes(text)
     if raw.startswith(b"\xef\xbb\xbf"):
-        return ("a UTF-8 byte order mark (BOM) before the JSON",
-                "Save the manifest as UTF-8 without a BOM (NeMo refuses it too)")
+        return (
+            "a UTF-8 byte order mark (BOM) before the JSON",
+            "Save the manifest as UTF-8 without a BOM (NeMo refuses it too)",
+        )
     if raw.startswith((b"\xff\xfe", b"\xfe\xff")) or raw[1:2] == b"\x00" or raw[:1] == b"\x00":
-        return ("UTF-16 text, or NUL bytes",
-                "Convert the manifest to UTF-8 (e.g. `iconv -f UTF-16 -t UTF-8`)")
+        return ("UTF-16 text, or NUL bytes", "Convert the manifest to UTF-8 (e.g. `iconv -f UTF-16 -t UTF-8`)")
     try:
         raw.decode("utf-8")
     except UnicodeDecodeError as bad:
-        return (f"bytes that are not UTF-8 at byte {bad.start}",
-                "Manifests are UTF-8 JSON lines: re-encode the file as UTF-8")
+        return (
+            f"bytes that are not UTF-8 at byte {bad.start}",
+            "Manifests are UTF-8 JSON lines: re-encode the file as UTF-8",
+        )
     return str(exc), "Each line must be one JSON object"
 
 
@@ -112,18 +120,26 @@ def _nemo_fields(item: dict, manifest: str, line: int) -> tuple[str, float, floa
     key = "audio_filepath" if "audio_filepath" in item else "audio_filename" if "audio_filename" in item else None
     if key is None:
         raise ManifestError(
-            manifest, line, f"missing audio path (expected 'audio_filepath' or 'audio_filename', got keys {sorted(item)})"
+            manifest,
+            line,
+            f"missing audio path (expected 'audio_filepath' or 'audio_filename', got keys {sorted(item)})",
         )
     path = item[key]
     if not isinstance(path, str) or not path:
         raise ManifestError(manifest, line, f"invalid {key} (expected a non-empty string, got {path!r})")
     if "\0" in path:
-        raise ManifestError(manifest, line, f"invalid {key} (expected a path without NUL characters, "
-                            f"got {path!r})", "No file name can contain one: fix the path")
+        raise ManifestError(
+            manifest,
+            line,
+            f"invalid {key} (expected a path without NUL characters, got {path!r})",
+            "No file name can contain one: fix the path",
+        )
     duration = _number(item, "duration", manifest, line, required=True)
     if duration <= 0:
         raise ManifestError(
-            manifest, line, f"invalid duration (expected > 0 seconds, got {duration})",
+            manifest,
+            line,
+            f"invalid duration (expected > 0 seconds, got {duration})",
             "Remove the line or fix it with `nestkit validate-manifest --fix-durations OUT`",
         )
     offset = _number(item, "offset", manifest, line, required=False) or 0.0
@@ -232,8 +248,9 @@ def _reading(path: str):
     except (OSError, EOFError, zlib.error) as exc:
         kind = "gzip " if path.endswith(".gz") else ""
         raise ManifestError(
-            path, 0, f"cannot be read to its end (expected readable {kind}JSON lines, "
-            f"got {type(exc).__name__}: {exc})",
+            path,
+            0,
+            f"cannot be read to its end (expected readable {kind}JSON lines, got {type(exc).__name__}: {exc})",
             "Re-create or re-download the manifest; `nestkit validate-manifest` shows the readable part",
         ) from None
 
@@ -255,7 +272,8 @@ def file_format(path: str) -> str:
                 fmt = detect_format(item)
                 if fmt is None:
                     raise ManifestError(
-                        path, number,
+                        path,
+                        number,
                         f"unrecognised manifest format (expected a NeMo line with audio_filepath or a lhotse cut, got keys {sorted(item)})",
                     )
                 return fmt
@@ -346,7 +364,7 @@ class CutIndex:
         return len(self.duration)
 
     @staticmethod
-    def build(paths: str | Sequence[str], sampling_rate: int = 16000) -> "CutIndex":
+    def build(paths: str | Sequence[str], sampling_rate: int = 16000) -> CutIndex:
         if isinstance(paths, (str, os.PathLike)):
             paths = [str(paths)]
         manifests = [os.path.abspath(str(p)) for p in paths]
@@ -374,7 +392,9 @@ class CutIndex:
     def cut(self, i: int) -> Cut:
         """Materialise row i as a lhotse cut (re-parses its one line)."""
         src = int(self.source[i])
-        return cut_from_item(self.item(i), self.formats[src], self.manifests[src], int(self.line[i]), self.sampling_rate)
+        return cut_from_item(
+            self.item(i), self.formats[src], self.manifests[src], int(self.line[i]), self.sampling_rate
+        )
 
     def cut_id(self, i: int) -> str:
         src = int(self.source[i])
@@ -446,7 +466,9 @@ def _chunk_durations(lines: list[bytes], rows: np.ndarray, fmt: str, path: str) 
     if durations is not None:
         return durations
     # something in this chunk is wrong: the per-line parser names it (and raises)
-    return np.array([line_duration(decode_line(raw, path, int(r) + 1), fmt, path, int(r) + 1) for raw, r in zip(lines, rows)])
+    return np.array(
+        [line_duration(decode_line(raw, path, int(r) + 1), fmt, path, int(r) + 1) for raw, r in zip(lines, rows)]
+    )
 
 
 def _checked_durations(items: list, fmt: str) -> np.ndarray | None:

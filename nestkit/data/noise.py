@@ -15,11 +15,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from nestkit.data.loading import cut_path
-from nestkit.data.loading import load_cut
+from nestkit.core.errors import AudioLoadError, ManifestError
+from nestkit.data.loading import cut_path, load_cut
 from nestkit.data.manifest import CutIndex
-from nestkit.core.errors import AudioLoadError
-from nestkit.core.errors import ManifestError
 
 
 @dataclass(frozen=True)
@@ -43,7 +41,9 @@ class NoiseDraw:
     white_db: int | None
     files_tried: int
     segments_tried: int
-    failures: list[dict] = field(default_factory=list)  # {"row", "cut_id", "manifest", "line", "path", "category", "reason"}
+    failures: list[dict] = field(
+        default_factory=list
+    )  # {"row", "cut_id", "manifest", "line", "path", "category", "reason"}
 
     def record(self) -> dict:
         return {
@@ -96,12 +96,19 @@ def draw_noise(
                 length = need_s if cut.duration > need_s else None
                 samples = load_cut(cut, settings.sample_rate, settings.timeout_s, offset, length)[:num_samples]
                 if rms_db(samples) > settings.silence_db:
-                    return NoiseDraw(samples, cut.id, cut_path(cut), offset, None, None, files_tried, segments_tried, failures)
-            failures.append({
-                **where, "cut_id": cut.id, "path": cut_path(cut), "category": "silent_noise",
-                "reason": f"noise {cut.id}: silent in {tries} segment(s) tried (expected RMS above "
-                          f"{settings.silence_db:g} dBFS). Remove it from the noise manifest",
-            })
+                    return NoiseDraw(
+                        samples, cut.id, cut_path(cut), offset, None, None, files_tried, segments_tried, failures
+                    )
+            failures.append(
+                {
+                    **where,
+                    "cut_id": cut.id,
+                    "path": cut_path(cut),
+                    "category": "silent_noise",
+                    "reason": f"noise {cut.id}: silent in {tries} segment(s) tried (expected RMS above "
+                    f"{settings.silence_db:g} dBFS). Remove it from the noise manifest",
+                }
+            )
         except AudioLoadError as exc:
             failures.append({**where, "cut_id": cut.id, "path": exc.path, "category": exc.category, "reason": str(exc)})
     samples, level_db = white_noise(num_samples, rng, settings)

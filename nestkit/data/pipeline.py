@@ -14,16 +14,15 @@ from pathlib import Path
 
 import torch
 
-from nestkit.config import DatasetConfig
-from nestkit.config import NestConfig
+from nestkit.config import DatasetConfig, NestConfig
+from nestkit.core.errors import ConfigError
 from nestkit.data.batch import NestBatch
 from nestkit.data.dataset import NestDataset
 from nestkit.data.manifest import CutIndex
 from nestkit.data.plan import BatchingConfig
-from nestkit.runfolder.quarantine import Quarantine
 from nestkit.data.sampler import PlanSampler
 from nestkit.runfolder import worker_status
-from nestkit.core.errors import ConfigError
+from nestkit.runfolder.quarantine import Quarantine
 
 SPLITS = ("train", "validation")
 

@@ -40,7 +40,7 @@ class BatchingConfig:
     source: str = "plan"  # what errors name: the config section, e.g. model.validation_ds
 
     @staticmethod
-    def from_dataset(ds: DatasetConfig, source: str = "plan") -> "BatchingConfig":
+    def from_dataset(ds: DatasetConfig, source: str = "plan") -> BatchingConfig:
         return BatchingConfig(
             source=source,
             batch_size=ds.batch_size,

@@ -14,12 +14,10 @@ import numpy as np
 import torch
 from lhotse import CutSet
 
+from nestkit.core import faults
 from nestkit.data.dataset import PLAN_KEY
 from nestkit.data.manifest import CutIndex
-from nestkit.data.plan import BatchingConfig
-from nestkit.data.plan import EpochPlan
-from nestkit.data.plan import plan_epoch
-from nestkit.core import faults
+from nestkit.data.plan import BatchingConfig, EpochPlan, plan_epoch
 
 
 class PlanSampler(torch.utils.data.Sampler):
@@ -71,7 +69,10 @@ class PlanSampler(torch.utils.data.Sampler):
         cuts = []
         for row, repeat in zip(rows, repeats):
             cut = self.index.cut(int(row))
-            cut.custom = {**(cut.custom or {}), PLAN_KEY: {"epoch": epoch, "rank": rank, "batch": batch, "repeat": bool(repeat)}}
+            cut.custom = {
+                **(cut.custom or {}),
+                PLAN_KEY: {"epoch": epoch, "rank": rank, "batch": batch, "repeat": bool(repeat)},
+            }
             cuts.append(cut)
         return CutSet(cuts)
 
@@ -138,19 +139,24 @@ class PlanStream(torch.utils.data.Sampler):
     def __iter__(self):
         if self.data_end is not None and self.data_end["reason"] == "debug":
             return  # the debug hook ended this rank's data for good
-        yielded = 0
         last = None
-        for epoch, batch in self.positions():
+        for yielded, (epoch, batch) in enumerate(self.positions()):
             if self.stop_after is not None and yielded >= self.stop_after:
-                self.data_end = {"after": _position(last), "reason": "debug",
-                                 "detail": f"{faults.STOP_RANK_ENV}: data ends after {self.stop_after} batches"}
+                self.data_end = {
+                    "after": _position(last),
+                    "reason": "debug",
+                    "detail": f"{faults.STOP_RANK_ENV}: data ends after {self.stop_after} batches",
+                }
                 return
             cuts = self.sampler.batch_cuts(batch, epoch)
             self.handed_out.append((epoch, batch, cuts))
-            yielded += 1
             last = (epoch, batch)
             yield cuts
-        self.data_end = {"after": _position(last), "reason": "max_epochs", "detail": f"{self.max_epochs} data epochs done"}
+        self.data_end = {
+            "after": _position(last),
+            "reason": "max_epochs",
+            "detail": f"{self.max_epochs} data epochs done",
+        }
 
 
 def _position(position: tuple[int, int] | None) -> dict | None:

@@ -58,7 +58,9 @@ def noise_like(seconds: float, seed: int, kind: str = "pink", sample_rate: int =
     return (0.2 * signal / (np.max(np.abs(signal)) + 1e-9)).astype(np.float32)
 
 
-def write_wav(path: str | os.PathLike, samples: np.ndarray, sample_rate: int = SAMPLE_RATE, subtype: str = "PCM_16") -> str:
+def write_wav(
+    path: str | os.PathLike, samples: np.ndarray, sample_rate: int = SAMPLE_RATE, subtype: str = "PCM_16"
+) -> str:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     sf.write(str(path), samples, sample_rate, subtype=subtype)
     return str(path)

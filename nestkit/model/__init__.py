@@ -4,20 +4,11 @@ Entry points: `NestModel` (build from `ModelConfig`, forward, loss), `checkpoint
 and out), `schedule` (AdamW + NoamAnnealing), `NanProbe` (where NaN/Inf first appears).
 """
 
-from nestkit.model.checkpoint import CheckpointError
-from nestkit.model.checkpoint import export_nemo_state_dict
-from nestkit.model.checkpoint import load_nemo_weights
-from nestkit.model.checkpoint import read_state_dict
-from nestkit.model.loss import LossResult
-from nestkit.model.loss import masked_token_loss
-from nestkit.model.nan_probe import NanProbe
-from nestkit.model.nan_probe import nonfinite_parameters
-from nestkit.model.nest import NestModel
-from nestkit.model.nest import NestOutput
-from nestkit.model.schedule import build_optimizer
-from nestkit.model.schedule import build_scheduler
-from nestkit.model.schedule import lr_at_step
-from nestkit.model.schedule import noam_lr
+from nestkit.model.checkpoint import CheckpointError, export_nemo_state_dict, load_nemo_weights, read_state_dict
+from nestkit.model.loss import LossResult, masked_token_loss
+from nestkit.model.nan_probe import NanProbe, nonfinite_parameters
+from nestkit.model.nest import NestModel, NestOutput
+from nestkit.model.schedule import build_optimizer, build_scheduler, lr_at_step, noam_lr
 
 __all__ = [
     "CheckpointError",

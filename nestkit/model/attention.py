@@ -43,7 +43,8 @@ class RelPositionalEncoding(nn.Module):
     def _table(self, max_len: int, device: torch.device) -> torch.Tensor:
         positions = torch.arange(max_len - 1, -max_len, -1, dtype=torch.float32, device=device).unsqueeze(1)
         freqs = torch.exp(
-            torch.arange(0, self.d_model, 2, dtype=torch.float32, device=device) * -(math.log(SINUSOID_BASE) / self.d_model)
+            torch.arange(0, self.d_model, 2, dtype=torch.float32, device=device)
+            * -(math.log(SINUSOID_BASE) / self.d_model)
         )
         table = torch.zeros(positions.shape[0], self.d_model, device=device)
         table[:, 0::2] = torch.sin(positions * freqs)

@@ -12,8 +12,9 @@ import io
 import os
 import pickle
 import tarfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping, Optional
+from typing import Optional
 
 import torch
 from torch import nn
@@ -79,9 +80,13 @@ def _torch_load(data: bytes, path: Path, trust_pickle: bool) -> object:
                 "holds pickled Python objects besides tensors (expected tensors only, got objects torch's safe loader refuses)",
                 "If you trust this file, load it with trust_pickle=True",
             ) from None
-        raise CheckpointError(path, f"not a torch checkpoint (expected a torch.save file, got: {_first_line(exc)})") from None
+        raise CheckpointError(
+            path, f"not a torch checkpoint (expected a torch.save file, got: {_first_line(exc)})"
+        ) from None
     except (RuntimeError, EOFError, ValueError, KeyError, pickle.PickleError) as exc:
-        raise CheckpointError(path, f"not a torch checkpoint (expected a torch.save file, got: {_first_line(exc)})") from None
+        raise CheckpointError(
+            path, f"not a torch checkpoint (expected a torch.save file, got: {_first_line(exc)})"
+        ) from None
 
 
 def _first_line(exc: BaseException) -> str:
@@ -141,7 +146,9 @@ def check_compatible(
     if not (missing or unexpected or mismatched):
         return
     counts = ", ".join(
-        f"{len(items)} {kind}" for kind, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)) if items
+        f"{len(items)} {kind}"
+        for kind, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched))
+        if items
     )
     details: list[str] = []
     for kind, items in (("missing key", missing), ("unexpected key", unexpected), ("shape mismatch", mismatched)):

@@ -14,9 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nestkit.config import EncoderConfig
-from nestkit.model.attention import RelPositionalEncoding
-from nestkit.model.attention import RelPositionMultiHeadAttention
-from nestkit.model.attention import position_biases
+from nestkit.model.attention import RelPositionalEncoding, RelPositionMultiHeadAttention, position_biases
 from nestkit.model.subsampling import DwStridingSubsampling
 
 FEED_FORWARD_RESIDUAL_SCALE = 0.5  # macaron: each of the two feed-forward halves adds half its output
@@ -57,7 +55,9 @@ class ConvModule(nn.Module):
         elif norm_type == "layer_norm":
             self.batch_norm = nn.LayerNorm(d_model)
         else:
-            raise ValueError(f"encoder.conv_norm_type: unsupported (expected batch_norm or layer_norm, got {norm_type!r})")
+            raise ValueError(
+                f"encoder.conv_norm_type: unsupported (expected batch_norm or layer_norm, got {norm_type!r})"
+            )
         self.pointwise_conv2 = nn.Conv1d(d_model, d_model, kernel_size=1, bias=use_bias)
 
     def forward(self, x: torch.Tensor, pad_mask: torch.Tensor) -> torch.Tensor:
@@ -75,7 +75,10 @@ class ConvModule(nn.Module):
 
 class ConformerLayer(nn.Module):
     def __init__(
-        self, cfg: EncoderConfig, context: tuple[int, int], pos_biases: Optional[tuple[nn.Parameter, nn.Parameter]] = None
+        self,
+        cfg: EncoderConfig,
+        context: tuple[int, int],
+        pos_biases: Optional[tuple[nn.Parameter, nn.Parameter]] = None,
     ):
         super().__init__()
         d_model, d_ff = cfg.d_model, cfg.d_model * cfg.ff_expansion_factor
@@ -129,7 +132,9 @@ class ConformerEncoder(nn.Module):
         self.d_model = cfg.d_model
         self.pre_encode = build_subsampling(cfg) if pre_encode is None else pre_encode
         xscale = cfg.d_model**0.5 if cfg.xscaling else None
-        self.pos_enc = RelPositionalEncoding(cfg.d_model, cfg.pos_emb_max_len, xscale, cfg.dropout_pre_encoder, cfg.dropout_emb)
+        self.pos_enc = RelPositionalEncoding(
+            cfg.d_model, cfg.pos_emb_max_len, xscale, cfg.dropout_pre_encoder, cfg.dropout_emb
+        )
         if cfg.conv_context_size is None:
             context = ((cfg.conv_kernel_size - 1) // 2,) * 2
         else:
@@ -197,5 +202,7 @@ def build_subsampling(cfg: EncoderConfig) -> DwStridingSubsampling:
         )
     channels = cfg.d_model if cfg.subsampling_conv_channels == -1 else cfg.subsampling_conv_channels
     if cfg.feat_in is None:
-        raise ValueError("encoder.feat_in: not set (expected the feature count, got None). Build the config with config_from_dict")
+        raise ValueError(
+            "encoder.feat_in: not set (expected the feature count, got None). Build the config with config_from_dict"
+        )
     return DwStridingSubsampling(cfg.feat_in, cfg.d_model, cfg.subsampling_factor, channels, cfg.causal_downsampling)

@@ -40,5 +40,7 @@ def _init_weight(weight: torch.Tensor, mode: str | None) -> None:
     if mode is None:
         return
     if mode not in initialisers:
-        raise ValueError(f"decoder.init_mode: unknown (expected one of {', '.join(initialisers)} or null, got {mode!r})")
+        raise ValueError(
+            f"decoder.init_mode: unknown (expected one of {', '.join(initialisers)} or null, got {mode!r})"
+        )
     initialisers[mode](weight)

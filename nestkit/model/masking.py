@@ -119,4 +119,3 @@ def _blocks_to_mask(
     edges.index_put_((rows, starts), ones, accumulate=True)
     edges.index_put_((rows, ends), -ones, accumulate=True)
     return edges.cumsum(dim=1)[:, :num_frames] > 0
-

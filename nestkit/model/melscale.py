@@ -35,7 +35,12 @@ def mel_to_hz(mel: np.ndarray) -> np.ndarray:
 
 
 def slaney_mel_filterbank(
-    sample_rate: int, n_fft: int, n_mels: int, f_min: float = 0.0, f_max: float | None = None, norm: str | None = "slaney"
+    sample_rate: int,
+    n_fft: int,
+    n_mels: int,
+    f_min: float = 0.0,
+    f_max: float | None = None,
+    norm: str | None = "slaney",
 ) -> np.ndarray:
     """(n_mels, n_fft // 2 + 1) float32 triangular filters, area-normalised when norm="slaney"."""
     if norm not in (None, "slaney"):

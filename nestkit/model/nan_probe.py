@@ -14,8 +14,9 @@ device, so use it to diagnose a step, not in every step.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import torch
 from torch import nn
@@ -35,7 +36,7 @@ class NanProbe:
         self.backward_origin: Optional[NonFinite] = None
         self._handles: list[Any] = []
 
-    def __enter__(self) -> "NanProbe":
+    def __enter__(self) -> NanProbe:
         for name, module in self.model.named_modules():
             self._handles.append(module.register_forward_hook(self._forward_hook(name or "<model>")))
         return self
@@ -78,7 +79,10 @@ class NanProbe:
             lines.append(f"backward: first non-finite gradient at the output of module {self.backward_origin.module}")
         bad = nonfinite_parameters(self.model)
         if bad:
-            lines.append(f"parameters with non-finite values or gradients: {', '.join(bad[:10])}" + (" ..." if len(bad) > 10 else ""))
+            lines.append(
+                f"parameters with non-finite values or gradients: {', '.join(bad[:10])}"
+                + (" ..." if len(bad) > 10 else "")
+            )
         return "\n".join(lines)
 
 

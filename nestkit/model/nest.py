@@ -27,11 +27,9 @@ import torch
 from torch import nn
 
 from nestkit.config import ModelConfig
-from nestkit.model.conformer import ConformerEncoder
-from nestkit.model.conformer import build_subsampling
+from nestkit.model.conformer import ConformerEncoder, build_subsampling
 from nestkit.model.decoder import MultiSoftmaxDecoder
-from nestkit.model.loss import LossResult
-from nestkit.model.loss import masked_token_loss
+from nestkit.model.loss import LossResult, masked_token_loss
 from nestkit.model.masking import RandomBlockMasking
 from nestkit.model.preprocessor import MelPreprocessor
 from nestkit.model.quantizer import RandomProjectionQuantizer
@@ -151,7 +149,12 @@ class NestModel(nn.Module):
     def loss(self, output: NestOutput) -> LossResult:
         """(loss, num_masked_frames) of a forward's output; loss is 0, not NaN, when nothing is masked."""
         return masked_token_loss(
-            output.masks, output.log_probs, output.tokens, output.encoded_len, self.combine_time_steps, self.mask_threshold
+            output.masks,
+            output.log_probs,
+            output.tokens,
+            output.encoded_len,
+            self.combine_time_steps,
+            self.mask_threshold,
         )
 
 

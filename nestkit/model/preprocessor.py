@@ -39,7 +39,9 @@ class MelFeaturizer(nn.Module):
         super().__init__()
         sample_rate = cfg.sample_rate
         if sample_rate is None:
-            raise ValueError("preprocessor.sample_rate: not set (expected Hz, got None). Build the config with config_from_dict")
+            raise ValueError(
+                "preprocessor.sample_rate: not set (expected Hz, got None). Build the config with config_from_dict"
+            )
         self.win_length = cfg.n_window_size or int(cfg.window_size * sample_rate)
         self.hop_length = cfg.n_window_stride or int(cfg.window_stride * sample_rate)
         self.n_fft = cfg.n_fft or 2 ** math.ceil(math.log2(self.win_length))
@@ -60,9 +62,7 @@ class MelFeaturizer(nn.Module):
         # here means a rectangular one, as torch.stft defines it.
         window = window_fn(self.win_length, periodic=False) if window_fn else None
         self.register_buffer("window", window)
-        fb = slaney_mel_filterbank(
-            sample_rate, self.n_fft, cfg.features, cfg.lowfreq, cfg.highfreq, norm=cfg.mel_norm
-        )
+        fb = slaney_mel_filterbank(sample_rate, self.n_fft, cfg.features, cfg.lowfreq, cfg.highfreq, norm=cfg.mel_norm)
         self.register_buffer("fb", torch.from_numpy(fb).unsqueeze(0))
 
     def frame_count(self, num_samples: torch.Tensor) -> torch.Tensor:
@@ -193,9 +193,15 @@ class MelPreprocessor(nn.Module):
         what it would be on its own (a wider STFT can round differently and flip a token). Dither
         is drawn for `audio` first, then for `other_audio`, as two calls would (and NeMo does)."""
         if audio.shape[1] != other_audio.shape[1]:
-            return (*self.featurizer(audio, lengths, generator), *self.featurizer(other_audio, other_lengths, generator))
+            return (
+                *self.featurizer(audio, lengths, generator),
+                *self.featurizer(other_audio, other_lengths, generator),
+            )
         batch = audio.shape[0]
         feats, frames = self.featurizer(
-            torch.cat((audio, other_audio)), torch.cat((lengths, other_lengths)), generator, (batch, other_audio.shape[0])
+            torch.cat((audio, other_audio)),
+            torch.cat((lengths, other_lengths)),
+            generator,
+            (batch, other_audio.shape[0]),
         )
         return feats[:batch], frames[:batch], feats[batch:], frames[batch:]

@@ -19,8 +19,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from nestkit.config import OptimConfig
-from nestkit.config import SchedConfig
+from nestkit.config import OptimConfig, SchedConfig
 
 
 def warmup_steps_of(sched: SchedConfig, max_steps: Optional[int] = None) -> int:
@@ -56,7 +55,9 @@ def lr_at_step(step: int, optim: OptimConfig, max_steps: Optional[int] = None) -
     if sched is None:
         return optim.lr
     if sched.d_model is None:
-        raise ValueError("optim.sched.d_model: not set (expected encoder.d_model, got None). Build the config with config_from_dict")
+        raise ValueError(
+            "optim.sched.d_model: not set (expected encoder.d_model, got None). Build the config with config_from_dict"
+        )
     return noam_lr(step, optim.lr, sched.d_model, warmup_steps_of(sched, max_steps), sched.min_lr)
 
 

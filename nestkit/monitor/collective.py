@@ -72,6 +72,7 @@ def register(ddp_model, heartbeat: Heartbeat) -> bool:
     ddp_model.register_comm_hook(None, phase_marking_allreduce(heartbeat))
     syncs_buffers = bool(ddp_model.broadcast_buffers and len(getattr(ddp_model, "modules_buffers", [])))
     if syncs_buffers:
+
         def broadcast_done(module, args):
             if heartbeat.phase == "collective" and heartbeat.collective.op == BUFFER_BROADCAST:
                 heartbeat.set_phase("forward")
@@ -82,12 +83,19 @@ def register(ddp_model, heartbeat: Heartbeat) -> bool:
 
 def collective_state(heartbeat: Heartbeat, out_dir: Path) -> dict:
     """What is known about the rank's collectives, for a stall dump (writes NCCL's trace if any)."""
-    info: dict = {"comm_hook": heartbeat.collective.as_dict(), "initialized": dist.is_available() and dist.is_initialized()}
+    info: dict = {
+        "comm_hook": heartbeat.collective.as_dict(),
+        "initialized": dist.is_available() and dist.is_initialized(),
+    }
     if not info["initialized"]:
         return info
     backend = str(dist.get_backend())
-    info.update(backend=backend, rank=dist.get_rank(), world_size=dist.get_world_size(),
-                debug_mode=os.environ.get("TORCH_DISTRIBUTED_DEBUG", "OFF"))
+    info.update(
+        backend=backend,
+        rank=dist.get_rank(),
+        world_size=dist.get_world_size(),
+        debug_mode=os.environ.get("TORCH_DISTRIBUTED_DEBUG", "OFF"),
+    )
     if "nccl" in backend:
         dump = getattr(torch._C._distributed_c10d, "_dump_nccl_trace", None)
         if dump is None:
@@ -98,7 +106,11 @@ def collective_state(heartbeat: Heartbeat, out_dir: Path) -> dict:
                 path.write_bytes(dump())
                 info["nccl_flight_recorder"] = str(path)
             except Exception as exc:  # the recorder is off unless TORCH_NCCL_TRACE_BUFFER_SIZE > 0
-                info["nccl_flight_recorder"] = f"unavailable ({type(exc).__name__}: {exc}); set TORCH_NCCL_TRACE_BUFFER_SIZE=2000"
+                info["nccl_flight_recorder"] = (
+                    f"unavailable ({type(exc).__name__}: {exc}); set TORCH_NCCL_TRACE_BUFFER_SIZE=2000"
+                )
     else:
-        info["note"] = f"{backend} exposes no record of pending collectives; the comm hook's bucket counts are what is known"
+        info["note"] = (
+            f"{backend} exposes no record of pending collectives; the comm hook's bucket counts are what is known"
+        )
     return info

@@ -20,9 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nestkit.core.procs import process_start_ticks
-from nestkit.runfolder.heartbeats import FAILED, FINISHED, FORMAT, RUNNING, write_heartbeat
+from nestkit.runfolder.heartbeats import FINISHED, FORMAT, RUNNING, write_heartbeat
 from nestkit.runfolder.layout import heartbeat_path
 from nestkit.runfolder.records import warn_once
+
 
 class StepTimes:
     """The last `size` step durations in a fixed ring (no allocation per step)."""
@@ -51,8 +52,13 @@ class StepTimes:
         values = self.recent()
         if not values:
             return {"count": 0}
-        return {"count": self.count + (self.first is not None), "first": _round(self.first),
-                "median": _round(values[len(values) // 2]), "p95": _round(self.quantile(0.95)), "max": _round(values[-1])}
+        return {
+            "count": self.count + (self.first is not None),
+            "first": _round(self.first),
+            "median": _round(values[len(values) // 2]),
+            "p95": _round(self.quantile(0.95)),
+            "max": _round(values[-1]),
+        }
 
 
 def _round(value: float | None) -> float | None:
@@ -76,9 +82,16 @@ class CollectiveState:
         # completed buckets are counted when asked, not by a callback per bucket on the backend's
         # thread (which would take the GIL in the middle of the all-reduce)
         done = sum(1 for f in list(self.futures) if f.done())
-        return {"backend": self.backend, "op": self.op, "round": self.round, "buckets_launched": self.buckets_launched,
-                "buckets_done": done, "bytes_launched": self.bytes_launched, "round_started": self.round_started,
-                "last_launched": self.last_launched}
+        return {
+            "backend": self.backend,
+            "op": self.op,
+            "round": self.round,
+            "buckets_launched": self.buckets_launched,
+            "buckets_done": done,
+            "bytes_launched": self.bytes_launched,
+            "round_started": self.round_started,
+            "last_launched": self.last_launched,
+        }
 
 
 def cut_summary(cut) -> dict:
@@ -194,20 +207,32 @@ class Heartbeat:
         data_end = getattr(stream, "data_end", None) if stream is not None else None
         return {
             "format": FORMAT,
-            "rank": self.rank, "world_size": self.world_size, "local_rank": self.local_rank,
-            "host": self.host, "pid": self.pid, "pid_start": self.pid_start,
-            "started_at": self.started_at, "written_at": time.time(), "interval_s": self.interval_s,
-            "status": self.status, "error": self.error,
-            "step": self.step, "steps_done": self.steps_done,
-            "phase": self.phase, "phase_since": self.phase_since,
+            "rank": self.rank,
+            "world_size": self.world_size,
+            "local_rank": self.local_rank,
+            "host": self.host,
+            "pid": self.pid,
+            "pid_start": self.pid_start,
+            "started_at": self.started_at,
+            "written_at": time.time(),
+            "interval_s": self.interval_s,
+            "status": self.status,
+            "error": self.error,
+            "step": self.step,
+            "steps_done": self.steps_done,
+            "phase": self.phase,
+            "phase_since": self.phase_since,
             "progress_age_s": round(time.monotonic() - self.progress_mono, 3),
-            "stall_timeout_s": self.stall_timeout_s, "timeout_rule": self.timeout_rule,
+            "stall_timeout_s": self.stall_timeout_s,
+            "timeout_rule": self.timeout_rule,
             "position": _pos(self.position),
             "batch_cuts": [{k: r.get(k) for k in ("cut_id", "path", "manifest", "line")} for r in self.batch_records],
             "received": _pos(self.received),
             "waiting_for": waiting if self.phase in ("fetch", "startup") else None,
-            "in_flight": [{k: b[k] for k in ("epoch", "batch", "state")} | {"cut_ids": [c["cut_id"] for c in b["cuts"]]}
-                          for b in in_flight],
+            "in_flight": [
+                {k: b[k] for k in ("epoch", "batch", "state")} | {"cut_ids": [c["cut_id"] for c in b["cuts"]]}
+                for b in in_flight
+            ],
             "data_end": data_end,
             "workers": self.workers,
             "collective": self.collective.as_dict(),

@@ -15,13 +15,13 @@ report, so every rank's stacks are on disk before this rank goes down).
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
+from nestkit.core.errors import NestkitError
 from nestkit.monitor.heartbeat import Heartbeat
 from nestkit.runfolder.worker_status import read_slots
-from nestkit.core.errors import NestkitError
 
 
 class WatchedDataLoader(torch.utils.data.DataLoader):
@@ -58,7 +58,9 @@ class _WatchedIterator:
                 self.loader.on_timeout(message)
             raise NestkitError(message) from None
         position = getattr(batch, "position", None)
-        heartbeat.mark_fetched((position.epoch, position.batch) if position is not None else None, time.monotonic() - started)
+        heartbeat.mark_fetched(
+            (position.epoch, position.batch) if position is not None else None, time.monotonic() - started
+        )
         return batch
 
     def __len__(self):
@@ -74,13 +76,20 @@ def timeout_message(heartbeat: Heartbeat, error: str, timeout_s: float) -> str:
     """`rank R step S: DataLoader timed out ...` with the batch waited for, its cuts, and the workers."""
     in_flight = heartbeat.in_flight()
     waiting = next((b for b in in_flight if b["state"] == "loading"), None)
-    parts = [f"rank {heartbeat.rank} step {heartbeat.step}: DataLoader timed out "
-             f"(expected a batch within nestkit.dataloader_timeout_s={timeout_s:g} s, got none)"]
+    parts = [
+        f"rank {heartbeat.rank} step {heartbeat.step}: DataLoader timed out "
+        f"(expected a batch within nestkit.dataloader_timeout_s={timeout_s:g} s, got none)"
+    ]
     if waiting is not None:
-        parts.append(f"Waiting for epoch {waiting['epoch']} batch {waiting['batch']}: "
-                     + "; ".join(describe_cut(c) for c in waiting["cuts"]))
-    others = [f"{b['batch']} ({'prefetched by Lightning' if b['state'] == 'prefetched' else 'loading'})"
-              for b in in_flight if b is not waiting]
+        parts.append(
+            f"Waiting for epoch {waiting['epoch']} batch {waiting['batch']}: "
+            + "; ".join(describe_cut(c) for c in waiting["cuts"])
+        )
+    others = [
+        f"{b['batch']} ({'prefetched by Lightning' if b['state'] == 'prefetched' else 'loading'})"
+        for b in in_flight
+        if b is not waiting
+    ]
     if others:
         parts.append(f"Also in flight: batches {', '.join(others)}")
     from nestkit.runfolder.heartbeats import heartbeat_dir
@@ -88,8 +97,12 @@ def timeout_message(heartbeat: Heartbeat, error: str, timeout_s: float) -> str:
     for slot in read_slots(heartbeat_dir(heartbeat.run_dir), heartbeat.rank):
         if slot.get("state") == "loading":
             held = time.time() - slot.get("since", time.time())
-            parts.append(f"{slot['slot'].capitalize()} (pid {slot.get('pid')}) reading {slot.get('path')} "
-                         f"(cut {slot.get('cut_id')}, {slot.get('manifest')}:{slot.get('line')}) for {held:.0f} s")
-    parts.append(f"A stalled file system or a stuck decoder? Stacks: {heartbeat.run_dir}/stall/; "
-                 f"run `nestkit stacks {heartbeat.run_dir}`. ({error})")
+            parts.append(
+                f"{slot['slot'].capitalize()} (pid {slot.get('pid')}) reading {slot.get('path')} "
+                f"(cut {slot.get('cut_id')}, {slot.get('manifest')}:{slot.get('line')}) for {held:.0f} s"
+            )
+    parts.append(
+        f"A stalled file system or a stuck decoder? Stacks: {heartbeat.run_dir}/stall/; "
+        f"run `nestkit stacks {heartbeat.run_dir}`. ({error})"
+    )
     return ". ".join(parts)

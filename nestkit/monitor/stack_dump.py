@@ -58,7 +58,9 @@ def own_threads() -> list[ThreadStack]:
         while frame is not None:
             code = frame.f_code
             line = frame.f_lineno or 0
-            frames.append(Frame(code.co_filename, line, code.co_name, linecache.getline(code.co_filename, line).strip()))
+            frames.append(
+                Frame(code.co_filename, line, code.co_name, linecache.getline(code.co_filename, line).strip())
+            )
             frame = frame.f_back
         stacks.append(ThreadStack(names.get(ident, "?"), ident, frames))
     stacks.sort(key=lambda s: (s.name != "MainThread", s.name))
@@ -155,10 +157,13 @@ def key_frame(stacks: list[ThreadStack]) -> str | None:
     reads audio if any (a bounded read runs in a helper thread), else of the main/current thread;
     followed by `(via <nestkit frame>)` when the innermost frame is library code and nestkit code
     called it from close by."""
+
     def reading(stack: ThreadStack) -> bool:
         return any(f.file.endswith(("nestkit/data/loading.py", "nestkit/core/faults.py")) for f in stack.frames[:8])
 
-    preferred = [s for s in stacks if reading(s)] or [s for s in stacks if s.current or s.name == "MainThread"] or stacks
+    preferred = (
+        [s for s in stacks if reading(s)] or [s for s in stacks if s.current or s.name == "MainThread"] or stacks
+    )
     if not preferred or not preferred[0].frames:
         return None
     frames = preferred[0].frames

@@ -25,20 +25,12 @@ from pathlib import Path
 
 import orjson
 
-from nestkit.runfolder.heartbeats import FAILED
-from nestkit.runfolder.heartbeats import FINISHED
-from nestkit.runfolder.heartbeats import RUNNING
-from nestkit.runfolder.heartbeats import heartbeat_dir
-from nestkit.core.procs import process_alive
-from nestkit.runfolder.heartbeats import read_heartbeats
-from nestkit.runfolder.incidents import DUMP
-from nestkit.runfolder.incidents import Incident
-from nestkit.runfolder.incidents import incident_numbers
-from nestkit.monitor.stack_dump import Frame
-from nestkit.monitor.stack_dump import ThreadStack
-from nestkit.monitor.stack_dump import key_frame
-from nestkit.runfolder.worker_status import read_slots
 from nestkit.core.errors import NestkitError
+from nestkit.core.procs import process_alive
+from nestkit.monitor.stack_dump import Frame, ThreadStack, key_frame
+from nestkit.runfolder.heartbeats import FAILED, FINISHED, RUNNING, heartbeat_dir, read_heartbeats
+from nestkit.runfolder.incidents import DUMP, Incident, incident_numbers
+from nestkit.runfolder.worker_status import read_slots
 
 LOOP_PHASES = ("fetch", "forward", "backward", "collective", "optimizer", "step_end")
 COMPUTE_PHASES = ("forward", "backward", "optimizer", "step_end")
@@ -119,8 +111,10 @@ class RankView:
     def collective_op(self) -> str:
         """What the rank waits in: the heartbeat's label, or the torch.distributed call its stack shows."""
         op = (self.collective or {}).get("op") if self.phase == "collective" else None
-        named = {"buffer broadcast": "DDP's buffer broadcast (start of forward)",
-                 "step-start broadcast": "Lightning's step-start broadcast"}
+        named = {
+            "buffer broadcast": "DDP's buffer broadcast (start of forward)",
+            "step-start broadcast": "Lightning's step-start broadcast",
+        }
         return named.get(op) or op or self.blocking_call or "a collective"
 
     def doing(self) -> str:
@@ -167,8 +161,10 @@ def _read_json(path: Path) -> dict | None:
 
 
 def _stacks(records: list[dict] | None) -> list[ThreadStack]:
-    return [ThreadStack(r["name"], r["ident"], [Frame(**f) for f in r["frames"]], r.get("current", False))
-            for r in records or []]
+    return [
+        ThreadStack(r["name"], r["ident"], [Frame(**f) for f in r["frames"]], r.get("current", False))
+        for r in records or []
+    ]
 
 
 def _blocking_call(stacks: list[ThreadStack]) -> str | None:
@@ -180,10 +176,17 @@ def _blocking_call(stacks: list[ThreadStack]) -> str | None:
     c10d = next((f for f in frames if f.file.endswith("torch/distributed/distributed_c10d.py")), None)
     if c10d is None:
         return None
-    later = main.frames[main.frames.index(c10d) + 1:]
+    later = main.frames[main.frames.index(c10d) + 1 :]
     # the first caller with another name: Lightning's strategy.barrier() says less than save_checkpoint
-    caller = next((f for f in later if not f.file.endswith(("distributed_c10d.py", "c10d_logger.py"))
-                   and f.function not in (c10d.function, "wrapper")), None)
+    caller = next(
+        (
+            f
+            for f in later
+            if not f.file.endswith(("distributed_c10d.py", "c10d_logger.py"))
+            and f.function not in (c10d.function, "wrapper")
+        ),
+        None,
+    )
     return f"torch.distributed.{c10d.function}" + (f" (from {caller.function})" if caller else "")
 
 
@@ -193,13 +196,21 @@ def _loader_views(slots: list[dict], workers: list[dict], ref_time: float) -> li
     for slot in slots:
         worker = by_pid.get(slot.get("pid"), {})
         since = slot.get("since")
-        views.append(LoaderView(
-            name=slot.get("slot", "?"), pid=slot.get("pid"), state=slot.get("state"),
-            seconds=round(max(0.0, ref_time - since), 1) if since else None,
-            cut_id=slot.get("cut_id"), path=slot.get("path"), manifest=slot.get("manifest"), line=slot.get("line"),
-            batch=slot.get("batch"), frame=key_frame(_stacks(worker.get("frames"))),
-            stack_file=worker.get("stack_file"),
-        ))
+        views.append(
+            LoaderView(
+                name=slot.get("slot", "?"),
+                pid=slot.get("pid"),
+                state=slot.get("state"),
+                seconds=round(max(0.0, ref_time - since), 1) if since else None,
+                cut_id=slot.get("cut_id"),
+                path=slot.get("path"),
+                manifest=slot.get("manifest"),
+                line=slot.get("line"),
+                batch=slot.get("batch"),
+                frame=key_frame(_stacks(worker.get("frames"))),
+                stack_file=worker.get("stack_file"),
+            )
+        )
     return views
 
 
@@ -221,16 +232,28 @@ def _rank_view(rank: int, latest: dict | None, dump: dict | None, run_dir: Path,
     lag = ref - beat["written_at"]
     slots = (dump or {}).get("slots") if dump else read_slots(heartbeat_dir(run_dir), rank)
     return RankView(
-        rank=rank, host=beat.get("host"), pid=beat.get("pid"), status=status, alive=alive,
-        phase=beat.get("phase"), phase_seconds=round(ref - beat["phase_since"], 1),
+        rank=rank,
+        host=beat.get("host"),
+        pid=beat.get("pid"),
+        status=status,
+        alive=alive,
+        phase=beat.get("phase"),
+        phase_seconds=round(ref - beat["phase_since"], 1),
         idle_seconds=round(beat.get("progress_age_s", 0.0) + lag, 1),
-        timeout=beat.get("stall_timeout_s"), timeout_rule=beat.get("timeout_rule"),
-        step=beat.get("step"), steps_done=beat.get("steps_done"), position=beat.get("position"),
-        waiting_for=beat.get("waiting_for"), in_flight=beat.get("in_flight") or [], data_end=beat.get("data_end"),
-        collective=beat.get("collective"), step_time=beat.get("step_time"),
+        timeout=beat.get("stall_timeout_s"),
+        timeout_rule=beat.get("timeout_rule"),
+        step=beat.get("step"),
+        steps_done=beat.get("steps_done"),
+        position=beat.get("position"),
+        waiting_for=beat.get("waiting_for"),
+        in_flight=beat.get("in_flight") or [],
+        data_end=beat.get("data_end"),
+        collective=beat.get("collective"),
+        step_time=beat.get("step_time"),
         frame=key_frame(_stacks((dump or {}).get("threads"))),
         blocking_call=_blocking_call(_stacks((dump or {}).get("threads"))),
-        error=(latest or beat).get("error"), dumped=dump is not None,
+        error=(latest or beat).get("error"),
+        dumped=dump is not None,
         ended_at=(latest or beat).get("written_at") if status != RUNNING else None,
         loaders=_loader_views(slots or [], (dump or {}).get("workers") or [], ref),
     )
@@ -249,9 +272,7 @@ def build_report(run_dir: str | os.PathLike, incident: int | None = None) -> Sta
         else:
             incident = numbers[-1]
     elif incident is not None and incident not in numbers:
-        raise NestkitError(
-            f"incident {incident}: not in {run_dir / 'stall'} (expected one of {numbers or 'none'})"
-        )
+        raise NestkitError(f"incident {incident}: not in {run_dir / 'stall'} (expected one of {numbers or 'none'})")
     if not beats and incident is None:
         raise NestkitError(
             f"run {run_dir}: no heartbeats (expected {heartbeat_dir(run_dir)}/rank<R>.json). "
@@ -265,13 +286,22 @@ def build_report(run_dir: str | os.PathLike, incident: int | None = None) -> Sta
             dump = _read_json(inc.rank_dir(rank) / DUMP)
             if dump is not None:
                 dumps[rank] = dump
-    world = max([b.get("world_size", 1) for b in beats.values()] + [d["heartbeat"].get("world_size", 1) for d in dumps.values()] + [1])
+    world = max(
+        [b.get("world_size", 1) for b in beats.values()]
+        + [d["heartbeat"].get("world_size", 1) for d in dumps.values()]
+        + [1]
+    )
     now = time.time()
     ranks = [_rank_view(r, beats.get(r), dumps.get(r), run_dir, now) for r in range(world)]
     return StallReport(
-        run_dir=str(run_dir), incident=incident, requested_by=request.get("rank"),
-        reason=(request.get("reason") or "no stall recorded") + note, time=request.get("time", now),
-        world_size=world, ranks=ranks, verdict=classify(ranks, request.get("kind")),
+        run_dir=str(run_dir),
+        incident=incident,
+        requested_by=request.get("rank"),
+        reason=(request.get("reason") or "no stall recorded") + note,
+        time=request.get("time", now),
+        world_size=world,
+        ranks=ranks,
+        verdict=classify(ranks, request.get("kind")),
     )
 
 
@@ -299,7 +329,9 @@ def _waiting_clause(waiting: list[RankView]) -> str:
 def _culprit_loader(rank: RankView) -> LoaderView | None:
     """The loading process that holds up the batch the rank waits for."""
     wanted = rank.waiting_for
-    busy = [w for w in rank.loaders if w.state in ("loading", "building", "augmenting") and not w.name.startswith("val-")]
+    busy = [
+        w for w in rank.loaders if w.state in ("loading", "building", "augmenting") and not w.name.startswith("val-")
+    ]
     if wanted is not None:
         for w in busy:
             if w.batch and (w.batch.get("epoch"), w.batch.get("batch")) == (wanted["epoch"], wanted["batch"]):
@@ -341,14 +373,18 @@ def _data_wait(rank: RankView) -> str:
     wanted = rank.waiting_for
     batch = f"batch {wanted['batch']}" if wanted else "its next batch"
     loader = _culprit_loader(rank)
-    who = f"rank {rank.rank}" + ("" if loader is None or loader.name == "main" else f", {loader.name.replace('worker', 'worker ')}")
+    who = f"rank {rank.rank}" + (
+        "" if loader is None or loader.name == "main" else f", {loader.name.replace('worker', 'worker ')}"
+    )
     held = f" for {loader.seconds:.0f} s" if loader is not None and loader.seconds is not None else ""
     if loader is not None and loader.state == "loading":
         return f"{who} blocked reading {loader.where} in {batch}{held}"
     if loader is not None:
         return f"{who} stuck {loader.state} {batch}{held}" + (f" at {loader.frame}" if loader.frame else "")
-    return (f"rank {rank.rank} waiting {rank.phase_seconds:.0f} s for {batch} from its DataLoader, and no worker "
-            "is reading a file (dead or deadlocked workers? see their stacks)")
+    return (
+        f"rank {rank.rank} waiting {rank.phase_seconds:.0f} s for {batch} from its DataLoader, and no worker "
+        "is reading a file (dead or deadlocked workers? see their stacks)"
+    )
 
 
 def _first_line(error: str | None, limit: int = 300) -> str:
@@ -372,8 +408,11 @@ def _why_left(rank: RankView) -> str:
         after = rank.data_end.get("after") or {}
         detail = f", {rank.data_end['detail']}" if rank.data_end.get("detail") else ""
         end = f"its data ended after batch {after.get('batch')} (epoch {after.get('epoch')}{detail})"
-        state = "finished" if rank.status == FINISHED else f"now in {rank.phase}" + (
-            f", inside {rank.blocking_call}" if rank.blocking_call else "")
+        state = (
+            "finished"
+            if rank.status == FINISHED
+            else f"now in {rank.phase}" + (f", inside {rank.blocking_call}" if rank.blocking_call else "")
+        )
         return f"rank {rank.rank} left the training loop after {rank.steps_done} steps: {end}; {state}"
     return f"rank {rank.rank} finished after {rank.steps_done} steps"
 
@@ -392,31 +431,53 @@ def classify(ranks: list[RankView], request_kind: str | None = None) -> Verdict:
     if fetching:
         return _data_stall(fetching, waiting)
     if left and waiting:
-        return Verdict("collective_mismatch", "collective mismatch: " + "; ".join(_why_left(r) for r in left)
-                       + f" -- while {_waiting(waiting, 'waits' if len(waiting) == 1 else 'wait')}", [r.rank for r in left])
+        return Verdict(
+            "collective_mismatch",
+            "collective mismatch: "
+            + "; ".join(_why_left(r) for r in left)
+            + f" -- while {_waiting(waiting, 'waits' if len(waiting) == 1 else 'wait')}",
+            [r.rank for r in left],
+        )
     if others:
         rank = max(others, key=lambda r: r.idle_seconds or 0.0)
         kind = "compute_stall" if rank.phase in COMPUTE_PHASES else "stuck"
         where = f" at {rank.frame}" if rank.frame else ""
-        return Verdict(kind, f"{'compute stall' if kind == 'compute_stall' else 'stuck'}: rank {rank.rank} stuck in "
-                       f"{rank.phase} at step {rank.step} for {rank.phase_seconds:.0f} s{where}{_waiting_clause(waiting)}",
-                       [rank.rank])
+        return Verdict(
+            kind,
+            f"{'compute stall' if kind == 'compute_stall' else 'stuck'}: rank {rank.rank} stuck in "
+            f"{rank.phase} at step {rank.step} for {rank.phase_seconds:.0f} s{where}{_waiting_clause(waiting)}",
+            [rank.rank],
+        )
     if waiting:
         steps = sorted({r.step for r in waiting})
         if len(steps) > 1:
             behind = [r for r in waiting if r.step == steps[0]]
-            return Verdict("collective_mismatch", "collective mismatch: ranks wait in collectives of different steps ("
-                           + _waiting(waiting) + ")", [r.rank for r in behind])
-        return Verdict("collective_stall", f"collective stall: {_waiting(waiting)}, and no rank is missing: the backend "
-                       "or the network does not complete it (see each rank's dump.json, 'collective')", [r.rank for r in waiting])
+            return Verdict(
+                "collective_mismatch",
+                "collective mismatch: ranks wait in collectives of different steps (" + _waiting(waiting) + ")",
+                [r.rank for r in behind],
+            )
+        return Verdict(
+            "collective_stall",
+            f"collective stall: {_waiting(waiting)}, and no rank is missing: the backend "
+            "or the network does not complete it (see each rank's dump.json, 'collective')",
+            [r.rank for r in waiting],
+        )
     if left:
-        return Verdict("collective_mismatch", "collective mismatch: " + "; ".join(_why_left(r) for r in left), [r.rank for r in left])
+        return Verdict(
+            "collective_mismatch",
+            "collective mismatch: " + "; ".join(_why_left(r) for r in left),
+            [r.rank for r in left],
+        )
     return Verdict("slow", "slow but progressing: a stall was declared, but every rank has moved on since", [])
 
 
 def _no_stall(ranks: list[RankView], present: list[RankView], active: list[RankView]) -> Verdict:
     if present and all(r.status == FINISHED for r in present) and len(present) == len(ranks):
-        return Verdict("finished", f"finished: all {len(ranks)} ranks completed (last step {max(r.steps_done or 0 for r in ranks)})")
+        return Verdict(
+            "finished",
+            f"finished: all {len(ranks)} ranks completed (last step {max(r.steps_done or 0 for r in ranks)})",
+        )
     # the first failure is the cause; a peer failing after it usually only lost its connection
     failed = sorted((r for r in ranks if r.status == FAILED), key=lambda r: r.ended_at or 0.0)
     if failed:
@@ -426,8 +487,11 @@ def _no_stall(ranks: list[RankView], present: list[RankView], active: list[RankV
     gone = [r for r in ranks if r.died]
     if gone or any(r.status == "missing" for r in ranks):
         lost = gone + [r for r in ranks if r.status == "missing"]
-        return Verdict("stopped", "stopped: " + "; ".join(_why_left(r) for r in lost) + " (no stall was recorded: killed from outside?)",
-                       [r.rank for r in lost])
+        return Verdict(
+            "stopped",
+            "stopped: " + "; ".join(_why_left(r) for r in lost) + " (no stall was recorded: killed from outside?)",
+            [r.rank for r in lost],
+        )
     slow = []
     for r in active:
         if r.timeout and r.idle_seconds is not None and r.idle_seconds >= 0.5 * r.timeout:
@@ -440,8 +504,11 @@ def _no_stall(ranks: list[RankView], present: list[RankView], active: list[RankV
     steps = sorted({r.step for r in active})
     medians = [r.step_time.get("median") for r in active if r.step_time and r.step_time.get("median")]
     pace = f", median step {max(medians):.2f} s" if medians else ""
-    return Verdict("healthy", f"healthy: {len(active)} of {len(ranks)} ranks progressing at step "
-                   f"{', '.join(map(str, steps)) or '?'}{pace}; no stall")
+    return Verdict(
+        "healthy",
+        f"healthy: {len(active)} of {len(ranks)} ranks progressing at step "
+        f"{', '.join(map(str, steps)) or '?'}{pace}; no stall",
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -466,16 +533,24 @@ def render_text(report: StallReport) -> str:
             lines.append(f"rank {r.rank}: no heartbeat")
             continue
         pos = f"epoch {r.position['epoch']} batch {r.position['batch']}" if r.position else "no batch yet"
-        lines.append(f"rank {r.rank} [{r.status}] pid {r.pid} on {r.host}: {r.phase} for {r.phase_seconds} s, step {r.step} ({pos}); "
-                     f"no progress for {r.idle_seconds} s (limit {r.timeout}: {r.timeout_rule})")
+        lines.append(
+            f"rank {r.rank} [{r.status}] pid {r.pid} on {r.host}: {r.phase} for {r.phase_seconds} s, step {r.step} ({pos}); "
+            f"no progress for {r.idle_seconds} s (limit {r.timeout}: {r.timeout_rule})"
+        )
         if r.waiting_for:
-            cuts = ", ".join(f"{c['cut_id']} ({c['path']}, {c.get('manifest')}:{c.get('line')})" for c in r.waiting_for["cuts"])
+            cuts = ", ".join(
+                f"{c['cut_id']} ({c['path']}, {c.get('manifest')}:{c.get('line')})" for c in r.waiting_for["cuts"]
+            )
             lines.append(f"  waiting for epoch {r.waiting_for['epoch']} batch {r.waiting_for['batch']}: {cuts}")
         if r.in_flight:
-            lines.append("  in flight: " + ", ".join(f"batch {_batch_name(b, r.position)} ({b['state']})" for b in r.in_flight))
+            lines.append(
+                "  in flight: " + ", ".join(f"batch {_batch_name(b, r.position)} ({b['state']})" for b in r.in_flight)
+            )
         if r.data_end:
             after = r.data_end.get("after") or {}
-            lines.append(f"  data ended after epoch {after.get('epoch')} batch {after.get('batch')} ({r.data_end.get('detail')})")
+            lines.append(
+                f"  data ended after epoch {after.get('epoch')} batch {after.get('batch')} ({r.data_end.get('detail')})"
+            )
         if r.collective and r.collective.get("round"):
             c = r.collective
             lines.append(f"  all-reduce round {c['round']}: {c['buckets_done']}/{c['buckets_launched']} buckets done")

@@ -26,13 +26,11 @@ from pytorch_lightning.callbacks import Callback
 
 from nestkit.config import WatchdogConfig
 from nestkit.monitor import collective
-from nestkit.runfolder import worker_status
-from nestkit.runfolder.heartbeats import FAILED
-from nestkit.runfolder.heartbeats import FINISHED
 from nestkit.monitor.heartbeat import Heartbeat
-from nestkit.runfolder.heartbeats import heartbeat_dir
 from nestkit.monitor.loader_watch import WatchedDataLoader
 from nestkit.monitor.watchdog import Watchdog
+from nestkit.runfolder import worker_status
+from nestkit.runfolder.heartbeats import FAILED, FINISHED, heartbeat_dir
 
 
 class StallWatch(Callback):
@@ -85,7 +83,9 @@ class StallWatch(Callback):
         loader.watch = hb
         loader.on_timeout = lambda message: self.watchdog.declare(message, kind="data_timeout")
         if loader.num_workers == 0:  # the rank loads its own data: it reports what it reads itself
-            worker_status.install(worker_status.slot_path(heartbeat_dir(self.run_dir), hb.rank, None), rank=hb.rank, worker=None)
+            worker_status.install(
+                worker_status.slot_path(heartbeat_dir(self.run_dir), hb.rank, None), rank=hb.rank, worker=None
+            )
 
     def on_fit_start(self, trainer, pl_module) -> None:
         # DDP wraps the model by now
@@ -105,7 +105,9 @@ class StallWatch(Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         position = getattr(batch, "position", None)
         self.heartbeat.mark_step_start(
-            trainer.global_step, (position.epoch, position.batch) if position is not None else None, getattr(batch, "records", [])
+            trainer.global_step,
+            (position.epoch, position.batch) if position is not None else None,
+            getattr(batch, "records", []),
         )
         if self.buffer_broadcast:
             self.heartbeat.enter_collective(collective.BUFFER_BROADCAST)

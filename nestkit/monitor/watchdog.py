@@ -29,20 +29,21 @@ import threading
 import time
 
 from nestkit.config import WatchdogConfig
-from nestkit.monitor import collective
-from nestkit.monitor import stack_dump
-from nestkit.runfolder import worker_status
-from nestkit.monitor.heartbeat import Heartbeat
-from nestkit.runfolder.heartbeats import ABORTED, RUNNING, heartbeat_dir, read_heartbeats
 from nestkit.core.procs import parent_pid, process_start_ticks
+from nestkit.monitor import collective, stack_dump
+from nestkit.monitor.heartbeat import Heartbeat
+from nestkit.runfolder import worker_status
+from nestkit.runfolder.heartbeats import ABORTED, RUNNING, heartbeat_dir, read_heartbeats
+from nestkit.runfolder.incidents import (
+    DUMP,
+    REPORT_JSON,
+    REPORT_TEXT,
+    Incident,
+    history,
+    latest_incident,
+    open_incident,
+)
 from nestkit.runfolder.records import write_json_atomic
-from nestkit.runfolder.incidents import DUMP
-from nestkit.runfolder.incidents import REPORT_JSON
-from nestkit.runfolder.incidents import REPORT_TEXT
-from nestkit.runfolder.incidents import Incident
-from nestkit.runfolder.incidents import history
-from nestkit.runfolder.incidents import latest_incident
-from nestkit.runfolder.incidents import open_incident
 
 STALL_EXIT_CODE = 3
 SLOW_PHASES = ("validation", "checkpoint")
@@ -61,8 +62,10 @@ def stall_timeout(cfg: WatchdogConfig, heartbeat: Heartbeat) -> tuple[float | No
         return cfg.stall_timeout_s, "watchdog.stall_timeout_s"
     recent = heartbeat.step_times.quantile(0.95) or 0.0
     derived = max(cfg.min_stall_timeout_s, cfg.stall_factor * recent)
-    return derived, (f"derived: max(min_stall_timeout_s {cfg.min_stall_timeout_s:g}, "
-                     f"stall_factor {cfg.stall_factor:g} x p95 step {recent:.3g} s)")
+    return derived, (
+        f"derived: max(min_stall_timeout_s {cfg.min_stall_timeout_s:g}, "
+        f"stall_factor {cfg.stall_factor:g} x p95 step {recent:.3g} s)"
+    )
 
 
 class Watchdog:
@@ -95,7 +98,9 @@ class Watchdog:
             try:
                 self.tick()
             except Exception as exc:  # the watchdog must never be the thing that kills training
-                self.notify(f"nestkit watchdog (rank {self.heartbeat.rank}): internal error {type(exc).__name__}: {exc}")
+                self.notify(
+                    f"nestkit watchdog (rank {self.heartbeat.rank}): internal error {type(exc).__name__}: {exc}"
+                )
 
     def tick(self) -> None:
         hb = self.heartbeat
@@ -113,8 +118,10 @@ class Watchdog:
             if idle < self.cfg.slow_data_timeout_s and self._data_still_moving(progress, idle, timeout):
                 return
             self._fired_for = progress
-            self.declare(f"rank {hb.rank} made no progress for {idle:.0f} s in phase {hb.phase} "
-                         f"at step {hb.step} (limit {timeout:g} s: {rule})")
+            self.declare(
+                f"rank {hb.rank} made no progress for {idle:.0f} s in phase {hb.phase} "
+                f"at step {hb.step} (limit {timeout:g} s: {rule})"
+            )
 
     def _data_still_moving(self, progress: float, idle: float, timeout: float) -> bool:
         """Slow storage is not a stall: while some rank's loader keeps starting and finishing reads
@@ -139,8 +146,15 @@ class Watchdog:
     def declare(self, reason: str, kind: str = "stall") -> Incident:
         """Open an incident (or join one opened at the same moment), dump, report, then act."""
         hb = self.heartbeat
-        request = {"kind": kind, "rank": hb.rank, "reason": reason, "time": time.time(),
-                   "step": hb.step, "phase": hb.phase, "action": self.cfg.action}
+        request = {
+            "kind": kind,
+            "rank": hb.rank,
+            "reason": reason,
+            "time": time.time(),
+            "step": hb.step,
+            "phase": hb.phase,
+            "action": self.cfg.action,
+        }
         with self._lock:
             # every rank asks for the same number: one opens it, the others join it. Reserved
             # first, so that this rank's own watchdog thread does not answer it as a follower.
@@ -201,7 +215,9 @@ class Watchdog:
         out.mkdir(parents=True, exist_ok=True)
         beat = hb.write()
         threads = stack_dump.own_threads()
-        (out / "threads.txt").write_text(stack_dump.format_threads(threads, f"rank {hb.rank} pid {hb.pid} on {hb.host}: {reason}"))
+        (out / "threads.txt").write_text(
+            stack_dump.format_threads(threads, f"rank {hb.rank} pid {hb.pid} on {hb.host}: {reason}")
+        )
         workers = []
         dumps = stack_dump.worker_stacks(self.run_dir, hb.rank, hb.workers) if hb.workers else {}
         for w in hb.workers:
@@ -219,7 +235,10 @@ class Watchdog:
                     entry["py_spy"] = f"worker{w['worker']}.py-spy.txt"
             workers.append(entry)
         record = {
-            "incident": incident.number, "rank": hb.rank, "time": time.time(), "reason": reason,
+            "incident": incident.number,
+            "rank": hb.rank,
+            "time": time.time(),
+            "reason": reason,
             "heartbeat": beat,
             "threads": [s.as_dict() for s in threads],
             "workers": workers,
@@ -263,9 +282,14 @@ class Watchdog:
         own watchdog could not act, e.g. a C call holding the GIL)."""
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline:
-            peers = [b for r, b in read_heartbeats(self.run_dir).items()
-                     if r != self.heartbeat.rank and b.get("host") == self.heartbeat.host and b.get("status") == RUNNING
-                     and b.get("started_at", 0) >= self.started_at - 600]
+            peers = [
+                b
+                for r, b in read_heartbeats(self.run_dir).items()
+                if r != self.heartbeat.rank
+                and b.get("host") == self.heartbeat.host
+                and b.get("status") == RUNNING
+                and b.get("started_at", 0) >= self.started_at - 600
+            ]
             if not peers:
                 return
             time.sleep(0.5)

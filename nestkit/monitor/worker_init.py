@@ -34,17 +34,22 @@ def _worker_init(worker_id: int, run_dir: str | None, rank: int, role: str = "")
     path = worker_stack_path(run_dir, rank, worker_id, role)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        dump = open(path, "w")
+        dump = open(path, "w")  # noqa: SIM115 -- open for the worker's lifetime: faulthandler writes to it
         dump.write(f"# rank {rank} DataLoader {role + ' ' if role else ''}worker {worker_id}, pid {os.getpid()}\n")
         dump.flush()
     except OSError as exc:  # a full run folder costs this worker's stack dumps, never the worker
-        warn_once(path, f"cannot create the worker's stack-dump file ({describe_os_error(exc)}); py-spy can still read it")
+        warn_once(
+            path, f"cannot create the worker's stack-dump file ({describe_os_error(exc)}); py-spy can still read it"
+        )
     else:
         _dump_files.append(dump)
         faulthandler.register(DUMP_SIGNAL, file=dump, all_threads=True, chain=False)
     try:
         worker_status.install(
-            worker_status.slot_path(heartbeat_dir(run_dir), rank, worker_id, role), rank=rank, worker=worker_id, role=role
+            worker_status.slot_path(heartbeat_dir(run_dir), rank, worker_id, role),
+            rank=rank,
+            worker=worker_id,
+            role=role,
         )
     except OSError as exc:
         warn_once(heartbeat_dir(run_dir), f"cannot create worker {worker_id}'s status slot ({describe_os_error(exc)})")

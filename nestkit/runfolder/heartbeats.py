@@ -12,12 +12,32 @@ from nestkit.runfolder.layout import heartbeat_dir, heartbeat_path, rank_of_file
 from nestkit.runfolder.records import read_json, write_json_atomic
 
 FORMAT = "nestkit-heartbeat/1"
-PHASES = ("startup", "fetch", "forward", "backward", "collective", "optimizer", "step_end", "validation",
-          "checkpoint", "finished")
+PHASES = (
+    "startup",
+    "fetch",
+    "forward",
+    "backward",
+    "collective",
+    "optimizer",
+    "step_end",
+    "validation",
+    "checkpoint",
+    "finished",
+)
 RUNNING, FINISHED, FAILED, ABORTED = "running", "finished", "failed", "aborted"
 
-__all__ = ["ABORTED", "FAILED", "FINISHED", "FORMAT", "PHASES", "RUNNING", "heartbeat_dir", "heartbeat_path",
-           "read_heartbeats", "write_heartbeat"]
+__all__ = [
+    "ABORTED",
+    "FAILED",
+    "FINISHED",
+    "FORMAT",
+    "PHASES",
+    "RUNNING",
+    "heartbeat_dir",
+    "heartbeat_path",
+    "read_heartbeats",
+    "write_heartbeat",
+]
 
 
 def read_heartbeats(run_dir: str | os.PathLike) -> dict[int, dict]:

@@ -1,14 +1,14 @@
 """Where each file of a run folder lives. Every path in the run folder is named here, once.
 
-    config.yaml                       the resolved config the run used
-    checkpoints/                      stepN.ckpt, last.ckpt, best-stepN.ckpt
-    batches/rank<R>.jsonl             per trained micro-batch: position, fingerprint, cut ids, loss
-    quarantine/rank<R>[-worker<W>].jsonl  unusable samples and noises, one file per writing process
-    heartbeat/rank<R>.json            per rank, rewritten every second
-    heartbeat/<process>.status        per data-loading process: the cut it reads now (memory-mapped)
-    stacks/<process>.txt              worker stack dumps (SIGUSR1 -> faulthandler)
-    stall/<N>/                        a stall incident: request, every rank's dump, the report
-    csv/, tb/                         Lightning's loggers
+config.yaml                       the resolved config the run used
+checkpoints/                      stepN.ckpt, last.ckpt, best-stepN.ckpt
+batches/rank<R>.jsonl             per trained micro-batch: position, fingerprint, cut ids, loss
+quarantine/rank<R>[-worker<W>].jsonl  unusable samples and noises, one file per writing process
+heartbeat/rank<R>.json            per rank, rewritten every second
+heartbeat/<process>.status        per data-loading process: the cut it reads now (memory-mapped)
+stacks/<process>.txt              worker stack dumps (SIGUSR1 -> faulthandler)
+stall/<N>/                        a stall incident: request, every rank's dump, the report
+csv/, tb/                         Lightning's loggers
 """
 
 from __future__ import annotations

@@ -60,8 +60,15 @@ class Quarantine:
         record = {"time": round(time.time(), 3), "rank": self.rank, **record}
         log.warning(
             "rank %s epoch %s batch %s: %s %s (%s:%s) unusable [%s]: %s%s",
-            self.rank, record.get("epoch"), record.get("batch"), record.get("kind"), record.get("cut_id"),
-            record.get("manifest"), record.get("line"), record.get("category"), record.get("reason"),
+            self.rank,
+            record.get("epoch"),
+            record.get("batch"),
+            record.get("kind"),
+            record.get("cut_id"),
+            record.get("manifest"),
+            record.get("line"),
+            record.get("category"),
+            record.get("reason"),
             f"; replaced by {record['substitute']}" if record.get("substitute") else "",
         )
         path = self.path
@@ -93,5 +100,5 @@ def read_quarantine(run_dir: str | os.PathLike, skipped: list[SkippedLine] | Non
         records.extend(read.records)
         if skipped is not None:
             skipped.extend(read.skipped)
-    records.sort(key=lambda r: (r.get("time") or 0.0))
+    records.sort(key=lambda r: r.get("time") or 0.0)
     return records

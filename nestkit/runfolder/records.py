@@ -22,9 +22,10 @@ import os
 import sys
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import orjson
 
@@ -111,10 +112,15 @@ class JsonlWriter:
         keep = size - len(tail) + cut + 1 if cut >= 0 else (0 if size <= len(tail) else None)
         if keep is None:  # a torn line longer than 64 KiB: end it instead of searching further
             os.write(fd, b"\n")
-            warn_once(self.path, "its last line was torn by an earlier writer; ended it so new records start on their own line")
+            warn_once(
+                self.path,
+                "its last line was torn by an earlier writer; ended it so new records start on their own line",
+            )
             return
         os.ftruncate(fd, keep)
-        warn_once(self.path, f"removed a torn last line ({size - keep} bytes without a newline) left by an earlier writer")
+        warn_once(
+            self.path, f"removed a torn last line ({size - keep} bytes without a newline) left by an earlier writer"
+        )
 
     # -- writing -------------------------------------------------------------------------------
 
@@ -151,8 +157,12 @@ class JsonlWriter:
         except OSError as exc:
             self.failures += 1
             self._rollback_after_error()
-            warn_once(self.path, f"cannot write ({describe_os_error(exc)}); its records are kept in memory "
-                      "and written when the file can be written again", self.notify)
+            warn_once(
+                self.path,
+                f"cannot write ({describe_os_error(exc)}); its records are kept in memory "
+                "and written when the file can be written again",
+                self.notify,
+            )
             return False
 
     def _rollback_after_error(self) -> None:
@@ -170,8 +180,12 @@ class JsonlWriter:
             self._flush_pending()
             if self.pending or self.dropped:
                 lost = len(self.pending) + self.dropped
-                warn_once(self.path, f"lost: {lost} record(s) could not be written before the process ended "
-                          "(the file system stayed full or unwritable)", self.notify)
+                warn_once(
+                    self.path,
+                    f"lost: {lost} record(s) could not be written before the process ended "
+                    "(the file system stayed full or unwritable)",
+                    self.notify,
+                )
             if self._fd is not None:
                 try:
                     os.close(self._fd)
@@ -275,8 +289,13 @@ def read_jsonl(path: str | os.PathLike) -> JsonlRead:
             record = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
             last = number == len(lines) and torn_tail
-            skipped.append(SkippedLine(str(path), number, "torn last line (the writer was interrupted)" if last
-                                       else f"not a whole JSON line: {exc}"))
+            skipped.append(
+                SkippedLine(
+                    str(path),
+                    number,
+                    "torn last line (the writer was interrupted)" if last else f"not a whole JSON line: {exc}",
+                )
+            )
             continue
         if not isinstance(record, dict):
             skipped.append(SkippedLine(str(path), number, f"not a JSON object (got {type(record).__name__})"))

@@ -68,8 +68,14 @@ class StatusSlot:
         _HEADER.pack_into(self._map, at, self._seq, len(body), _crc(self._seq, body))
 
     def record(self, state: str, **extra) -> dict:
-        return {**self.identity, "state": state, "since": time.time(), "batch": self.batch,
-                "batch_since": self.batch_since, **extra}
+        return {
+            **self.identity,
+            "state": state,
+            "since": time.time(),
+            "batch": self.batch,
+            "batch_since": self.batch_since,
+            **extra,
+        }
 
 
 _slot: StatusSlot | None = None
@@ -122,8 +128,15 @@ def loading(cut_id: str, path: str, manifest: str | None, line: int | None) -> N
     slot = _slot
     if slot is None:
         return
-    slot.write(slot.record("loading", cut_id=cut_id, path=path[:_MAX_TEXT],
-                           manifest=manifest[:_MAX_TEXT] if manifest else manifest, line=line))
+    slot.write(
+        slot.record(
+            "loading",
+            cut_id=cut_id,
+            path=path[:_MAX_TEXT],
+            manifest=manifest[:_MAX_TEXT] if manifest else manifest,
+            line=line,
+        )
+    )
 
 
 def loaded() -> None:

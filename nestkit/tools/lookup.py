@@ -5,12 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from nestkit.data.batch import NestBatch
-from nestkit.tools.positions import Position
-from nestkit.tools.positions import following
-from nestkit.tools.positions import in_flight_count
-from nestkit.tools.positions import logged
-from nestkit.tools.session import DebugSession
-from nestkit.tools.session import PlannedCut
+from nestkit.tools.positions import Position, following, in_flight_count, logged
+from nestkit.tools.session import DebugSession, PlannedCut
 
 
 @dataclass
@@ -57,13 +53,15 @@ def lookup_batch(session: DebugSession, position: Position, ranks: list[int], lo
     step = session.step_of(position)
     out = []
     for rank in ranks:
-        out.append(RankBatch(
-            rank=rank,
-            position=position,
-            step=step,
-            planned=session.planned(rank, position),
-            batch=session.build(rank, position) if load else None,
-            logged=logged(session.run_dir, rank, position),
-            in_flight=following(session.sampler, position, ahead),
-        ))
+        out.append(
+            RankBatch(
+                rank=rank,
+                position=position,
+                step=step,
+                planned=session.planned(rank, position),
+                batch=session.build(rank, position) if load else None,
+                logged=logged(session.run_dir, rank, position),
+                in_flight=following(session.sampler, position, ahead),
+            )
+        )
     return out

@@ -11,11 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nestkit.config import NestConfig
-from nestkit.data.sampler import PlanSampler
 from nestkit.core.errors import NestkitError
+from nestkit.data.sampler import PlanSampler
+from nestkit.runfolder.batch_log import logged_ranks, read_batch_log
 from nestkit.training.devices import configured_world_size
-from nestkit.runfolder.batch_log import logged_ranks
-from nestkit.runfolder.batch_log import read_batch_log
 
 LIGHTNING_PREFETCH = 1  # Lightning fetches the next batch before running the current step
 

@@ -21,13 +21,11 @@ from pathlib import Path
 import torch
 
 from nestkit.config import save_config
+from nestkit.core.errors import AudioLoadError, NestkitError
 from nestkit.data.batch import NestBatch
 from nestkit.data.loading import load_cut
-from nestkit.tools.positions import Position
-from nestkit.tools.positions import logged
+from nestkit.tools.positions import Position, logged
 from nestkit.tools.session import DebugSession
-from nestkit.core.errors import AudioLoadError
-from nestkit.core.errors import NestkitError
 
 
 @dataclass
@@ -96,15 +94,25 @@ def time_samples(session: DebugSession, rank: int, position: Position) -> list[S
             load_cut(cut, sample_rate, timeout_s, require_signal=True)  # as the dataset loads utterances
         except AudioLoadError as exc:
             status, reason = exc.category, str(exc)
-        reports.append(SampleReport(
-            slot=planned.slot, planned_cut=planned.cut_id, used_cut=None, manifest=planned.manifest,
-            line=planned.line, path=planned.path, load_ms=round((time.perf_counter() - started) * 1e3, 3),
-            status=status, reason=reason,
-        ))
+        reports.append(
+            SampleReport(
+                slot=planned.slot,
+                planned_cut=planned.cut_id,
+                used_cut=None,
+                manifest=planned.manifest,
+                line=planned.line,
+                path=planned.path,
+                load_ms=round((time.perf_counter() - started) * 1e3, 3),
+                status=status,
+                reason=reason,
+            )
+        )
     return reports
 
 
-def write_repro(session: DebugSession, rank: int, position: Position, sample: SampleReport, out_dir: Path, timeout_s: float) -> Path:
+def write_repro(
+    session: DebugSession, rank: int, position: Position, sample: SampleReport, out_dir: Path, timeout_s: float
+) -> Path:
     """A folder that replays just this cut: manifest.json (its line), config.yaml, command.sh."""
     folder = (out_dir / f"{sample.planned_cut}").resolve()  # absolute: the config and command name it
     folder.mkdir(parents=True, exist_ok=True)
@@ -140,12 +148,14 @@ def write_repro(session: DebugSession, rank: int, position: Position, sample: Sa
     return folder
 
 
-def run_forward(session: DebugSession, batch: NestBatch, rank: int, position: Position, checkpoint: Path | None) -> ForwardReport:
+def run_forward(
+    session: DebugSession, batch: NestBatch, rank: int, position: Position, checkpoint: Path | None
+) -> ForwardReport:
     """The training step on this batch: same seeds as training at the step that trained it."""
     from nestkit.model.checkpoint import load_nemo_weights
-    from nestkit.training.module import training_loss
     from nestkit.model.nan_probe import NanProbe, nonfinite_parameters
     from nestkit.model.nest import NestModel
+    from nestkit.training.module import training_loss
 
     model = NestModel(session.cfg.model)
     checkpoint_step = None
@@ -165,9 +175,14 @@ def run_forward(session: DebugSession, batch: NestBatch, rank: int, position: Po
     found = probe.forward_origin or probe.backward_origin or nonfinite_parameters(model)
     nonfinite = probe.report() if found else None
     return ForwardReport(
-        step=step, loss=float(result.loss.detach()), masked_frames=int(result.num_masked_frames),
-        checkpoint=str(checkpoint) if checkpoint else None, checkpoint_step=checkpoint_step,
-        logged_loss=record.get("loss") if record else None, nonfinite=nonfinite, grad_norm=grad_norm,
+        step=step,
+        loss=float(result.loss.detach()),
+        masked_frames=int(result.num_masked_frames),
+        checkpoint=str(checkpoint) if checkpoint else None,
+        checkpoint_step=checkpoint_step,
+        logged_loss=record.get("loss") if record else None,
+        nonfinite=nonfinite,
+        grad_norm=grad_norm,
     )
 
 
@@ -189,9 +204,13 @@ def replay_batch(
         for sample, record in zip(samples, batch.records):
             sample.used_cut = record["cut_id"]
     report = ReplayReport(
-        rank=rank, position=position, world_size=session.world_size,
+        rank=rank,
+        position=position,
+        world_size=session.world_size,
         fingerprint=batch.fingerprint if batch is not None else None,
-        logged=logged(session.run_dir, rank, position), samples=samples, batch_error=batch_error,
+        logged=logged(session.run_dir, rank, position),
+        samples=samples,
+        batch_error=batch_error,
     )
     timeout_s = session.cfg.model.train_ds.sample_timeout_s
     if repro_dir is not None:

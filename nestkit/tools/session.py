@@ -15,17 +15,11 @@ import numpy as np
 from lhotse import CutSet
 
 from nestkit.config import NestConfig
+from nestkit.core.errors import NestkitError, PlanError
 from nestkit.data.batch import NestBatch
-from nestkit.data.loading import cut_path
-from nestkit.data.loading import file_segment
-from nestkit.data.pipeline import DataPipeline
-from nestkit.data.pipeline import build_pipeline
-from nestkit.tools.positions import Position
-from nestkit.tools.positions import position_of_step
-from nestkit.tools.positions import step_of_position
-from nestkit.tools.positions import world_size_of
-from nestkit.core.errors import NestkitError
-from nestkit.core.errors import PlanError
+from nestkit.data.loading import cut_path, file_segment
+from nestkit.data.pipeline import DataPipeline, build_pipeline
+from nestkit.tools.positions import Position, position_of_step, step_of_position, world_size_of
 
 
 @dataclass(frozen=True)
@@ -45,7 +39,9 @@ class PlannedCut:
 
 
 class DebugSession:
-    def __init__(self, cfg: NestConfig, world_size: int, run_dir: Path | None = None, sample_timeout_s: float | None = None):
+    def __init__(
+        self, cfg: NestConfig, world_size: int, run_dir: Path | None = None, sample_timeout_s: float | None = None
+    ):
         cfg = copy.deepcopy(cfg)
         if sample_timeout_s is not None:
             cfg.model.train_ds.sample_timeout_s = sample_timeout_s
@@ -56,7 +52,9 @@ class DebugSession:
         self.accumulate = cfg.trainer.accumulate_grad_batches
 
     @staticmethod
-    def open(cfg: NestConfig, world_size: int | None, run_dir: Path | None = None, sample_timeout_s: float | None = None) -> "DebugSession":
+    def open(
+        cfg: NestConfig, world_size: int | None, run_dir: Path | None = None, sample_timeout_s: float | None = None
+    ) -> DebugSession:
         run_dir = run_dir if run_dir is not None else (cfg.run_dir if cfg.run_dir.is_dir() else None)
         return DebugSession(cfg, world_size_of(cfg, run_dir, world_size), run_dir, sample_timeout_s)
 
@@ -69,7 +67,9 @@ class DebugSession:
 
     def check_rank(self, rank: int) -> None:
         if not 0 <= rank < self.world_size:
-            raise PlanError(f"rank {rank}: out of range (expected 0..{self.world_size - 1} for world size {self.world_size})")
+            raise PlanError(
+                f"rank {rank}: out of range (expected 0..{self.world_size - 1} for world size {self.world_size})"
+            )
 
     def cuts(self, rank: int, position: Position) -> CutSet:
         self.check_rank(rank)
@@ -80,10 +80,18 @@ class DebugSession:
         for slot, cut in enumerate(self.cuts(rank, position)):
             custom = cut.custom or {}
             segment = file_segment(cut)
-            out.append(PlannedCut(
-                slot, cut.id, custom.get("manifest"), custom.get("line"), cut_path(cut),
-                segment.offset if segment else cut.start, cut.duration, bool(custom.get("plan", {}).get("repeat")),
-            ))
+            out.append(
+                PlannedCut(
+                    slot,
+                    cut.id,
+                    custom.get("manifest"),
+                    custom.get("line"),
+                    cut_path(cut),
+                    segment.offset if segment else cut.start,
+                    cut.duration,
+                    bool(custom.get("plan", {}).get("repeat")),
+                )
+            )
         return out
 
     def build(self, rank: int, position: Position) -> NestBatch:
@@ -100,7 +108,9 @@ class DebugSession:
         """[(index row, [(rank, position, slot), ...]), ...] for every cut with this id in `epoch`."""
         rows = self.pipeline.index.find_all(cut_id)
         if not rows:
-            raise NestkitError(f"cut {cut_id}: not in the manifests of this config. Cut ids look like <audio stem>-L<line> for NeMo manifests")
+            raise NestkitError(
+                f"cut {cut_id}: not in the manifests of this config. Cut ids look like <audio stem>-L<line> for NeMo manifests"
+            )
         plan = self.sampler.plan(epoch)
         return [(row, [(rank, Position(epoch, batch), slot) for rank, batch, slot in plan.locate(row)]) for row in rows]
 

@@ -21,18 +21,14 @@ import pytorch_lightning as pl
 import torch
 
 from nestkit.config import NestConfig
-from nestkit.data.batch import BatchPosition
-from nestkit.data.batch import NestBatch
-from nestkit.data.pipeline import DataPipeline
-from nestkit.data.pipeline import build_pipeline
+from nestkit.core.rng import seed_int, torch_generator
+from nestkit.data.batch import BatchPosition, NestBatch
+from nestkit.data.pipeline import DataPipeline, build_pipeline
 from nestkit.data.sampler import PlanStream
+from nestkit.model.nest import NestModel
+from nestkit.model.schedule import build_optimizer, build_scheduler
 from nestkit.monitor.loader_watch import WatchedDataLoader
 from nestkit.monitor.worker_init import worker_init_for
-from nestkit.model.nest import NestModel
-from nestkit.model.schedule import build_optimizer
-from nestkit.model.schedule import build_scheduler
-from nestkit.core.rng import seed_int
-from nestkit.core.rng import torch_generator
 
 DATA_POSITION_KEY = "nestkit_data_position"
 
@@ -51,8 +47,12 @@ def training_loss(model: NestModel, batch: NestBatch, seed: int, step: int, rank
     """The training step's forward and loss, as training and `replay-batch --forward` run it."""
     seed_dropout(seed, step, rank)
     output = model(
-        batch.audio, batch.audio_len, batch.noisy_audio, batch.noisy_audio_len,
-        apply_mask=True, generator=step_generator(seed, step, rank),
+        batch.audio,
+        batch.audio_len,
+        batch.noisy_audio,
+        batch.noisy_audio_len,
+        apply_mask=True,
+        generator=step_generator(seed, step, rank),
     )
     return model.loss(output)
 
@@ -95,10 +95,16 @@ class NestLightningModule(pl.LightningModule):
     def val_dataloader(self):
         if self.cfg.model.validation_ds is None:
             return []
-        return self.pipeline("validation").dataloader(worker_init_fn=worker_init_for(self.run_dir, self.global_rank, "val"))
+        return self.pipeline("validation").dataloader(
+            worker_init_fn=worker_init_for(self.run_dir, self.global_rank, "val")
+        )
 
     def transfer_batch_to_device(self, batch, device, dataloader_idx):
-        return batch.to(device) if isinstance(batch, NestBatch) else super().transfer_batch_to_device(batch, device, dataloader_idx)
+        return (
+            batch.to(device)
+            if isinstance(batch, NestBatch)
+            else super().transfer_batch_to_device(batch, device, dataloader_idx)
+        )
 
     # -- steps --------------------------------------------------------------------------------
 
@@ -130,8 +136,12 @@ class NestLightningModule(pl.LightningModule):
         # NeMo's inference_pass masks too; its generator depends on the batch only, so every
         # validation sees the same masks and val_loss values stay comparable.
         output = self.model(
-            batch.audio, batch.audio_len, batch.noisy_audio, batch.noisy_audio_len,
-            apply_mask=True, generator=torch_generator(self.cfg.nestkit.seed, "validation", batch_idx, self.global_rank),
+            batch.audio,
+            batch.audio_len,
+            batch.noisy_audio,
+            batch.noisy_audio_len,
+            apply_mask=True,
+            generator=torch_generator(self.cfg.nestkit.seed, "validation", batch_idx, self.global_rank),
         )
         loss = self.model.loss(output).loss
         self.log("val_loss", loss, prog_bar=True, sync_dist=True, batch_size=len(batch))
@@ -149,7 +159,11 @@ class NestLightningModule(pl.LightningModule):
         if position is None:
             return
         # batch may equal the epoch's length: the stream then moves on to the next epoch
-        checkpoint[DATA_POSITION_KEY] = {"epoch": position.epoch, "batch": position.batch + 1, "seed": self.cfg.nestkit.seed}
+        checkpoint[DATA_POSITION_KEY] = {
+            "epoch": position.epoch,
+            "batch": position.batch + 1,
+            "seed": self.cfg.nestkit.seed,
+        }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         position = checkpoint.get(DATA_POSITION_KEY)

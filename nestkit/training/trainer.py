@@ -30,17 +30,30 @@ def build_trainer(
     callbacks: list[Callback] = [*(extra_callbacks or []), BatchLog(run_dir) if cfg.nestkit.log_batches else None]
     callbacks.append(RichProgressBar() if interactive and t.enable_progress_bar else StepPrinter(t.log_every_n_steps))
     if cfg.exp_manager.create_checkpoint_callback:
-        callbacks.append(ModelCheckpoint(
-            # monitoring "step" (max) keeps the newest keep_periodic checkpoints
-            dirpath=checkpoints_dir(run_dir), filename="step{step}", auto_insert_metric_name=False,
-            every_n_train_steps=ckpt.every_n_train_steps, save_last=ckpt.save_last,
-            monitor="step", mode="max", save_top_k=ckpt.keep_periodic,
-        ))
+        callbacks.append(
+            ModelCheckpoint(
+                # monitoring "step" (max) keeps the newest keep_periodic checkpoints
+                dirpath=checkpoints_dir(run_dir),
+                filename="step{step}",
+                auto_insert_metric_name=False,
+                every_n_train_steps=ckpt.every_n_train_steps,
+                save_last=ckpt.save_last,
+                monitor="step",
+                mode="max",
+                save_top_k=ckpt.keep_periodic,
+            )
+        )
         if cfg.model.validation_ds is not None and ckpt.monitor:
-            callbacks.append(ModelCheckpoint(
-                dirpath=checkpoints_dir(run_dir), filename=ckpt.filename or "best-step{step}", monitor=ckpt.monitor,
-                mode=ckpt.mode, save_top_k=ckpt.save_top_k, auto_insert_metric_name=False,
-            ))
+            callbacks.append(
+                ModelCheckpoint(
+                    dirpath=checkpoints_dir(run_dir),
+                    filename=ckpt.filename or "best-step{step}",
+                    monitor=ckpt.monitor,
+                    mode=ckpt.mode,
+                    save_top_k=ckpt.save_top_k,
+                    auto_insert_metric_name=False,
+                )
+            )
         if ckpt.save_last:
             callbacks.append(SaveLastOnEnd(run_dir))
     loggers = []
@@ -88,7 +101,9 @@ def validation_every(cfg: NestConfig, batches_per_epoch: int) -> tuple[int, list
         return batches_per_epoch, []
     if isinstance(interval, float):
         steps = max(1, round(interval * batches_per_epoch))
-        return steps, [f"trainer.val_check_interval={interval}: validating every {steps} steps ({interval} of a {batches_per_epoch}-batch epoch)"]
+        return steps, [
+            f"trainer.val_check_interval={interval}: validating every {steps} steps ({interval} of a {batches_per_epoch}-batch epoch)"
+        ]
     return interval, []
 
 
@@ -111,6 +126,8 @@ def worker_notes(cfg: NestConfig) -> list[str]:
     notes = []
     for key, ds in (("train_ds", cfg.model.train_ds), ("validation_ds", cfg.model.validation_ds)):
         if ds is not None and ds.num_workers > cores:
-            notes.append(f"model.{key}.num_workers={ds.num_workers} per rank on {cores} CPU core(s): "
-                         "more workers than cores load no faster and use more memory")
+            notes.append(
+                f"model.{key}.num_workers={ds.num_workers} per rank on {cores} CPU core(s): "
+                "more workers than cores load no faster and use more memory"
+            )
     return notes

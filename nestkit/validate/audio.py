@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import soundfile as sf
 
+from nestkit.core.errors import AudioLoadError
 from nestkit.data.audio import (
     DC_MIN_SECONDS,
     DC_PEAK_TO_PEAK,
@@ -32,10 +33,7 @@ from nestkit.data.audio import (
     seek_frame,
 )
 from nestkit.data.audio import _open as open_audio
-from nestkit.validate.categories import default_hint
-from nestkit.validate.categories import expected_form
-from nestkit.validate.categories import hint_of
-from nestkit.core.errors import AudioLoadError
+from nestkit.validate.categories import default_hint, expected_form, hint_of
 
 # Frames decoded per read: bounds memory on very long files (1 MiB per channel as float32) and
 # locates a decoding failure to within 16 s at 16 kHz.
@@ -167,9 +165,7 @@ def _injected_fault(path: str) -> None:
         raise RuntimeError(f"injected by {FAULT_ENV}")
 
 
-def _check_open_file(
-    sound: sf.SoundFile, task: FileTask, settings: CheckSettings, result: FileResult
-) -> None:
+def _check_open_file(sound: sf.SoundFile, task: FileTask, settings: CheckSettings, result: FileResult) -> None:
     rate, frames = sound.samplerate, sound.frames
     result.sample_rate, result.frames = rate, frames
     if frames <= 0:
@@ -183,25 +179,40 @@ def _check_open_file(
     for segment in task.segments:
         ref, start = segment.ref, int(round(segment.offset * rate))
         if start >= frames:
-            result.flag(ref, "offset_beyond_end", f"offset is past the end of the file "
-                        f"(expected < {frames / rate:.3f} s, got {segment.offset:.3f} s)")
+            result.flag(
+                ref,
+                "offset_beyond_end",
+                f"offset is past the end of the file (expected < {frames / rate:.3f} s, got {segment.offset:.3f} s)",
+            )
             continue
         available = frames - start
         wanted = available if segment.duration is None else int(round(segment.duration * rate))
         if wanted > available + loader_tolerance:
-            result.flag(ref, "truncated", f"the manifest segment needs more audio than the file holds "
-                        f"(expected offset + duration <= {(frames + loader_tolerance) / rate:.3f} s, "
-                        f"got {(start + wanted) / rate:.3f} s)")
+            result.flag(
+                ref,
+                "truncated",
+                f"the manifest segment needs more audio than the file holds "
+                f"(expected offset + duration <= {(frames + loader_tolerance) / rate:.3f} s, "
+                f"got {(start + wanted) / rate:.3f} s)",
+            )
             continue
         excess = wanted - available  # > 0: the manifest claims more; < 0: less than the file has
         if excess > reported_tolerance or (not segment.partial and -excess > reported_tolerance):
-            result.flag(ref, "duration_mismatch", f"the manifest duration differs from the file "
-                        f"(expected {available / rate:.3f} s ± {settings.duration_tolerance_s:g} s, "
-                        f"got {wanted / rate:.3f} s)")
+            result.flag(
+                ref,
+                "duration_mismatch",
+                f"the manifest duration differs from the file "
+                f"(expected {available / rate:.3f} s ± {settings.duration_tolerance_s:g} s, "
+                f"got {wanted / rate:.3f} s)",
+            )
         if segment.channel is not None and segment.channel >= sound.channels:  # read_audio refuses it too
-            result.flag(ref, "not_audio", f"the cut reads a channel the file does not have "
-                        f"(expected channel < {sound.channels}, got {segment.channel})",
-                        "Fix the cut's channel or the recording")
+            result.flag(
+                ref,
+                "not_audio",
+                f"the cut reads a channel the file does not have "
+                f"(expected channel < {sound.channels}, got {segment.channel})",
+                "Fix the cut's channel or the recording",
+            )
             continue
         if settings.decode and sound.seekable():
             _decode_segment(sound, segment, start, min(wanted, available), settings, result)
@@ -210,27 +221,43 @@ def _check_open_file(
                 _decode_segment(again, segment, start, min(wanted, available), settings, result)
 
 
-def _check_format(sound: sf.SoundFile, settings: CheckSettings, segments: tuple[Segment, ...],
-                  result: FileResult) -> None:
+def _check_format(
+    sound: sf.SoundFile, settings: CheckSettings, segments: tuple[Segment, ...], result: FileResult
+) -> None:
     ref = segments[0].ref
     extension = os.path.splitext(result.path)[1].lower()
     expected = _EXTENSIONS.get(sound.format)
     if expected and extension not in expected:
-        result.flag(ref, "wrong_extension", f"the extension does not match the {sound.format} data inside "
-                    f"(expected {' or '.join(expected)}, got {extension or 'no extension'!r})")
+        result.flag(
+            ref,
+            "wrong_extension",
+            f"the extension does not match the {sound.format} data inside "
+            f"(expected {' or '.join(expected)}, got {extension or 'no extension'!r})",
+        )
     if sound.samplerate != settings.target_rate:
-        result.flag(ref, "needs_resampling", f"sample rate needs resampling on every load "
-                    f"(expected {settings.target_rate} Hz, got {sound.samplerate} Hz)")
+        result.flag(
+            ref,
+            "needs_resampling",
+            f"sample rate needs resampling on every load "
+            f"(expected {settings.target_rate} Hz, got {sound.samplerate} Hz)",
+        )
     if sound.channels > 1:
         channel = segments[0].channel
         done = "averaged" if channel is None else f"decoded to keep channel {channel}"
-        result.flag(ref, "needs_downmix", f"several channels are {done} on every load "
-                    f"(expected 1 channel, got {sound.channels})")
+        result.flag(
+            ref,
+            "needs_downmix",
+            f"several channels are {done} on every load (expected 1 channel, got {sound.channels})",
+        )
     promised = _header_promised_frames(sound)
     if promised is not None and promised > sound.frames:
         rate = sound.samplerate
-        result.flag(ref, "truncated_file", f"the file is shorter than its header says "
-                    f"(expected {promised / rate:.3f} s, got {sound.frames / rate:.3f} s)")
+        result.flag(
+            ref,
+            "truncated_file",
+            f"the file is shorter than its header says "
+            f"(expected {promised / rate:.3f} s, got {sound.frames / rate:.3f} s)",
+        )
 
 
 def _header_promised_frames(sound: sf.SoundFile) -> int | None:
@@ -288,7 +315,11 @@ class _Stats:
 
 
 def _decode_segment(
-    sound: sf.SoundFile, segment: Segment, start: int, wanted: int, settings: CheckSettings,
+    sound: sf.SoundFile,
+    segment: Segment,
+    start: int,
+    wanted: int,
+    settings: CheckSettings,
     result: FileResult,
 ) -> None:
     rate, ref = sound.samplerate, segment.ref
@@ -302,18 +333,30 @@ def _decode_segment(
             stats.add(block, settings.clip_level, segment.channel)
     except (sf.LibsndfileError, RuntimeError) as exc:
         result.frames = min(result.frames, start + stats.frames)
-        result.flag(ref, "decode_error", f"decoding failed (expected {wanted / rate:.3f} s of samples, "
-                    f"got an error after {stats.frames / rate:.3f} s: {exc})")
+        result.flag(
+            ref,
+            "decode_error",
+            f"decoding failed (expected {wanted / rate:.3f} s of samples, "
+            f"got an error after {stats.frames / rate:.3f} s: {exc})",
+        )
         return
     if stats.first_non_finite is not None:
-        result.flag(ref, "nan_inf", f"samples contain NaN or Inf (expected finite samples, "
-                    f"got the first at {(start + stats.first_non_finite) / rate:.3f} s)")
+        result.flag(
+            ref,
+            "nan_inf",
+            f"samples contain NaN or Inf (expected finite samples, "
+            f"got the first at {(start + stats.first_non_finite) / rate:.3f} s)",
+        )
         return
     if stats.frames < wanted - int(DURATION_TOLERANCE_S * rate):  # read_audio's rule
         result.frames = min(result.frames, start + stats.frames)
-        result.flag(ref, "truncated", f"decoding stopped early (expected {wanted / rate:.3f} s as the header "
-                    f"promises, got {stats.frames / rate:.3f} s)",
-                    "The file is cut short or damaged: re-encode or remove it")
+        result.flag(
+            ref,
+            "truncated",
+            f"decoding stopped early (expected {wanted / rate:.3f} s as the header "
+            f"promises, got {stats.frames / rate:.3f} s)",
+            "The file is cut short or damaged: re-encode or remove it",
+        )
         return
     if stats.frames == 0:
         result.flag(ref, "empty", "the segment has no samples (expected > 0, got 0)")
@@ -328,21 +371,35 @@ def _judge_content(stats: _Stats, segment: Segment, settings: CheckSettings, res
     peak_to_peak = stats.mono_max - stats.mono_min
     peak = max(stats.mono_max, -stats.mono_min)
     if peak > MAX_ABS_SAMPLE:  # the loader's rule (audio.check_samples); clipping would say nothing more
-        result.flag(ref, "out_of_range", f"float samples so far beyond full scale that their energy "
-                    f"overflows float32 (expected |x| <= {MAX_ABS_SAMPLE:g}, got {peak:.3g})")
+        result.flag(
+            ref,
+            "out_of_range",
+            f"float samples so far beyond full scale that their energy "
+            f"overflows float32 (expected |x| <= {MAX_ABS_SAMPLE:g}, got {peak:.3g})",
+        )
         return
     if segment.noise and rms_db <= settings.noise_silence_db:  # the noise loader's test (noise.rms_db)
-        result.flag(ref, "silent_noise", f"the noise is silent "
-                    f"(expected RMS above {settings.noise_silence_db:g} dBFS, got {rms_db:.1f} dBFS)")
+        result.flag(
+            ref,
+            "silent_noise",
+            f"the noise is silent (expected RMS above {settings.noise_silence_db:g} dBFS, got {rms_db:.1f} dBFS)",
+        )
     elif stats.mono_max == 0.0 and stats.mono_min == 0.0:
         result.flag(ref, "all_zero", f"every sample is zero (expected sound, got {stats.frames} zeros)")
     elif peak_to_peak < DC_PEAK_TO_PEAK and stats.frames >= DC_MIN_SECONDS * (result.sample_rate or 0):
-        result.flag(ref, "dc_only", f"the signal is a constant {(stats.mono_max + stats.mono_min) / 2:+.6f} "
-                    f"(expected peak-to-peak >= {DC_PEAK_TO_PEAK:g}, got {peak_to_peak:.2g})")
+        result.flag(
+            ref,
+            "dc_only",
+            f"the signal is a constant {(stats.mono_max + stats.mono_min) / 2:+.6f} "
+            f"(expected peak-to-peak >= {DC_PEAK_TO_PEAK:g}, got {peak_to_peak:.2g})",
+        )
     if stats.samples and stats.clipped / stats.samples > settings.clip_fraction:
-        result.flag(ref, "clipping", f"too many samples at full scale (expected <= "
-                    f"{100 * settings.clip_fraction:g}% at |x| >= {settings.clip_level:g}, "
-                    f"got {100 * stats.clipped / stats.samples:.2f}%"
-                    + (f", peaks of {stats.peak:.3g}: float samples beyond full scale 1.0"
-                       if stats.peak > 2.0 else "")
-                    + ")")
+        result.flag(
+            ref,
+            "clipping",
+            f"too many samples at full scale (expected <= "
+            f"{100 * settings.clip_fraction:g}% at |x| >= {settings.clip_level:g}, "
+            f"got {100 * stats.clipped / stats.samples:.2f}%"
+            + (f", peaks of {stats.peak:.3g}: float samples beyond full scale 1.0" if stats.peak > 2.0 else "")
+            + ")",
+        )

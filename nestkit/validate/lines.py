@@ -18,6 +18,7 @@ import os
 import zlib
 from dataclasses import dataclass, field
 
+from nestkit.core.errors import ManifestError
 from nestkit.data.loading import file_segment
 from nestkit.data.manifest import (
     FORMAT_LHOTSE,
@@ -31,12 +32,7 @@ from nestkit.data.manifest import (
     nemo_entry,
 )
 from nestkit.data.manifest import _open_text as open_manifest  # the trainer's reader (gzip by suffix)
-from nestkit.validate.categories import Finding
-from nestkit.validate.categories import default_hint
-from nestkit.validate.categories import expected_form
-from nestkit.validate.categories import finding
-from nestkit.validate.categories import hint_of
-from nestkit.core.errors import ManifestError
+from nestkit.validate.categories import Finding, default_hint, expected_form, finding, hint_of
 
 
 @dataclass(frozen=True)
@@ -165,11 +161,7 @@ def _add(scan: Scan, manifest: str, line: int, category: str, problem: str, audi
 def _reason(exc: ManifestError, category: str) -> str:
     """The trainer's message about a line, in the `(expected X, got Y)` form, with a hint."""
     problem = expected_form(category, exc.problem)
-    return str(
-        ManifestError(
-            exc.manifest, exc.line, problem, hint_of(str(exc), exc.problem) or default_hint(category)
-        )
-    )
+    return str(ManifestError(exc.manifest, exc.line, problem, hint_of(str(exc), exc.problem) or default_hint(category)))
 
 
 def _decode(scan: Scan, raw: bytes, path: str, number: int) -> dict | None:
@@ -183,11 +175,7 @@ def _decode(scan: Scan, raw: bytes, path: str, number: int) -> dict | None:
         return decode_line(raw, path, number)
     except ManifestError as exc:
         lenient = _json_allowing_non_finite(raw)
-        bad = (
-            sorted(k for k, v in lenient.items() if isinstance(v, float) and not math.isfinite(v))
-            if lenient
-            else []
-        )
+        bad = sorted(k for k, v in lenient.items() if isinstance(v, float) and not math.isfinite(v)) if lenient else []
         if bad and set(bad) <= {"duration", "offset"}:
             return lenient
         reason = _reason(exc, "malformed_json")
@@ -209,18 +197,14 @@ def _json_allowing_non_finite(raw: bytes) -> dict | None:
 # NeMo lines
 
 
-def _nemo_line(
-    scan: Scan, item: dict, source_index: int, source: ManifestSource, number: int
-) -> _Usable | None:
+def _nemo_line(scan: Scan, item: dict, source_index: int, source: ManifestSource, number: int) -> _Usable | None:
     """Record the line's audio use (an Entry) and return what the cross-line checks need, or None."""
     path = source.path
     try:
         entry = nemo_entry(item, path, number)
     except ManifestError as exc:
         category, measurable = _nemo_failure(item, path, number)
-        scan.findings.append(
-            finding(path, number, measurable and measurable.path, category, _reason(exc, category))
-        )
+        scan.findings.append(finding(path, number, measurable and measurable.path, category, _reason(exc, category)))
         if measurable is not None:  # only the duration is wrong: still check the file, and measure it
             scan.entries.append(
                 Entry(
@@ -265,9 +249,7 @@ def _nemo_failure(item: dict, manifest: str, number: int):
     if accepts(duration=1.0, offset=0.0) is None:
         return ("missing_field" if not any(k in item for k in NEMO_PATH_KEYS) else "invalid_field"), None
     if accepts(offset=0.0) is None:
-        return ("missing_field" if item.get("duration") is None else "invalid_duration"), accepts(
-            duration=1.0
-        )
+        return ("missing_field" if item.get("duration") is None else "invalid_duration"), accepts(duration=1.0)
     return "invalid_offset", None
 
 
@@ -275,9 +257,7 @@ def _nemo_failure(item: dict, manifest: str, number: int):
 # lhotse lines
 
 
-def _lhotse_line(
-    scan: Scan, item: dict, source_index: int, source: ManifestSource, number: int
-) -> _Usable | None:
+def _lhotse_line(scan: Scan, item: dict, source_index: int, source: ManifestSource, number: int) -> _Usable | None:
     path = source.path
     try:
         cut = lhotse_cut(item, path, number)
@@ -303,9 +283,15 @@ def _lhotse_line(
             for audio in part.recording.sources
             if audio.type == "file" and isinstance(audio.source, str)
         ]
-        _add(scan, path, number, "not_checked", f"cut {cut.id}: lhotse loads it, only its local files are "
-             f"checked (expected one local file without transforms, got a {type(cut).__name__} with "
-             f"{len(files)} local file(s) and {_other_sources(cut)})")
+        _add(
+            scan,
+            path,
+            number,
+            "not_checked",
+            f"cut {cut.id}: lhotse loads it, only its local files are "
+            f"checked (expected one local file without transforms, got a {type(cut).__name__} with "
+            f"{len(files)} local file(s) and {_other_sources(cut)})",
+        )
     uses = []
     for audio, start, duration, channel in files:
         scan.entries.append(Entry(source_index, number, audio, start, duration, True, source.noise, channel))
@@ -362,9 +348,7 @@ def _cross_checks(
     if source.noise:
         return  # noise ids are never looked up, and noise length is not planned
     for use in uses:
-        first = (
-            seen.cut_ids.setdefault(use.cut_id, (path, number)) if use.cut_id is not None else (path, number)
-        )
+        first = seen.cut_ids.setdefault(use.cut_id, (path, number)) if use.cut_id is not None else (path, number)
         if first != (path, number):
             _add(
                 scan,

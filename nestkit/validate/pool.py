@@ -28,13 +28,9 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import IO
 
-from nestkit.validate.audio import CheckSettings
-from nestkit.validate.audio import FileResult
-from nestkit.validate.audio import FileTask
-from nestkit.validate.audio import audio_reason
-from nestkit.validate.audio import check_file
 from nestkit.core.errors import NestkitError
 from nestkit.core.procs import usable_cores
+from nestkit.validate.audio import CheckSettings, FileResult, FileTask, audio_reason, check_file
 
 _SLOT = struct.Struct("q")  # index of the file a worker is on (-1: none yet)
 _MAX_BATCH = 128  # files per message; small enough that a requeue after a timeout is cheap
@@ -117,7 +113,7 @@ class WorkerPool:
 
     def __init__(self, settings: CheckSettings, jobs: int = 0, timeout_s: float = 30.0, start_now: int = 2):
         self.settings, self.jobs, self.timeout_s = settings, jobs or default_jobs(), timeout_s
-        self.slots_file = tempfile.TemporaryFile()
+        self.slots_file = tempfile.TemporaryFile()  # noqa: SIM115 -- lives as long as the pool
         self.slots_file.truncate(self.jobs * _SLOT.size)
         self.slots = mmap.mmap(self.slots_file.fileno(), self.jobs * _SLOT.size)
         self.workers: list[_Worker] = []
@@ -142,7 +138,7 @@ class WorkerPool:
         _SLOT.pack_into(self.slots, slot * _SLOT.size, -1)
         request_read, request_write = os.pipe()
         reply_read, reply_write = os.pipe()
-        stderr = tempfile.TemporaryFile()
+        stderr = tempfile.TemporaryFile()  # noqa: SIM115 -- the worker's stderr, read when it dies
         env = dict(os.environ)  # the worker must import this very nestkit, installed or not
         package_root = _PACKAGE_ROOT
         env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
@@ -190,11 +186,7 @@ class WorkerPool:
     def last_words(self, worker: _Worker) -> str:
         """The end of a dead worker's stderr (faulthandler's stack of a crash), on one line."""
         worker.stderr.seek(0)
-        lines = [
-            x.strip()
-            for x in worker.stderr.read()[-4000:].decode("utf-8", "replace").splitlines()
-            if x.strip()
-        ]
+        lines = [x.strip() for x in worker.stderr.read()[-4000:].decode("utf-8", "replace").splitlines() if x.strip()]
         return " | ".join(lines[-3:])
 
     # -- the loop
@@ -226,9 +218,7 @@ class WorkerPool:
             worker.batch = None
             self.replace(worker)
 
-    def receive(
-        self, worker: _Worker, batches: deque[Batch], on_result: Callable[[int, FileResult], None]
-    ) -> None:
+    def receive(self, worker: _Worker, batches: deque[Batch], on_result: Callable[[int, FileResult], None]) -> None:
         try:
             kind, payload = worker.replies.recv()
         except (EOFError, OSError):
@@ -252,10 +242,7 @@ class WorkerPool:
         now = time.monotonic()
         for worker in list(self.workers):
             if not worker.ready:
-                if (
-                    now - worker.started > max(_START_LIMIT_S, self.timeout_s)
-                    or worker.process.poll() is not None
-                ):
+                if now - worker.started > max(_START_LIMIT_S, self.timeout_s) or worker.process.poll() is not None:
                     self.failed_start(worker)
                 continue
             if worker.batch is None:
@@ -273,9 +260,7 @@ class WorkerPool:
                     f"got no answer after {now - worker.since:.1f} s); the worker was killed",
                 )
 
-    def lost(
-        self, worker: _Worker, batches: deque[Batch], on_result: Callable[[int, FileResult], None]
-    ) -> None:
+    def lost(self, worker: _Worker, batches: deque[Batch], on_result: Callable[[int, FileResult], None]) -> None:
         if not worker.ready:
             self.failed_start(worker)
             return
@@ -286,11 +271,7 @@ class WorkerPool:
             code = worker.process.wait(timeout=2.0)
         except subprocess.TimeoutExpired:
             code = None
-        how = (
-            f"killed by {signal.Signals(-code).name}"
-            if code is not None and code < 0
-            else f"exit status {code}"
-        )
+        how = f"killed by {signal.Signals(-code).name}" if code is not None and code < 0 else f"exit status {code}"
         words = self.last_words(worker)
         self.give_up_on_current(
             worker,

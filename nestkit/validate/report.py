@@ -15,10 +15,8 @@ from collections import defaultdict
 
 import orjson
 
+from nestkit.validate.categories import ERROR, WARNING, Finding
 from nestkit.validate.validator import Report
-from nestkit.validate.categories import ERROR
-from nestkit.validate.categories import WARNING
-from nestkit.validate.categories import Finding
 
 FORMATS = ("table", "json", "junit", "github")
 

@@ -26,18 +26,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from nestkit.config import DatasetConfig
-from nestkit.validate.audio import CheckSettings
-from nestkit.validate.audio import FileResult
-from nestkit.validate.audio import FileTask
-from nestkit.validate.audio import Segment
-from nestkit.validate.categories import ERROR
-from nestkit.validate.categories import WARNING
-from nestkit.validate.categories import Finding
-from nestkit.validate.categories import finding
-from nestkit.validate.lines import Entry
-from nestkit.validate.lines import ManifestSource
-from nestkit.validate.lines import Scan
-from nestkit.validate.lines import scan_manifests
+from nestkit.validate.audio import CheckSettings, FileResult, FileTask, Segment
+from nestkit.validate.categories import ERROR, WARNING, Finding, finding
+from nestkit.validate.lines import Entry, ManifestSource, Scan, scan_manifests
 from nestkit.validate.pool import WorkerPool
 
 DEFAULT_TIMEOUT_S = 30.0

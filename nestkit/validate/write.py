@@ -17,11 +17,10 @@ from dataclasses import dataclass
 
 import orjson
 
-from nestkit.data.manifest import FORMAT_NEMO
-from nestkit.data.manifest import NEMO_PATH_KEYS
+from nestkit.data.manifest import FORMAT_NEMO, NEMO_PATH_KEYS
 from nestkit.data.manifest import _open_text as open_manifest
-from nestkit.validate.validator import Report
 from nestkit.validate.categories import ERROR
+from nestkit.validate.validator import Report
 
 # Lines whose file could not be measured reliably keep the duration they have.
 _UNMEASURABLE = {"decode_error", "timeout", "worker_crash", "internal_error", "offset_beyond_end", "empty"}
@@ -125,9 +124,7 @@ def write_clean(report: Report, targets: dict[str, str]) -> list[Written]:
 
 def measured_durations(report: Report, source_index: int) -> dict[int, float | None]:
     """Line -> duration measured from its file (None: not measurable), for NeMo lines with a file check."""
-    blocked = {
-        (f.manifest, f.line) for f in report.findings if f.category in _UNMEASURABLE and f.severity == ERROR
-    }
+    blocked = {(f.manifest, f.line) for f in report.findings if f.category in _UNMEASURABLE and f.severity == ERROR}
     path = report.scan.sources[source_index].path
     durations: dict[int, float | None] = {}
     for entry, result in zip(report.scan.entries, report.results):

@@ -44,14 +44,16 @@ def test_derived_fields_follow_the_fields_they_depend_on():
 
 
 def test_every_problem_is_reported_at_once_with_a_suggestion():
-    problems = problems_of({
-        "model": {
-            "train_ds": {"manifest_filepath": "/x.json", "batch_size": "eight", "num_workres": 2},
-            "encoder": {"d_modle": 256},
-            "masking": {"mask_prob": 2.0},
-        },
-        "trainer": {"accumulate_grad_batches": 0},
-    })
+    problems = problems_of(
+        {
+            "model": {
+                "train_ds": {"manifest_filepath": "/x.json", "batch_size": "eight", "num_workres": 2},
+                "encoder": {"d_modle": 256},
+                "masking": {"mask_prob": 2.0},
+            },
+            "trainer": {"accumulate_grad_batches": 0},
+        }
+    )
     text = "\n".join(problems)
     assert "model.train_ds.batch_size: wrong type (expected int | null, got 'eight')" in text
     assert "model.train_ds.num_workres: unknown key. did you mean 'num_workers'?" in text
@@ -60,8 +62,12 @@ def test_every_problem_is_reported_at_once_with_a_suggestion():
 
 
 def test_cross_field_problems_all_reported():
-    problems = problems_of({**minimal(masking={"mask_prob": 2.0}, encoder={"d_model": 100, "n_heads": 8}),
-                            "trainer": {"accumulate_grad_batches": 0}})
+    problems = problems_of(
+        {
+            **minimal(masking={"mask_prob": 2.0}, encoder={"d_model": 100, "n_heads": 8}),
+            "trainer": {"accumulate_grad_batches": 0},
+        }
+    )
     assert any(p.startswith("model.masking.mask_prob: must be in [0, 1]") for p in problems)
     assert any(p.startswith("model.encoder: d_model must be divisible by n_heads") for p in problems)
     assert any(p.startswith("trainer.accumulate_grad_batches: must be at least 1") for p in problems)
@@ -70,7 +76,10 @@ def test_cross_field_problems_all_reported():
 def test_nemo_keys_with_no_effect_are_noted_and_impossible_ones_refused():
     loaded = config_from_dict(minimal(train_ds={"manifest_filepath": "/x.json", "shuffle_n": 100}))
     assert any(n.startswith("model.train_ds.shuffle_n=100 has no effect") for n in loaded.notes)
-    assert any("trim_silence: not supported" in p for p in problems_of(minimal(train_ds={"manifest_filepath": "/x", "trim_silence": True})))
+    assert any(
+        "trim_silence: not supported" in p
+        for p in problems_of(minimal(train_ds={"manifest_filepath": "/x", "trim_silence": True}))
+    )
 
 
 def test_target_classes_are_checked():
@@ -81,8 +90,10 @@ def test_target_classes_are_checked():
 
 
 def test_nemos_own_yaml_loads_unchanged_with_interpolations(tmp_path):
-    cfg = load_config(FIXTURES / "nemo_nest_fast_conformer.yaml",
-                      ["model.train_ds.manifest_filepath=train.json", "model.validation_ds.manifest_filepath=dev.json"]).config
+    cfg = load_config(
+        FIXTURES / "nemo_nest_fast_conformer.yaml",
+        ["model.train_ds.manifest_filepath=train.json", "model.validation_ds.manifest_filepath=dev.json"],
+    ).config
     assert cfg.model.encoder.d_model == cfg.model.decoder.feat_in
     assert cfg.model.train_ds.manifest_filepath == [str(Path.cwd() / "train.json")]
 
@@ -91,7 +102,9 @@ def test_relative_paths_are_relative_to_the_yaml_and_overrides_to_the_cwd(tmp_pa
     folder = tmp_path / "cfgs"
     folder.mkdir()
     path = folder / "c.yaml"
-    path.write_text(yaml.safe_dump(minimal(train_ds={"manifest_filepath": "data/train.json", "noise_manifest": "n.json"})))
+    path.write_text(
+        yaml.safe_dump(minimal(train_ds={"manifest_filepath": "data/train.json", "noise_manifest": "n.json"}))
+    )
     cfg = load_config(path).config
     assert cfg.model.train_ds.manifest_filepath == [str(folder / "data/train.json")]
     monkeypatch.chdir(tmp_path)
@@ -99,10 +112,13 @@ def test_relative_paths_are_relative_to_the_yaml_and_overrides_to_the_cwd(tmp_pa
     assert cfg.model.train_ds.noise_manifest == [str(tmp_path / "other.json")]
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("model:\n\ttrain_ds: x\n", ":2:1: YAML syntax error: found character that cannot start any token"),
-    ("model: [a\n", ":2:1: YAML syntax error: did not find expected ',' or ']'"),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("model:\n\ttrain_ds: x\n", ":2:1: YAML syntax error: found character that cannot start any token"),
+        ("model: [a\n", ":2:1: YAML syntax error: did not find expected ',' or ']'"),
+    ],
+)
 def test_yaml_syntax_errors_name_file_line_and_column(tmp_path, text, expected):
     path = tmp_path / "broken.yaml"
     path.write_text(text)

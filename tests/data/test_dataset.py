@@ -42,7 +42,9 @@ def test_batches_are_identical_across_worker_counts_and_processes(corpus, tmp_pa
         f"p = build_pipeline(data_config({corpus['train']!r}, {corpus['noise']!r}, batch_size=4))\n"
         "print(json.dumps([p.batch(n, epoch=1).fingerprint for n in range(len(p.sampler))]))\n"
     )
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=Path(__file__).parents[2])
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=Path(__file__).parents[2]
+    )
     assert json.loads(out.stdout) == [s[0] for s in in_process]
 
 
@@ -75,7 +77,9 @@ def test_noise_mixing_hits_the_drawn_energy_ratio(corpus):
 
 
 def test_speech_mixing_takes_other_utterances_of_the_batch(corpus):
-    pipeline = build_pipeline(data_config(corpus["train"], corpus["noise"], batch_size=4, batch_augmentor=ALWAYS_SPEECH))
+    pipeline = build_pipeline(
+        data_config(corpus["train"], corpus["noise"], batch_size=4, batch_augmentor=ALWAYS_SPEECH)
+    )
     batch = pipeline.batch(0)
     for i, record in enumerate(batch.records):
         aug = record["augment"]
@@ -118,7 +122,9 @@ def test_short_audio_is_padded_by_repeating_or_zeros(tmp_path):
     manifest = manifest_of(tmp_path / "m.json", [(short, 0.3)])
     samples, _ = sf.read(short, dtype="float32")
     for mode in ("repeat", "zero"):
-        pipeline = build_pipeline(data_config(manifest, batch_size=1, pad_audio_mode=mode, batch_augmentor=None, drop_last=False))
+        pipeline = build_pipeline(
+            data_config(manifest, batch_size=1, pad_audio_mode=mode, batch_augmentor=None, drop_last=False)
+        )
         batch = pipeline.batch(0)
         assert batch.audio.shape == (1, 16000) and int(batch.audio_len[0]) == 16000
         row = batch.audio[0].numpy()
@@ -133,7 +139,11 @@ def test_other_rates_and_channels_are_resampled_and_downmixed(tmp_path):
     stereo = np.stack([0.25 + wobble, -0.05 + wobble], axis=1).astype(np.float32)
     path = tmp_path / "stereo8k.wav"
     sf.write(str(path), stereo, 8000, subtype="FLOAT")
-    pipeline = build_pipeline(data_config(manifest_of(tmp_path / "m.json", [(str(path), 1.0)]), batch_size=1, batch_augmentor=None, drop_last=False))
+    pipeline = build_pipeline(
+        data_config(
+            manifest_of(tmp_path / "m.json", [(str(path), 1.0)]), batch_size=1, batch_augmentor=None, drop_last=False
+        )
+    )
     batch = pipeline.batch(0)
     assert int(batch.audio_len[0]) == 16000
     assert abs(float(batch.audio[0, 4000:12000].mean()) - 0.1) < 1e-3
@@ -171,9 +181,15 @@ def _bad_files(folder: Path) -> dict[str, tuple[str, float]]:
 
 
 EXPECTED_CATEGORY = {
-    "missing": "missing", "not_audio": "not_audio", "truncated": "truncated", "cut_short": "truncated",
-    "nan_inf": "nan_inf", "empty": "empty", "not_regular_file": "not_regular_file",
-    "directory": "not_regular_file", "broken_symlink": "broken_symlink",
+    "missing": "missing",
+    "not_audio": "not_audio",
+    "truncated": "truncated",
+    "cut_short": "truncated",
+    "nan_inf": "nan_inf",
+    "empty": "empty",
+    "not_regular_file": "not_regular_file",
+    "directory": "not_regular_file",
+    "broken_symlink": "broken_symlink",
 }
 
 
@@ -206,7 +222,13 @@ def test_every_bad_input_becomes_a_substitute_and_a_quarantine_record(tmp_path):
     for slot, (name, (path, _)) in enumerate(bad.items()):
         first = chains[slot][0]
         assert first["category"] == EXPECTED_CATEGORY[name], (name, first)
-        assert (first["manifest"], first["line"], first["path"], first["epoch"], first["batch"]) == (manifest, slot + 1, path, 0, 0)
+        assert (first["manifest"], first["line"], first["path"], first["epoch"], first["batch"]) == (
+            manifest,
+            slot + 1,
+            path,
+            0,
+            0,
+        )
         assert first["kind"] == "audio" and first["reason"] and first["rank"] == 0
         row = batch.records[slot]
         assert row["substitute_for"] == first["cut_id"] and row["path"] not in bad_paths
@@ -230,9 +252,14 @@ def test_bad_noise_is_retried_then_replaced_by_recorded_white_noise(tmp_path):
     manifest = manifest_of(tmp_path / "m.json", speech)
     (tmp_path / "broken_noise.wav").write_bytes(b"RIFF....WAVEjunk")
     sf.write(str(tmp_path / "silent_noise.wav"), np.zeros(48000, np.float32), 16000)
-    only_bad = manifest_of(tmp_path / "bad_noise.json", [(str(tmp_path / "broken_noise.wav"), 3.0), (str(tmp_path / "silent_noise.wav"), 3.0)])
+    only_bad = manifest_of(
+        tmp_path / "bad_noise.json",
+        [(str(tmp_path / "broken_noise.wav"), 3.0), (str(tmp_path / "silent_noise.wav"), 3.0)],
+    )
     run_dir = tmp_path / "run"
-    cfg = data_config(manifest, only_bad, batch_size=4, batch_augmentor=ALWAYS_NOISE, noise_max_files=5, noise_max_segments=3)
+    cfg = data_config(
+        manifest, only_bad, batch_size=4, batch_augmentor=ALWAYS_NOISE, noise_max_files=5, noise_max_segments=3
+    )
     batch = build_pipeline(cfg, run_dir=run_dir).batch(0)
     for record in batch.records:
         noise = record["augment"]["noise"]
@@ -254,8 +281,12 @@ def test_noise_with_negative_mean_is_not_silent(tmp_path):
     assert offset_noise.sum() < 0
     sf.write(str(tmp_path / "n.wav"), offset_noise, 16000, subtype="FLOAT")
     speech = [(write_speech(tmp_path / f"s{i}.wav", 1.5, seed=i), 1.5) for i in range(2)]
-    cfg = data_config(manifest_of(tmp_path / "m.json", speech), manifest_of(tmp_path / "noise.json", [(str(tmp_path / "n.wav"), 3.0)]),
-                      batch_size=2, batch_augmentor=ALWAYS_NOISE)
+    cfg = data_config(
+        manifest_of(tmp_path / "m.json", speech),
+        manifest_of(tmp_path / "noise.json", [(str(tmp_path / "n.wav"), 3.0)]),
+        batch_size=2,
+        batch_augmentor=ALWAYS_NOISE,
+    )
     batch = build_pipeline(cfg).batch(0)
     assert all(r["augment"]["noise"]["fallback"] is None for r in batch.records)
     assert not batch.failures
@@ -263,7 +294,12 @@ def test_noise_with_negative_mean_is_not_silent(tmp_path):
 
 def test_noise_segments_come_from_random_offsets(corpus, tmp_path):
     long_noise = write_noise(tmp_path / "long.wav", 20.0, kind="brown")
-    cfg = data_config(corpus["train"], manifest_of(tmp_path / "n.json", [(long_noise, 20.0)]), batch_size=8, batch_augmentor=ALWAYS_NOISE)
+    cfg = data_config(
+        corpus["train"],
+        manifest_of(tmp_path / "n.json", [(long_noise, 20.0)]),
+        batch_size=8,
+        batch_augmentor=ALWAYS_NOISE,
+    )
     pipeline = build_pipeline(cfg)
     offsets = {r["augment"]["noise"]["offset"] for n in range(len(pipeline.sampler)) for r in pipeline.batch(n).records}
     assert len(offsets) > 20 and all(0 <= o <= 20.0 for o in offsets)

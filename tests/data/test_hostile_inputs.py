@@ -12,19 +12,16 @@ import xml.etree.ElementTree as ET
 import numpy as np
 import pytest
 import soundfile as sf
-from tests.validate.validate_corpus import found, nemo, run_cli, run_json, speech, write_jsonl
 
-from nestkit.data.audio import check_path
-from nestkit.data.audio import read_audio
+from nestkit.core.errors import AudioLoadError, ManifestError
+from nestkit.data.audio import check_path, read_audio
 from nestkit.data.loading import load_cut
-from nestkit.data.manifest import CutIndex
-from nestkit.data.manifest import lhotse_cut
+from nestkit.data.manifest import CutIndex, lhotse_cut
 from nestkit.data.pipeline import build_pipeline
-from nestkit.runfolder.quarantine import read_quarantine
-from nestkit.core.errors import AudioLoadError
-from nestkit.core.errors import ManifestError
 from nestkit.data.synthetic import speech_like
+from nestkit.runfolder.quarantine import read_quarantine
 from tests.helpers import data_config, manifest_of, write_speech
+from tests.validate.validate_corpus import found, nemo, run_cli, run_json, speech, write_jsonl
 
 
 def _category(path: str, **kw) -> str | None:
@@ -206,8 +203,13 @@ def test_control_characters_in_paths_keep_every_report_format_parseable(tmp_path
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
 def test_outputs_that_cannot_be_written_are_usage_errors_not_tracebacks(tmp_path):
     manifest = write_jsonl(tmp_path / "m.json", [nemo(speech(tmp_path, "ok.wav", 2.0), 2.0)])
-    for args in (["-o", "/dev/full"], ["--write-clean", "/dev/full"], ["--fix-durations", "/dev/full"],
-                 ["--write-clean", manifest + "/clean.json"], ["-o", str(tmp_path)]):
+    for args in (
+        ["-o", "/dev/full"],
+        ["--write-clean", "/dev/full"],
+        ["--fix-durations", "/dev/full"],
+        ["--write-clean", manifest + "/clean.json"],
+        ["-o", str(tmp_path)],
+    ):
         done = run_cli(manifest, *args)  # in process: a traceback would fail the test here
         assert done.returncode == 2, (args, done.stderr)
         assert args[1] in done.stderr and ("cannot be" in done.stderr or "is a folder" in done.stderr)
@@ -230,8 +232,9 @@ def test_utterances_with_nothing_to_learn_or_huge_samples_are_substituted(tmp_pa
     entries += [(write_speech(tmp_path / f"good{i}.wav", 1.5, seed=i), 1.5) for i in range(5)]
     manifest = manifest_of(tmp_path / "train.json", entries)
     run_dir = tmp_path / "run"
-    cfg = data_config(manifest, None, batch_size=4, shuffle=False, drop_last=False,
-                      batch_augmentor={"prob": 1.0, "noise_ratio": 0.0})  # speech mixing: rows mix each other
+    cfg = data_config(
+        manifest, None, batch_size=4, shuffle=False, drop_last=False, batch_augmentor={"prob": 1.0, "noise_ratio": 0.0}
+    )  # speech mixing: rows mix each other
     pipeline = build_pipeline(cfg, run_dir=run_dir)
     batch = pipeline.batch(0)
     assert bool(batch.audio.isfinite().all()) and bool(batch.noisy_audio.isfinite().all())
@@ -252,6 +255,11 @@ def test_a_cut_that_is_not_a_file_is_named_by_its_url_or_command():
     from nestkit.data.loading import cut_path
 
     for kind, source in (("url", "https://example.com/a.wav"), ("command", "sox in.flac -t wav -")):
-        recording = Recording(id="rec", sources=[AudioSource(type=kind, channels=[0], source=source)],
-                              sampling_rate=16000, num_samples=16000, duration=1.0)
+        recording = Recording(
+            id="rec",
+            sources=[AudioSource(type=kind, channels=[0], source=source)],
+            sampling_rate=16000,
+            num_samples=16000,
+            duration=1.0,
+        )
         assert cut_path(MonoCut(id="c", start=0, duration=1.0, channel=0, recording=recording)) == source

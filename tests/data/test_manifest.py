@@ -8,11 +8,10 @@ import json
 import numpy as np
 import pytest
 
+from nestkit.core.errors import ManifestError
 from nestkit.data.audio import read_audio
 from nestkit.data.loading import load_cut
-from nestkit.data.manifest import CutIndex
-from nestkit.data.manifest import read_cuts
-from nestkit.core.errors import ManifestError
+from nestkit.data.manifest import CutIndex, read_cuts
 from tests.helpers import manifest_of, position_coded_wav, write_speech
 
 
@@ -21,8 +20,10 @@ def test_nemo_manifest_is_lazy_and_remembers_its_lines(tmp_path):
     manifest = tmp_path / "sub" / "m.json"
     manifest.parent.mkdir()
     manifest.write_text(
-        json.dumps({"audio_filepath": "a/x.wav", "duration": 2.0}) + "\n\n"
-        + json.dumps({"audio_filename": "/abs/y.flac", "duration": 3.5, "offset": 1.25}) + "\n"
+        json.dumps({"audio_filepath": "a/x.wav", "duration": 2.0})
+        + "\n\n"
+        + json.dumps({"audio_filename": "/abs/y.flac", "duration": 3.5, "offset": 1.25})
+        + "\n"
     )
     cuts = read_cuts(str(manifest))
     assert cuts.is_lazy
@@ -56,7 +57,7 @@ def test_several_manifests_are_joined_in_order(tmp_path):
         ('{"audio_filepath": "x.wav", "duration": "long"}', "invalid duration"),
         ('{"audio_filepath": "x.wav", "duration": NaN}', "malformed JSON"),
         ('{"audio_filepath": "x.wav", "duration": 1, "offset": -1}', "invalid offset"),
-        ('[1, 2]', "not a JSON object (expected one JSON object per line, got a JSON array)"),
+        ("[1, 2]", "not a JSON object (expected one JSON object per line, got a JSON array)"),
     ],
 )
 def test_a_bad_line_names_file_and_line(tmp_path, line, problem):

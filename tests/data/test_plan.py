@@ -7,11 +7,10 @@ import itertools
 import numpy as np
 import pytest
 
-from nestkit.data.manifest import CutIndex
-from nestkit.data.plan import BatchingConfig
-from nestkit.data.plan import plan_epoch
-from nestkit.data.sampler import PlanSampler
 from nestkit.core.errors import PlanError
+from nestkit.data.manifest import CutIndex
+from nestkit.data.plan import BatchingConfig, plan_epoch
+from nestkit.data.sampler import PlanSampler
 from tests.helpers import manifest_of
 
 MODES = [
@@ -55,7 +54,9 @@ def test_equal_batches_on_every_rank_and_every_cut_once(world_size, num_cuts):
 
 def test_duration_filters_are_counted():
     durations = np.array([0.5, 1.0, 2.0, 30.0, 61.0, 3.0])
-    plan = plan_epoch(durations, BatchingConfig(batch_size=2, min_duration=1.0, max_duration=60.0, drop_last=False), 0, 0, 1)
+    plan = plan_epoch(
+        durations, BatchingConfig(batch_size=2, min_duration=1.0, max_duration=60.0, drop_last=False), 0, 0, 1
+    )
     assert (plan.stats.too_short, plan.stats.too_long) == (1, 1)
     assert sorted(plan.rows.tolist()) == [1, 2, 3, 5]
 

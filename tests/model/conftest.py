@@ -7,8 +7,7 @@ import pytest
 import torch
 from model_testing import GOLDEN_DIR
 
-from nestkit.config import ModelConfig
-from nestkit.config import load_config
+from nestkit.config import ModelConfig, load_config
 from nestkit.model.nest import NestModel
 
 

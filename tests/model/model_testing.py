@@ -9,9 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nestkit.config import ModelConfig
-from nestkit.config import config_from_dict
-from nestkit.config import load_config
+from nestkit.config import ModelConfig, config_from_dict, load_config
 from nestkit.model.nest import NestModel
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"

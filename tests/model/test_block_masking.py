@@ -7,8 +7,7 @@ import pytest
 import torch
 
 from nestkit.config import MaskingConfig
-from nestkit.model.masking import RandomBlockMasking
-from nestkit.model.masking import apply_frame_mask
+from nestkit.model.masking import RandomBlockMasking, apply_frame_mask
 
 
 def masking(feat_in: int = 4, block_size: int = 40, **changes: object) -> RandomBlockMasking:

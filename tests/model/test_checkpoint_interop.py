@@ -12,10 +12,7 @@ from model_testing import GOLDEN_DIR, tiny_config
 from omegaconf import OmegaConf
 
 from nestkit.core.errors import NestkitError
-from nestkit.model.checkpoint import CheckpointError
-from nestkit.model.checkpoint import export_nemo_state_dict
-from nestkit.model.checkpoint import load_nemo_weights
-from nestkit.model.checkpoint import read_state_dict
+from nestkit.model.checkpoint import CheckpointError, export_nemo_state_dict, load_nemo_weights, read_state_dict
 from nestkit.model.nest import NestModel
 
 
@@ -28,7 +25,10 @@ def write_nemo(path: Path, state: dict, member: str, mode: str = "w") -> Path:
     buffer = io.BytesIO()
     torch.save(state, buffer)
     with tarfile.open(path, mode) as archive:
-        for name, data in ((member.replace("model_weights.ckpt", "model_config.yaml"), b"model: {}\n"), (member, buffer.getvalue())):
+        for name, data in (
+            (member.replace("model_weights.ckpt", "model_config.yaml"), b"model: {}\n"),
+            (member, buffer.getvalue()),
+        ):
             info = tarfile.TarInfo(name)
             info.size = len(data)
             archive.addfile(info, io.BytesIO(data))

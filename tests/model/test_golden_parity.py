@@ -8,8 +8,7 @@ import numpy as np
 import torch
 from model_testing import GOLDEN_DIR, t
 
-from nestkit.model.loss import loss_frame_mask
-from nestkit.model.loss import masked_token_loss
+from nestkit.model.loss import loss_frame_mask, masked_token_loss
 from nestkit.model.masking import apply_frame_mask
 from nestkit.model.nest import NestModel
 
@@ -51,7 +50,10 @@ def test_filterbank_and_window_buffers_equal_nemos_exactly(golden_config, golden
 
 def test_features_of_clean_and_noisy_audio_in_one_call(golden_model, golden):
     clean, clean_len, noisy, noisy_len = golden_model.preprocessor.forward_pair(
-        t(golden["input_audio"]), t(golden["input_audio_len"]), t(golden["input_noisy_audio"]), t(golden["input_noisy_audio_len"])
+        t(golden["input_audio"]),
+        t(golden["input_audio_len"]),
+        t(golden["input_noisy_audio"]),
+        t(golden["input_noisy_audio_len"]),
     )
     torch.testing.assert_close(clean, t(golden["clean_feats"]), atol=FEATURE_ATOL, rtol=0)
     torch.testing.assert_close(noisy, t(golden["noisy_feats"]), atol=FEATURE_ATOL, rtol=0)
@@ -110,9 +112,12 @@ def test_full_forward_with_a_seeded_generator_reproduces_nemos_masks_and_outputs
     generator = torch.Generator().manual_seed(GOLDEN_MASK_SEED)
     with torch.no_grad():
         out = golden_model(
-            t(golden["input_audio"]), t(golden["input_audio_len"]),
-            t(golden["input_noisy_audio"]), t(golden["input_noisy_audio_len"]),
-            apply_mask=True, generator=generator,
+            t(golden["input_audio"]),
+            t(golden["input_audio_len"]),
+            t(golden["input_noisy_audio"]),
+            t(golden["input_noisy_audio_len"]),
+            apply_mask=True,
+            generator=generator,
         )
     assert torch.equal(out.masks, t(golden["masks"]))
     assert torch.equal(out.tokens, t(golden["tokens"]))

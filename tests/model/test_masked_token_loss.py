@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from nestkit.model.loss import loss_frame_mask
-from nestkit.model.loss import masked_token_loss
+from nestkit.model.loss import loss_frame_mask, masked_token_loss
 
 
 def random_inputs(batch=2, frames=32, steps=4, classes=10, books=2, features=3):
@@ -24,7 +23,13 @@ def test_loss_is_the_mean_nll_over_masked_groups_averaged_over_books():
     result = masked_token_loss(masks, log_probs, tokens, None, 4, 0.8)
     chosen = [(0, 1), (0, 2), (1, 6)]
     expected = torch.stack(
-        [F.nll_loss(log_probs[[b for b, _ in chosen], [g for _, g in chosen], :, h], tokens[[b for b, _ in chosen], [g for _, g in chosen], h]) for h in range(2)]
+        [
+            F.nll_loss(
+                log_probs[[b for b, _ in chosen], [g for _, g in chosen], :, h],
+                tokens[[b for b, _ in chosen], [g for _, g in chosen], h],
+            )
+            for h in range(2)
+        ]
     ).mean()
     torch.testing.assert_close(result.loss, expected)
     assert int(result.num_masked_frames) == 3

@@ -8,11 +8,8 @@ import torch
 from model_testing import t
 
 from nestkit.config import PreprocessorConfig
-from nestkit.model.melscale import hz_to_mel
-from nestkit.model.melscale import mel_to_hz
-from nestkit.model.melscale import slaney_mel_filterbank
-from nestkit.model.preprocessor import MelPreprocessor
-from nestkit.model.preprocessor import normalize_features
+from nestkit.model.melscale import hz_to_mel, mel_to_hz, slaney_mel_filterbank
+from nestkit.model.preprocessor import MelPreprocessor, normalize_features
 
 
 def preprocessor(**changes: object) -> MelPreprocessor:
@@ -124,7 +121,9 @@ def test_pair_call_draws_dither_batch_by_batch_like_two_calls():
 
 
 def test_n_fft_shorter_than_the_window_is_refused():
-    with pytest.raises(ValueError, match=r"preprocessor.n_fft: shorter than the window \(expected at least 400 samples"):
+    with pytest.raises(
+        ValueError, match=r"preprocessor.n_fft: shorter than the window \(expected at least 400 samples"
+    ):
         preprocessor(n_fft=256)
 
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch
 from model_testing import tiny_config
 
-from nestkit.model.nan_probe import NanProbe
-from nestkit.model.nan_probe import nonfinite_parameters
+from nestkit.model.nan_probe import NanProbe, nonfinite_parameters
 from nestkit.model.nest import NestModel
 
 

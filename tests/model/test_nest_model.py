@@ -8,15 +8,13 @@ import pytest
 import torch
 from model_testing import REFERENCE_DIR, tiny_config
 
-from nestkit.config import ModelConfig
-from nestkit.config import load_config
+from nestkit.config import ModelConfig, load_config
 from nestkit.core.errors import ConfigError
-from nestkit.model.attention import RelPositionalEncoding
-from nestkit.model.attention import RelPositionMultiHeadAttention
+from nestkit.core.rng import torch_generator
+from nestkit.model.attention import RelPositionalEncoding, RelPositionMultiHeadAttention
 from nestkit.model.conformer import layer_drop_probabilities
 from nestkit.model.nest import NestModel
 from nestkit.model.schedule import build_optimizer
-from nestkit.core.rng import torch_generator
 
 
 def batch(seed: int = 0, lengths: tuple[int, ...] = (24000, 17000, 12000)) -> tuple[torch.Tensor, ...]:
@@ -24,8 +22,12 @@ def batch(seed: int = 0, lengths: tuple[int, ...] = (24000, 17000, 12000)) -> tu
     audio = torch.zeros(len(lengths), max(lengths))
     for row, length in enumerate(lengths):
         t = torch.arange(length) / 16000
-        audio[row, :length] = 0.2 * torch.sin(2 * torch.pi * (150 + 50 * row) * t) + 0.02 * torch.randn(length, generator=g)
-    noisy = audio + 0.05 * torch.randn(audio.shape, generator=g) * (torch.arange(audio.shape[1]) < torch.tensor(lengths)[:, None])
+        audio[row, :length] = 0.2 * torch.sin(2 * torch.pi * (150 + 50 * row) * t) + 0.02 * torch.randn(
+            length, generator=g
+        )
+    noisy = audio + 0.05 * torch.randn(audio.shape, generator=g) * (
+        torch.arange(audio.shape[1]) < torch.tensor(lengths)[:, None]
+    )
     lengths_t = torch.tensor(lengths)
     return audio, lengths_t, noisy, lengths_t.clone()
 
@@ -58,7 +60,11 @@ def test_output_shapes_follow_nemo():
 
 
 def test_masks_and_dither_come_from_the_generator_alone():
-    model = NestModel(tiny_config(preprocessor={"dither": 1e-5}, encoder={"dropout": 0.0, "dropout_att": 0.0, "dropout_pre_encoder": 0.0}))
+    model = NestModel(
+        tiny_config(
+            preprocessor={"dither": 1e-5}, encoder={"dropout": 0.0, "dropout_att": 0.0, "dropout_pre_encoder": 0.0}
+        )
+    )
     model.train()
     torch.manual_seed(0)
     a = model(*batch(), generator=torch_generator(0, "model", 17))
@@ -110,7 +116,15 @@ def test_stochastic_depth_probabilities_follow_nemo_and_drops_come_from_the_gene
     assert layer_drop_probabilities(4, 0.3, "uniform", 2) == [0.0, 0.0, 0.3, 0.3]
     with pytest.raises(ValueError):
         layer_drop_probabilities(4, 1.0, "linear", 1)
-    cfg = tiny_config(encoder={"n_layers": 4, "stochastic_depth_drop_prob": 0.9, "dropout": 0.0, "dropout_att": 0.0, "dropout_pre_encoder": 0.0})
+    cfg = tiny_config(
+        encoder={
+            "n_layers": 4,
+            "stochastic_depth_drop_prob": 0.9,
+            "dropout": 0.0,
+            "dropout_att": 0.0,
+            "dropout_pre_encoder": 0.0,
+        }
+    )
     encoder = NestModel(cfg).encoder.train()
     x, lengths = torch.randn(2, 10, 32), torch.tensor([10, 7])
     a, _ = encoder.forward_subsampled(x, lengths, torch.Generator().manual_seed(4))
@@ -162,14 +176,16 @@ def test_padding_does_not_change_valid_frames():
 
 def test_a_few_adamw_steps_reduce_the_loss_on_a_fixed_batch():
     torch.manual_seed(0)
-    cfg = tiny_config(masking={"mask_prob": 0.2}, encoder={"dropout": 0.0, "dropout_att": 0.0, "dropout_pre_encoder": 0.0})
+    cfg = tiny_config(
+        masking={"mask_prob": 0.2}, encoder={"dropout": 0.0, "dropout_att": 0.0, "dropout_pre_encoder": 0.0}
+    )
     model = NestModel(cfg).train()
     cfg.optim.lr = 1e-3
     cfg.optim.sched = None
     optimizer = build_optimizer(model, cfg.optim)
     data = batch(lengths=(16000, 12000))
     losses = []
-    for step in range(10):
+    for _ in range(10):
         result = model.loss(model(*data, generator=torch_generator(0, "test", 0)))  # same masks every step
         optimizer.zero_grad()
         result.loss.backward()
@@ -211,7 +227,10 @@ def test_frame_counts_not_divisible_by_the_subsampling_factor_work_end_to_end():
     [
         ({"quantizer": {"time_ahead": True}}, "model.quantizer.time_ahead: not supported"),
         ({"encoder": {"d_model": 33, "n_heads": 3}}, "encoder.d_model: must be even"),
-        ({"encoder": {"subsampling_conv_chunking_factor": 3}}, r"subsampling_conv_chunking_factor: unsupported \(expected -1, 1"),
+        (
+            {"encoder": {"subsampling_conv_chunking_factor": 3}},
+            r"subsampling_conv_chunking_factor: unsupported \(expected -1, 1",
+        ),
         ({"preprocessor": {"n_fft": 256}}, r"preprocessor.n_fft: shorter than the window \(expected at least 400"),
     ],
 )

@@ -12,7 +12,9 @@ from nestkit.model.quantizer import RandomProjectionQuantizer
 
 
 def make(**changes: object) -> RandomProjectionQuantizer:
-    cfg = QuantizerConfig(feat_in=20, code_dim=16, num_books=1, num_classes=512, combine_time_steps=4, squeeze_single=False)
+    cfg = QuantizerConfig(
+        feat_in=20, code_dim=16, num_books=1, num_classes=512, combine_time_steps=4, squeeze_single=False
+    )
     for key, value in changes.items():
         setattr(cfg, key, value)
     torch.manual_seed(0)

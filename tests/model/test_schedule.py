@@ -8,15 +8,16 @@ import pytest
 import torch
 from model_testing import REFERENCE_DIR, tiny_config
 
-from nestkit.config import OptimConfig
-from nestkit.config import SchedConfig
+from nestkit.config import OptimConfig, SchedConfig
 from nestkit.model.nest import NestModel
-from nestkit.model.schedule import build_optimizer
-from nestkit.model.schedule import build_scheduler
-from nestkit.model.schedule import lr_at_step
-from nestkit.model.schedule import noam_lr
-from nestkit.model.schedule import parameter_groups
-from nestkit.model.schedule import warmup_steps_of
+from nestkit.model.schedule import (
+    build_optimizer,
+    build_scheduler,
+    lr_at_step,
+    noam_lr,
+    parameter_groups,
+    warmup_steps_of,
+)
 
 NEMO_LRS = json.loads((REFERENCE_DIR / "noam_lr.json").read_text())
 
@@ -24,7 +25,11 @@ NEMO_LRS = json.loads((REFERENCE_DIR / "noam_lr.json").read_text())
 def optim_of(case: dict) -> OptimConfig:
     c = case["config"]
     sched = SchedConfig(
-        d_model=c["d_model"], warmup_steps=c["warmup_steps"], warmup_ratio=c["warmup_ratio"], min_lr=c["min_lr"], max_steps=c["max_steps"]
+        d_model=c["d_model"],
+        warmup_steps=c["warmup_steps"],
+        warmup_ratio=c["warmup_ratio"],
+        min_lr=c["min_lr"],
+        max_steps=c["max_steps"],
     )
     return OptimConfig(lr=c["lr"], sched=sched)
 

@@ -6,9 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nestkit.model.subsampling import STRIDE
-from nestkit.model.subsampling import DwStridingSubsampling
-from nestkit.model.subsampling import subsampled_length
+from nestkit.model.subsampling import STRIDE, DwStridingSubsampling, subsampled_length
 
 
 def nemo_masked_reference(sub: DwStridingSubsampling, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

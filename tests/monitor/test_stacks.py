@@ -13,17 +13,25 @@ from pathlib import Path
 import pytest
 
 from nestkit.config import load_config
-from nestkit.data.pipeline import build_pipeline
-from nestkit.runfolder.heartbeats import FAILED
-from nestkit.monitor.heartbeat import Heartbeat
 from nestkit.core.procs import process_start_ticks
-from nestkit.runfolder.incidents import open_incident
+from nestkit.data.pipeline import build_pipeline
+from nestkit.monitor.heartbeat import Heartbeat
 from nestkit.monitor.stall_report import build_report
+from nestkit.runfolder.heartbeats import FAILED
+from nestkit.runfolder.incidents import open_incident
 from tests.monitor.test_watchdog_e2e import nestkit, watched_config
 
 
-def beat(run: Path, rank: int, phase: str, step: int, idle: float = 0.0, timeout: float = 60.0, world: int = 2,
-         op: str = "all-reduce") -> Heartbeat:
+def beat(
+    run: Path,
+    rank: int,
+    phase: str,
+    step: int,
+    idle: float = 0.0,
+    timeout: float = 60.0,
+    world: int = 2,
+    op: str = "all-reduce",
+) -> Heartbeat:
     """A real heartbeat file of a rank in `phase` at `step`, without progress for `idle` seconds."""
     hb = Heartbeat(run, rank, world)
     hb.mark_step_start(0, (0, 0), [])
@@ -50,7 +58,10 @@ def test_healthy_and_slow_but_progressing(tmp_path):
     assert verdict(tmp_path).sentence.startswith("healthy: 2 of 2 ranks progressing at step 5")
     beat(tmp_path, 1, "fetch", 5, idle=40)
     slow = verdict(tmp_path)
-    assert slow.kind == "slow" and "rank 1 waiting for its DataLoader at step 5 for 40 s (stall limit 60 s)" in slow.sentence
+    assert (
+        slow.kind == "slow"
+        and "rank 1 waiting for its DataLoader at step 5 for 40 s (stall limit 60 s)" in slow.sentence
+    )
 
 
 def test_a_rank_stuck_in_compute_while_its_peer_waits(tmp_path):
@@ -102,15 +113,24 @@ def test_a_failed_dead_or_silent_rank_is_a_collective_mismatch(tmp_path):
 
 def test_when_every_rank_failed_the_first_failure_is_named_as_the_cause(tmp_path):
     cause = beat(tmp_path, 1, "forward", 5)
-    cause.stop(FAILED, "RuntimeError: Skipping the `training_step` by returning None in distributed training is not supported.")
+    cause.stop(
+        FAILED, "RuntimeError: Skipping the `training_step` by returning None in distributed training is not supported."
+    )
     time.sleep(0.05)
     peer = beat(tmp_path, 0, "collective", 5)
-    peer.stop(FAILED, "RuntimeError: [gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:5257.\n\nAt:\n  default_hooks.py(31): <lambda>")
+    peer.stop(
+        FAILED,
+        "RuntimeError: [gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:5257.\n\nAt:\n  default_hooks.py(31): <lambda>",
+    )
     found = verdict(tmp_path)
     assert found.kind == "failed" and found.culprits == [1], found
-    assert found.sentence.startswith("failed: rank 1 failed first, at step 5 (RuntimeError: Skipping the `training_step`")
-    assert found.sentence.endswith("then rank 0 failed at step 5 (RuntimeError: [gloo/transport/tcp/pair.cc:553] "
-                                   "Connection closed by peer [127.0.0.1]:5257.)")  # the first line of its error only
+    assert found.sentence.startswith(
+        "failed: rank 1 failed first, at step 5 (RuntimeError: Skipping the `training_step`"
+    )
+    assert found.sentence.endswith(
+        "then rank 0 failed at step 5 (RuntimeError: [gloo/transport/tcp/pair.cc:553] "
+        "Connection closed by peer [127.0.0.1]:5257.)"
+    )  # the first line of its error only
 
 
 def test_stacks_explains_a_folder_without_heartbeats(tmp_path):
@@ -129,8 +149,14 @@ def test_dump_asks_a_live_hanging_job_for_fresh_stacks_and_wait_keeps_it_alive(t
     blocked = list(build_pipeline(cfg, "train", 0, 2).sampler.batch_cuts(4, 0))[1].recording.sources[0].source
     run = cfg.run_dir.resolve()
     log = open(tmp_path / "train.log", "w")
-    job = subprocess.Popen([sys.executable, "-m", "nestkit.cli", "train", cfg_path], cwd=tmp_path, stdout=log, stderr=log,
-                           env={**os.environ, "NESTKIT_DEBUG_BLOCK_PATH": blocked}, start_new_session=True)
+    job = subprocess.Popen(
+        [sys.executable, "-m", "nestkit.cli", "train", cfg_path],
+        cwd=tmp_path,
+        stdout=log,
+        stderr=log,
+        env={**os.environ, "NESTKIT_DEBUG_BLOCK_PATH": blocked},
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and not (run / "stall" / "1" / "report.json").exists():

@@ -18,8 +18,8 @@ import pytest
 
 from nestkit.config import load_config
 from nestkit.data.pipeline import build_pipeline
-from nestkit.runfolder.heartbeats import read_heartbeats
 from nestkit.monitor.watchdog import STALL_EXIT_CODE
+from nestkit.runfolder.heartbeats import read_heartbeats
 from tests.helpers import write_train_config
 
 STALL_S = 8  # watchdog.stall_timeout_s in these tests
@@ -29,21 +29,34 @@ WORLD = 2
 
 def nestkit(*args: str, cwd: Path, env: dict | None = None, timeout: float = 110) -> subprocess.CompletedProcess:
     environment = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "nestkit.cli", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env=environment)
+    return subprocess.run(
+        [sys.executable, "-m", "nestkit.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=environment,
+    )
 
 
 def watched_config(tmp_path: Path, corpus: dict, name: str, **sections) -> str:
     """2 ranks, 2 workers each, a short stall timeout; unbounded sample reads (so a blocked read is
     a stall, not a quarantined substitute)."""
     model = {"train_ds": {"num_workers": 2, "sample_timeout_s": 0}}
-    nestkit_section = {"seed": 3, "dataloader_timeout_s": 0,
-                       "watchdog": {"stall_timeout_s": STALL_S, "first_step_timeout_s": 60, "dump_grace_s": 10}}
+    nestkit_section = {
+        "seed": 3,
+        "dataloader_timeout_s": 0,
+        "watchdog": {"stall_timeout_s": STALL_S, "first_step_timeout_s": 60, "dump_grace_s": 10},
+    }
     return write_train_config(
-        tmp_path / f"{name}.yaml", corpus["train"], corpus["noise"], name=name,
+        tmp_path / f"{name}.yaml",
+        corpus["train"],
+        corpus["noise"],
+        name=name,
         model=_merge(model, sections.pop("model", {})),
         trainer=_merge({"devices": WORLD, "strategy": "ddp", "max_steps": 40}, sections.pop("trainer", {})),
-        nestkit=_merge(nestkit_section, sections.pop("nestkit", {})), **sections,
+        nestkit=_merge(nestkit_section, sections.pop("nestkit", {})),
+        **sections,
     )
 
 
@@ -73,8 +86,14 @@ def data_stall(tmp_path_factory, corpus):
     cuts = list(build_pipeline(cfg, "train", 1, WORLD).sampler.batch_cuts(BLOCKED_BATCH, 0))
     blocked = cuts[0].recording.sources[0].source
     result = nestkit("train", cfg_path, cwd=tmp, env={"NESTKIT_DEBUG_BLOCK_PATH": blocked})
-    return {"tmp": tmp, "config": cfg_path, "run": cfg.run_dir.resolve(), "blocked": blocked, "cut": cuts[0],
-            "result": result}
+    return {
+        "tmp": tmp,
+        "config": cfg_path,
+        "run": cfg.run_dir.resolve(),
+        "blocked": blocked,
+        "cut": cuts[0],
+        "result": result,
+    }
 
 
 @pytest.mark.slow
@@ -82,7 +101,9 @@ def data_stall(tmp_path_factory, corpus):
 def test_a_blocked_read_ends_in_a_report_naming_the_file_and_a_nonzero_exit(data_stall):
     result, run, blocked = data_stall["result"], data_stall["run"], data_stall["blocked"]
     assert result.returncode != 0, result.stdout[-2000:] + result.stderr[-3000:]
-    assert result.returncode in (STALL_EXIT_CODE, -9), result.stderr[-3000:]  # the watchdog's exit, or the launcher's kill
+    assert result.returncode in (STALL_EXIT_CODE, -9), result.stderr[
+        -3000:
+    ]  # the watchdog's exit, or the launcher's kill
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
     assert "data stall: rank 1" in result.stderr and blocked in result.stderr  # the printed verdict
 
@@ -142,8 +163,19 @@ def test_a_lookup_and_replay_batch_name_the_same_file(data_stall):
     assert (looked_up["epoch"], looked_up["batch"]) == (0, BLOCKED_BATCH)
     assert looked_up["cuts"][0]["path"] == named_by_stacks == data_stall["blocked"]
     # replaying the batch with the same hook reproduces the hang, bounded, and names the same file
-    replay = nestkit("replay-batch", str(BLOCKED_BATCH), "--config", config, "--timeout", "3", *common,
-                     "--repro-dir", str(tmp / "repro"), cwd=tmp, env={"NESTKIT_DEBUG_BLOCK_PATH": data_stall["blocked"]})
+    replay = nestkit(
+        "replay-batch",
+        str(BLOCKED_BATCH),
+        "--config",
+        config,
+        "--timeout",
+        "3",
+        *common,
+        "--repro-dir",
+        str(tmp / "repro"),
+        cwd=tmp,
+        env={"NESTKIT_DEBUG_BLOCK_PATH": data_stall["blocked"]},
+    )
     assert replay.returncode == 1, replay.stderr
     timed_out = [s["path"] for s in json.loads(replay.stdout)["samples"] if s["status"] == "timeout"]
     assert timed_out == [named_by_stacks]
@@ -195,7 +227,10 @@ def test_b_a_rank_that_stops_early_is_a_collective_mismatch(tmp_path, corpus):
 def test_c_a_healthy_run_of_hundreds_of_steps_never_trips_a_short_timeout(tmp_path, corpus):
     steps = 300
     cfg_path = watched_config(
-        tmp_path, corpus, "healthy", validation=corpus["validation"],
+        tmp_path,
+        corpus,
+        "healthy",
+        validation=corpus["validation"],
         model={"train_ds": {"num_workers": 1}, "validation_ds": {"num_workers": 1}},
         trainer={"max_steps": steps, "val_check_interval": 100, "log_every_n_steps": 50},
         exp_manager={"checkpoint_callback_params": {"every_n_train_steps": 100}},
@@ -219,8 +254,9 @@ def test_c_a_healthy_run_of_hundreds_of_steps_never_trips_a_short_timeout(tmp_pa
 def test_c_slow_storage_is_reported_as_slow_not_declared_a_stall(tmp_path, corpus):
     """Every read takes 1 s (a slow mount): waits for a batch exceed the 2 s stall timeout, but the
     loaders keep starting and finishing reads, so the watchdog says so and lets the run finish."""
-    cfg_path = watched_config(tmp_path, corpus, "slowmount", trainer={"max_steps": 6},
-                              nestkit={"watchdog": {"stall_timeout_s": 2}})
+    cfg_path = watched_config(
+        tmp_path, corpus, "slowmount", trainer={"max_steps": 6}, nestkit={"watchdog": {"stall_timeout_s": 2}}
+    )
     result = nestkit("train", cfg_path, cwd=tmp_path, env={"NESTKIT_DEBUG_SLOW_READ_S": "1"}, timeout=170)
     assert result.returncode == 0, result.stderr[-3000:]
     run = tmp_path / "runs" / "slowmount"
@@ -238,7 +274,11 @@ def test_c_slow_storage_is_reported_as_slow_not_declared_a_stall(tmp_path, corpu
 @pytest.mark.timeout(120)
 def test_a_dataloader_timeout_names_rank_step_batch_cuts_and_files(tmp_path, corpus):
     cfg_path = watched_config(
-        tmp_path, corpus, "dltimeout", model={"train_ds": {"num_workers": 1}}, trainer={"devices": 1},
+        tmp_path,
+        corpus,
+        "dltimeout",
+        model={"train_ds": {"num_workers": 1}},
+        trainer={"devices": 1},
         nestkit={"dataloader_timeout_s": 4, "watchdog": {"stall_timeout_s": 60}},
     )
     cfg = load_config(cfg_path, []).config

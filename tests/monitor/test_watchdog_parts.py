@@ -10,22 +10,17 @@ import time
 import orjson
 import pytest
 
-from nestkit.config import WatchdogConfig
-from nestkit.config import config_from_dict
+from nestkit.config import WatchdogConfig, config_from_dict
+from nestkit.core import faults
+from nestkit.core.errors import ConfigError, NestkitError
 from nestkit.data.manifest import CutIndex
 from nestkit.data.pipeline import build_pipeline
 from nestkit.data.sampler import PlanStream
-from nestkit.core import faults
-from nestkit.runfolder import worker_status
-from nestkit.runfolder.heartbeats import FINISHED
 from nestkit.monitor.heartbeat import Heartbeat
-from nestkit.runfolder.heartbeats import heartbeat_path
-from nestkit.runfolder.heartbeats import read_heartbeats
+from nestkit.monitor.watchdog import Watchdog, stall_timeout
+from nestkit.runfolder import worker_status
+from nestkit.runfolder.heartbeats import FINISHED, heartbeat_path, read_heartbeats
 from nestkit.runfolder.incidents import latest_incident
-from nestkit.monitor.watchdog import Watchdog
-from nestkit.monitor.watchdog import stall_timeout
-from nestkit.core.errors import ConfigError
-from nestkit.core.errors import NestkitError
 from tests.helpers import data_config
 
 
@@ -194,13 +189,23 @@ def test_a_rank_stuck_in_compute_is_caught_dumped_and_reported_in_process(tmp_pa
 
 def test_watchdog_settings_are_validated_together():
     with pytest.raises(ConfigError) as err:
-        config_from_dict({"nestkit": {"dataloader_timeout_s": -1, "watchdog": {
-            "stall_timeout_s": 0, "poll_interval_s": 0, "dump_grace_s": -2}}})
+        config_from_dict(
+            {
+                "nestkit": {
+                    "dataloader_timeout_s": -1,
+                    "watchdog": {"stall_timeout_s": 0, "poll_interval_s": 0, "dump_grace_s": -2},
+                }
+            }
+        )
     text = str(err.value)
-    for problem in ("nestkit.watchdog.stall_timeout_s: must be positive seconds or null (got 0",
-                    "nestkit.watchdog.poll_interval_s: must be positive (got 0",
-                    "nestkit.watchdog.dump_grace_s: must not be negative seconds (got -2",
-                    "nestkit.dataloader_timeout_s: must be >= 0 seconds, 0 = unbounded (got -1"):
+    for problem in (
+        "nestkit.watchdog.stall_timeout_s: must be positive seconds or null (got 0",
+        "nestkit.watchdog.poll_interval_s: must be positive (got 0",
+        "nestkit.watchdog.dump_grace_s: must not be negative seconds (got -2",
+        "nestkit.dataloader_timeout_s: must be >= 0 seconds, 0 = unbounded (got -1",
+    ):
         assert problem in text, text
-    with pytest.raises(ConfigError, match=r"nestkit.watchdog.action: wrong type \(expected 'abort' \| 'wait', got 'explode'\)"):
+    with pytest.raises(
+        ConfigError, match=r"nestkit.watchdog.action: wrong type \(expected 'abort' \| 'wait', got 'explode'\)"
+    ):
         config_from_dict({"nestkit": {"watchdog": {"action": "explode"}}})

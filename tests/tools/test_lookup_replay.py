@@ -15,8 +15,14 @@ from tests.helpers import manifest_of, write_speech, write_train_config
 
 
 def run(*args: str, cwd: Path, env: dict | None = None, timeout: int = 400) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "nestkit.cli", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "nestkit.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +33,12 @@ def trained(tmp_path_factory):
     folder = tmp_path_factory.mktemp("lookup_run")
     corpus = make_corpus(folder / "data", num_utterances=20, num_noises=3, min_seconds=1.2, max_seconds=2.5, seed=5)
     config = write_train_config(
-        folder / "config.yaml", corpus["train"], corpus["noise"], name="run",
-        model={"train_ds": {"num_workers": 1}}, trainer={"devices": 2, "max_steps": 8},
+        folder / "config.yaml",
+        corpus["train"],
+        corpus["noise"],
+        name="run",
+        model={"train_ds": {"num_workers": 1}},
+        trainer={"devices": 2, "max_steps": 8},
         exp_manager={"checkpoint_callback_params": {"every_n_train_steps": 4, "keep_periodic": -1}},
     )
     result = run("train", config, cwd=folder)
@@ -55,8 +65,18 @@ def test_lookup_and_replay_agree_with_what_training_logged(trained):
             assert found.step == record["step"]
     # and once through the CLI
     record = read_batch_log(run_dir, 0)[6]
-    looked = run("lookup", trained["config"], "--batch", str(record["batch"]), "--epoch", str(record["epoch"]),
-                 "--all-ranks", "--format", "json", cwd=trained["folder"])
+    looked = run(
+        "lookup",
+        trained["config"],
+        "--batch",
+        str(record["batch"]),
+        "--epoch",
+        str(record["epoch"]),
+        "--all-ranks",
+        "--format",
+        "json",
+        cwd=trained["folder"],
+    )
     assert looked.returncode == 0, looked.stderr[-2000:]
     data = json.loads(looked.stdout)
     assert data["world_size"] == 2 and len(set(data["batches_per_rank"].values())) == 1
@@ -64,8 +84,18 @@ def test_lookup_and_replay_agree_with_what_training_logged(trained):
     assert data["ranks"][1]["matches_log"] is True
     # replay, through --step, on rank 1
     record = read_batch_log(run_dir, 1)[5]
-    replayed = run("replay-batch", "--config", trained["config"], "--step", str(record["step"]), "--rank", "1",
-                   "--format", "json", cwd=trained["folder"])
+    replayed = run(
+        "replay-batch",
+        "--config",
+        trained["config"],
+        "--step",
+        str(record["step"]),
+        "--rank",
+        "1",
+        "--format",
+        "json",
+        cwd=trained["folder"],
+    )
     assert replayed.returncode == 0, replayed.stderr[-2000:]
     data = json.loads(replayed.stdout)
     assert data["fingerprint"] == record["fingerprint"] and data["matches_log"] is True
@@ -77,8 +107,20 @@ def test_lookup_and_replay_agree_with_what_training_logged(trained):
 def test_replay_forward_reproduces_the_logged_loss(trained):
     checkpoint = trained["run_dir"] / "checkpoints" / "step4.ckpt"
     record = next(r for r in read_batch_log(trained["run_dir"], 0) if r["step"] == 4)
-    replayed = run("replay-batch", str(record["batch"]), "--epoch", str(record["epoch"]), "--config", trained["config"],
-                   "--forward", "--checkpoint", str(checkpoint), "--format", "json", cwd=trained["folder"])
+    replayed = run(
+        "replay-batch",
+        str(record["batch"]),
+        "--epoch",
+        str(record["epoch"]),
+        "--config",
+        trained["config"],
+        "--forward",
+        "--checkpoint",
+        str(checkpoint),
+        "--format",
+        "json",
+        cwd=trained["folder"],
+    )
     assert replayed.returncode == 0, replayed.stderr[-2000:]
     forward = json.loads(replayed.stdout)["forward"]
     assert forward["step"] == 4 and forward["checkpoint_step"] == 4
@@ -100,8 +142,19 @@ def test_in_flight_batches_and_cut_and_index_lookups(trained):
     [match] = located["matches"]
     assert {"rank": 1, "batch": record["batch"], "slot": 1, "step": record["step"]} in match["places"]
     batch_size = 2
-    by_index = json.loads(run("lookup", trained["config"], "--index", str(record["batch"] * batch_size + 1), "--rank", "1",
-                              "--format", "json", cwd=folder).stdout)
+    by_index = json.loads(
+        run(
+            "lookup",
+            trained["config"],
+            "--index",
+            str(record["batch"] * batch_size + 1),
+            "--rank",
+            "1",
+            "--format",
+            "json",
+            cwd=folder,
+        ).stdout
+    )
     assert by_index["cut_id"] == cut and by_index["batch"] == record["batch"]
 
 
@@ -109,8 +162,19 @@ def test_a_failing_sample_gets_a_repro_folder_that_reproduces_it(tmp_path):
     good = [(write_speech(tmp_path / f"g{i}.wav", 1.3, seed=i), 1.3) for i in range(3)]
     manifest = manifest_of(tmp_path / "train.json", [(str(tmp_path / "missing.wav"), 1.3)] + good)
     config = write_train_config(tmp_path / "c.yaml", manifest, model={"train_ds": {"shuffle": False, "batch_size": 4}})
-    result = run("replay-batch", "0", "--config", config, "--world-size", "1", "--repro-dir", str(tmp_path / "repro"),
-                 "--format", "json", cwd=tmp_path)
+    result = run(
+        "replay-batch",
+        "0",
+        "--config",
+        config,
+        "--world-size",
+        "1",
+        "--repro-dir",
+        str(tmp_path / "repro"),
+        "--format",
+        "json",
+        cwd=tmp_path,
+    )
     assert result.returncode == 1, result.stderr
     report = json.loads(result.stdout)
     [failed] = [s for s in report["samples"] if s["status"] != "ok"]

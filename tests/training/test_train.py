@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -44,11 +43,18 @@ def test_nemos_own_config_trains_with_only_the_manifest_paths_filled_in(tmp_path
     """NeMo's nest_fast-conformer.yaml as shipped (Large model, 8 workers, `${...}` references,
     `_target_` classes): the manifest paths, a step budget and a run folder are all a user sets."""
     nemo_yaml = Path(__file__).parents[1] / "fixtures" / "nemo_nest_fast_conformer.yaml"
-    manifests = [f"model.{split}.{key}={small_corpus[name]}" for split, key, name in (
-        ("train_ds", "manifest_filepath", "train"), ("train_ds", "noise_manifest", "noise"),
-        ("validation_ds", "manifest_filepath", "validation"), ("validation_ds", "noise_manifest", "noise"))]
-    result = nestkit("train", str(nemo_yaml), *manifests, "trainer.max_steps=1", f"exp_manager.exp_dir={tmp_path}",
-                     cwd=tmp_path)
+    manifests = [
+        f"model.{split}.{key}={small_corpus[name]}"
+        for split, key, name in (
+            ("train_ds", "manifest_filepath", "train"),
+            ("train_ds", "noise_manifest", "noise"),
+            ("validation_ds", "manifest_filepath", "validation"),
+            ("validation_ds", "noise_manifest", "noise"),
+        )
+    ]
+    result = nestkit(
+        "train", str(nemo_yaml), *manifests, "trainer.max_steps=1", f"exp_manager.exp_dir={tmp_path}", cwd=tmp_path
+    )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     run = tmp_path / "SSL-NEST-FastConformer"
     (record,) = read_batch_log(run, 0)
@@ -64,8 +70,12 @@ def test_nemos_own_config_trains_with_only_the_manifest_paths_filled_in(tmp_path
 def test_resume_continues_the_exact_loss_curve(tmp_path, small_corpus, stop):
     def config(name):
         return write_train_config(
-            tmp_path / f"{name}.yaml", small_corpus["train"], small_corpus["noise"],
-            name=name, model={"train_ds": {"num_workers": 1}}, trainer={"max_steps": 10},
+            tmp_path / f"{name}.yaml",
+            small_corpus["train"],
+            small_corpus["noise"],
+            name=name,
+            model={"train_ds": {"num_workers": 1}},
+            trainer={"max_steps": 10},
         )
 
     full = nestkit("train", config("full"), cwd=tmp_path)
@@ -88,8 +98,12 @@ def test_resume_continues_the_exact_loss_curve(tmp_path, small_corpus, stop):
 @pytest.mark.slow
 def test_two_process_ddp_on_cpu(tmp_path, small_corpus):
     cfg = write_train_config(
-        tmp_path / "ddp.yaml", small_corpus["train"], small_corpus["noise"], name="ddp",
-        trainer={"devices": 2, "max_steps": 5, "strategy": "ddp"}, model={"train_ds": {"num_workers": 1}},
+        tmp_path / "ddp.yaml",
+        small_corpus["train"],
+        small_corpus["noise"],
+        name="ddp",
+        trainer={"devices": 2, "max_steps": 5, "strategy": "ddp"},
+        model={"train_ds": {"num_workers": 1}},
     )
     result = nestkit("train", cfg, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -115,16 +129,25 @@ def test_train_rejects_a_misspelt_key_before_starting(tmp_path, small_corpus):
 @pytest.mark.slow
 def test_nemo_checkpoint_initialises_training_and_export_round_trips(tmp_path, small_corpus):
     golden_sd = torch.load(GOLDEN / "nest_tiny.state_dict.pt", map_location="cpu", weights_only=True)
-    tiny_golden = {"num_classes": 256, "encoder": {"n_layers": 2, "d_model": 64, "n_heads": 4, "subsampling_conv_channels": 64, "conv_kernel_size": 9},
-                   "optim": {"lr": 1e-9, "sched": {"min_lr": 0.0, "warmup_steps": 10}}}
+    tiny_golden = {
+        "num_classes": 256,
+        "encoder": {"n_layers": 2, "d_model": 64, "n_heads": 4, "subsampling_conv_channels": 64, "conv_kernel_size": 9},
+        "optim": {"lr": 1e-9, "sched": {"min_lr": 0.0, "warmup_steps": 10}},
+    }
     cfg = write_train_config(
-        tmp_path / "init.yaml", small_corpus["train"], name="init", model=tiny_golden,
-        trainer={"max_steps": 1}, init_from=str(GOLDEN / "nest_tiny.state_dict.pt"),
+        tmp_path / "init.yaml",
+        small_corpus["train"],
+        name="init",
+        model=tiny_golden,
+        trainer={"max_steps": 1},
+        init_from=str(GOLDEN / "nest_tiny.state_dict.pt"),
     )
     result = nestkit("train", cfg, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     out = tmp_path / "exported.pt"
-    export = nestkit("export-nemo", str(tmp_path / "runs" / "init" / "checkpoints" / "last.ckpt"), "-o", str(out), cwd=tmp_path)
+    export = nestkit(
+        "export-nemo", str(tmp_path / "runs" / "init" / "checkpoints" / "last.ckpt"), "-o", str(out), cwd=tmp_path
+    )
     assert export.returncode == 0, export.stderr[-3000:]
     exported = torch.load(out, map_location="cpu", weights_only=True)
     assert list(exported) == list(golden_sd)  # NeMo's keys, in NeMo's order

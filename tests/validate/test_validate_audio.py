@@ -5,21 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import soundfile as sf
-from tests.validate.validate_corpus import build_zoo, speech
 
 import nestkit.validate.audio as validate_audio
-from nestkit.data.audio import LOAD_FAILURES
-from nestkit.data.audio import read_audio
-from nestkit.validate.validator import file_tasks
-from nestkit.validate.audio import CheckSettings
-from nestkit.validate.audio import FileTask
-from nestkit.validate.audio import Segment
-from nestkit.validate.audio import check_file
-from nestkit.validate.categories import ERROR
-from nestkit.validate.categories import severity
-from nestkit.validate.lines import ManifestSource
-from nestkit.validate.lines import scan_manifests
 from nestkit.core.errors import AudioLoadError
+from nestkit.data.audio import LOAD_FAILURES, read_audio
+from nestkit.validate.audio import CheckSettings, FileTask, Segment, check_file
+from nestkit.validate.categories import ERROR, severity
+from nestkit.validate.lines import ManifestSource, scan_manifests
+from nestkit.validate.validator import file_tasks
+from tests.validate.validate_corpus import build_zoo, speech
 
 
 @pytest.fixture(scope="module")

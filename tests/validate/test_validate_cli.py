@@ -9,6 +9,9 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+
+from nestkit.data.synthetic import make_corpus
+from nestkit.validate.categories import CATEGORIES, ERROR
 from tests.validate.validate_corpus import (
     build_zoo,
     found,
@@ -21,10 +24,6 @@ from tests.validate.validate_corpus import (
     without_capabilities_prefix,
     write_jsonl,
 )
-
-from nestkit.validate.categories import CATEGORIES
-from nestkit.validate.categories import ERROR
-from nestkit.data.synthetic import make_corpus
 
 # Categories proven by tests in test_validate_pool.py (they need a fault injected into a worker).
 FAULT_CATEGORIES = {"timeout", "worker_crash", "internal_error"}
@@ -68,9 +67,7 @@ def test_zoo_reports_every_category_on_its_line(zoo):
 
 def test_every_category_is_exercised_by_a_test(zoo):
     corpus, *_ = zoo
-    checked_elsewhere = FAULT_CATEGORIES | {
-        "manifest_corrupt"
-    }  # its line depends on gzip: checked by manifest
+    checked_elsewhere = FAULT_CATEGORIES | {"manifest_corrupt"}  # its line depends on gzip: checked by manifest
     assert set(corpus["expect"].values()) | checked_elsewhere == set(CATEGORIES)
 
 
@@ -103,9 +100,7 @@ def test_fifo_is_refused_without_being_opened(tmp_path):
 def test_unreadable_file(tmp_path):
     enforced, prefix = _permissions_prefix()
     if not enforced:
-        pytest.skip(
-            "running as root and cannot drop CAP_DAC_OVERRIDE (no setpriv): chmod 000 does not block reads"
-        )
+        pytest.skip("running as root and cannot drop CAP_DAC_OVERRIDE (no setpriv): chmod 000 does not block reads")
     locked = speech(tmp_path, "locked.wav")
     os.chmod(locked, 0)
     manifest = write_jsonl(tmp_path / "m.json", [nemo(locked, 2.0)])
@@ -224,8 +219,7 @@ def test_github_annotations(small_bad):
     annotations = [line for line in lines if line.startswith("::")]
     assert annotations[0].startswith("::error file=train.json,line=2,title=validate-manifest missing::audio ")
     assert any(
-        a.startswith("::warning file=train.json,line=3,title=validate-manifest duplicate::")
-        for a in annotations
+        a.startswith("::warning file=train.json,line=3,title=validate-manifest duplicate::") for a in annotations
     )
     assert any(a.startswith("::error file=train.json,line=4,") for a in annotations)
     pattern = re.compile(r"^::(error|warning) file=[^,:]+,line=\d+,title=validate-manifest [a-z_]+::\S")
@@ -237,9 +231,7 @@ def test_plain_table_in_pipes_and_no_progress_bar(small_bad):
     done = run_cli(small_bad)
     assert "train.json:2: error: [missing] audio " in done.stdout
     assert "\x1b[" not in done.stdout + done.stderr  # no colour codes, no progress bar in a pipe
-    assert (
-        done.stdout.strip().splitlines()[-1].startswith("validate-manifest FAILED: 2 error(s), 1 warning(s)")
-    )
+    assert done.stdout.strip().splitlines()[-1].startswith("validate-manifest FAILED: 2 error(s), 1 warning(s)")
 
 
 def test_no_decode_skips_sample_checks(tmp_path):
@@ -336,9 +328,7 @@ def test_fix_durations(tmp_path):
     assert durations[4:] == [2.0, 1.0, 2.0]
     assert "5 duration(s) measured and changed, 1 line(s) could not be measured" in done.stderr
     _again, report = run_json(str(out))
-    assert {(f["line"], f["category"]) for f in report["findings"] if f["severity"] == ERROR} == {
-        (7, "missing")
-    }
+    assert {(f["line"], f["category"]) for f in report["findings"] if f["severity"] == ERROR} == {(7, "missing")}
     assert not [f for f in report["findings"] if f["category"] in ("duration_mismatch", "truncated")]
 
 
@@ -346,26 +336,26 @@ def test_cli_defaults_match_the_library():
     from nestkit.commands import validate_manifest as cli
     from nestkit.config import DatasetConfig
     from nestkit.data.audio import DURATION_TOLERANCE_S
-    from nestkit.validate.validator import DEFAULT_TIMEOUT_S, ValidateOptions
     from nestkit.validate.audio import CheckSettings
+    from nestkit.validate.validator import DEFAULT_TIMEOUT_S, ValidateOptions
 
     checks, options = CheckSettings(), ValidateOptions()
     assert (
-        cli._TARGET_RATE,
-        cli._TOLERANCE_S,
-        cli._CLIP_LEVEL,
-        cli._CLIP_FRACTION,
-        cli._NOISE_SILENCE_DB,
-    ) == (
         checks.target_rate,
         checks.duration_tolerance_s,
         checks.clip_level,
         checks.clip_fraction,
         checks.noise_silence_db,
+    ) == (
+        cli._TARGET_RATE,
+        cli._TOLERANCE_S,
+        cli._CLIP_LEVEL,
+        cli._CLIP_FRACTION,
+        cli._NOISE_SILENCE_DB,
     )
     assert checks.duration_tolerance_s == DURATION_TOLERANCE_S
     assert checks.noise_silence_db == DatasetConfig.noise_silence_db
-    assert (cli._MIN_DURATION_S, cli._MAX_DURATION_S) == (options.min_duration_s, options.max_duration_s)
+    assert (options.min_duration_s, options.max_duration_s) == (cli._MIN_DURATION_S, cli._MAX_DURATION_S)
     assert (options.min_duration_s, options.max_duration_s) == (
         DatasetConfig.min_duration,
         DatasetConfig.max_duration,

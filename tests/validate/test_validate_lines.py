@@ -5,16 +5,12 @@ from __future__ import annotations
 import os
 
 import pytest
-from tests.validate.validate_corpus import nemo, speech, write_jsonl
 
-from nestkit.data.manifest import CutIndex
-from nestkit.data.manifest import decode_line
-from nestkit.data.manifest import lhotse_cut
-from nestkit.data.manifest import nemo_entry
-from nestkit.validate.categories import ERROR
-from nestkit.validate.lines import ManifestSource
-from nestkit.validate.lines import scan_manifests
 from nestkit.core.errors import ManifestError
+from nestkit.data.manifest import CutIndex, decode_line, lhotse_cut, nemo_entry
+from nestkit.validate.categories import ERROR
+from nestkit.validate.lines import ManifestSource, scan_manifests
+from tests.validate.validate_corpus import nemo, speech, write_jsonl
 
 LINES = [
     nemo("a.wav", 2.0),
@@ -95,9 +91,7 @@ def test_lines_with_only_a_bad_duration_are_still_checked_and_measured(tmp_path)
 
 def test_agrees_with_the_trainer_index_on_a_valid_manifest(tmp_path):
     files = [speech(tmp_path, f"u{i}.wav", 1.5, seed=i) for i in range(3)]
-    manifest = write_jsonl(
-        tmp_path / "m.json", [nemo(f, 1.5) for f in files] + ["", nemo(files[0], 1.0, offset=0.25)]
-    )
+    manifest = write_jsonl(tmp_path / "m.json", [nemo(f, 1.5) for f in files] + ["", nemo(files[0], 1.0, offset=0.25)])
     scan = scan_manifests([ManifestSource(manifest, False)], 1.0, 60.0)
     index = CutIndex.build(manifest)
     assert [(e.line, e.path, e.offset, e.duration) for e in scan.entries] == [
@@ -118,9 +112,7 @@ def test_duplicates_cross_manifests_but_not_roles(tmp_path):
     sub.mkdir()
     b = write_jsonl(sub / "b.json", [nemo("../x.wav", 2.0), nemo("../x.wav", 2.0, offset=0.0)])
     noise = write_jsonl(tmp_path / "n.json", [nemo("x.wav", 2.0)])
-    scan = scan_manifests(
-        [ManifestSource(a, False), ManifestSource(b, False), ManifestSource(noise, True)], 0, 0
-    )
+    scan = scan_manifests([ManifestSource(a, False), ManifestSource(b, False), ManifestSource(noise, True)], 0, 0)
     duplicates = [(f.manifest, f.line) for f in scan.findings if f.category == "duplicate"]
     assert duplicates == [(b, 1), (b, 2)]  # same resolved file and segment; the noise use is not a duplicate
     assert "a.json:1" in [f for f in scan.findings if f.category == "duplicate"][0].reason

@@ -10,13 +10,10 @@ from __future__ import annotations
 import time
 
 import pytest
-from tests.validate.validate_corpus import found, nemo, run_json, speech, write_jsonl
 
-from nestkit.validate.audio import FAULT_ENV
-from nestkit.validate.audio import CheckSettings
-from nestkit.validate.audio import FileTask
-from nestkit.validate.audio import Segment
+from nestkit.validate.audio import FAULT_ENV, CheckSettings, FileTask, Segment
 from nestkit.validate.pool import check_files
+from tests.validate.validate_corpus import found, nemo, run_json, speech, write_jsonl
 
 
 def _corpus(folder, count=8):
@@ -31,9 +28,7 @@ def _corpus(folder, count=8):
 def test_stalled_file_is_reported_as_timeout_and_the_rest_is_checked(tmp_path, jobs):
     files, manifest = _corpus(tmp_path)
     started = time.monotonic()
-    done, report = run_json(
-        manifest, "--timeout", "1", "--jobs", str(jobs), env={FAULT_ENV: f"stall:{files[2]}"}
-    )
+    done, report = run_json(manifest, "--timeout", "1", "--jobs", str(jobs), env={FAULT_ENV: f"stall:{files[2]}"})
     elapsed = time.monotonic() - started
     assert done.returncode == 1
     got = found(report)

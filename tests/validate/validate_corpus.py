@@ -18,9 +18,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from nestkit.data.synthetic import noise_like
-from nestkit.data.synthetic import speech_like
-from nestkit.data.synthetic import write_wav
+from nestkit.data.synthetic import noise_like, speech_like, write_wav
 
 RATE = 16000
 
@@ -221,15 +219,28 @@ def _command_name() -> list[str]:
     return [] if not hasattr(get_command(app), "commands") else ["validate-manifest"]
 
 
-def run_cli(*args: str, env: dict | None = None, cwd: str | None = None, prefix: list[str] | None = None,
-            process: bool = False, timeout: float = 120) -> Completed:
+def run_cli(
+    *args: str,
+    env: dict | None = None,
+    cwd: str | None = None,
+    prefix: list[str] | None = None,
+    process: bool = False,
+    timeout: float = 120,
+) -> Completed:
     """`nestkit validate-manifest ARGS`: in this process through Typer's CliRunner (fast: lhotse is
     imported once), or with `process=True` (or a `prefix`) as a new process through `nestkit.cli:main`,
     the installed entry point's code. Either way the file checks run in real worker processes."""
     if process or prefix:
         command = [sys.executable, "-c", "from nestkit.cli import main; main()", *_command_name(), *args]
-        done = subprocess.run((prefix or []) + command, capture_output=True, text=True, check=False,
-                              env=dict(os.environ, **(env or {})), timeout=timeout, cwd=cwd)
+        done = subprocess.run(
+            (prefix or []) + command,
+            capture_output=True,
+            text=True,
+            check=False,
+            env=dict(os.environ, **(env or {})),
+            timeout=timeout,
+            cwd=cwd,
+        )
         return Completed(done.returncode, done.stdout, done.stderr)
     from typer.testing import CliRunner
 

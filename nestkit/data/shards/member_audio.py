@@ -14,10 +14,10 @@ import tempfile
 
 import numpy as np
 
+from nestkit.core.errors import AudioLoadError
 from nestkit.data.audio import read_audio
 from nestkit.data.shards.ranged import DEFAULT_POLICY, RetryPolicy, ShardReadError, read_range
 from nestkit.data.shards.tar_index import MemberAddress
-from nestkit.core.errors import AudioLoadError
 
 _READ_CATEGORY = {"timeout": "timeout", "out_of_range": "truncated", "missing": "missing"}
 
@@ -41,7 +41,7 @@ def decode_member(
         try:
             view = memoryview(data)
             while view:
-                view = view[os.write(fd, view):]
+                view = view[os.write(fd, view) :]
             return _read(f"/proc/self/fd/{fd}", where, target_sr, offset, duration, channel, require_signal)
         finally:
             os.close(fd)
@@ -51,13 +51,20 @@ def decode_member(
         return _read(f.name, where, target_sr, offset, duration, channel, require_signal)
 
 
-def _read(path: str, where: str, target_sr: int, offset: float, duration: float | None, channel: int | None,
-          require_signal: bool) -> np.ndarray:
+def _read(
+    path: str,
+    where: str,
+    target_sr: int,
+    offset: float,
+    duration: float | None,
+    channel: int | None,
+    require_signal: bool,
+) -> np.ndarray:
     try:
         return read_audio(path, offset, duration, target_sr, channel, require_signal)
     except AudioLoadError as err:
         prefix = f"audio {path}: {err.problem}"
-        hint = str(err)[len(prefix):].lstrip(". ") if str(err).startswith(prefix) else ""
+        hint = str(err)[len(prefix) :].lstrip(". ") if str(err).startswith(prefix) else ""
         raise AudioLoadError(err.category, where, err.problem, hint) from None
 
 
@@ -81,7 +88,10 @@ def load_member_audio(
     try:
         data = read_member(address, policy)
     except ShardReadError as err:
-        raise AudioLoadError(_READ_CATEGORY.get(err.category, "unreadable"), str(address),
-                             f"{err.problem} ({err.category}, {err.attempts} attempt(s))",
-                             "Check the shard's storage; the index may be stale if the shard was rewritten") from None
+        raise AudioLoadError(
+            _READ_CATEGORY.get(err.category, "unreadable"),
+            str(address),
+            f"{err.problem} ({err.category}, {err.attempts} attempt(s))",
+            "Check the shard's storage; the index may be stale if the shard was rewritten",
+        ) from None
     return decode_member(data, str(address), target_sr, offset, duration, channel, require_signal)

@@ -23,12 +23,12 @@ import itertools
 import os
 import re
 import string
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, Sequence
 
+from nestkit.core.errors import ConfigError, ManifestError
 from nestkit.data.shards.ranged import DEFAULT_POLICY, RetryPolicy, read_whole
 from nestkit.data.shards.tar_index import MemberAddress, TarIndex
-from nestkit.core.errors import ConfigError, ManifestError
 
 _OPEN_TOKENS = ("(", "[", "<", "_OP_")
 _CLOSE_TOKENS = (")", "]", ">", "_CL_")
@@ -41,7 +41,7 @@ NEMO_FINDINGS = {
     "missing_shard_id": "a line of a single tarred manifest without shard_id: NeMo cannot place it",
     "member_missing": "a line whose member is not in its shard's tar (NeMo never yields it, silently)",
     "not_in_manifest": "a tar member no line refers to (NeMo raises 'Mismatched entry' unless "
-                       "skip_missing_manifest_entries, which drops it)",
+    "skip_missing_manifest_entries, which drops it)",
     "duplicate_member": "two members of one tar with the same name (NeMo reads both, each with all its lines)",
     "unknown_shard_id": "a tar or manifest path in which NeMo's pattern finds no shard id (NeMo asserts)",
     "shard_without_lines": "a tar whose shard id no manifest has (NeMo asserts the id sets are equal)",
@@ -85,10 +85,11 @@ def _expand(pattern: str, whole: str) -> Iterator[str]:
             if depth < 0:
                 raise ValueError(f"unbalanced braces in {whole!r}")
             if depth == 0:
-                inner = pattern[start + 1:pos]
+                inner = pattern[start + 1 : pos]
                 alternatives = _group(inner, whole)
-                parts.append(alternatives if alternatives is not None
-                             else ["{" + x + "}" for x in _expand(inner, whole)])
+                parts.append(
+                    alternatives if alternatives is not None else ["{" + x + "}" for x in _expand(inner, whole)]
+                )
                 start = pos + 1
     if depth != 0:
         raise ValueError(f"unbalanced braces in {whole!r}")
@@ -114,9 +115,9 @@ def _group(inner: str, whole: str) -> list[str] | None:
         step_n = (int(step) or 1) if step else 1
         a, b = _ALPHABET.index(left), _ALPHABET.index(right)
         if a < b:
-            return list(_ALPHABET[a:b + 1:step_n])
+            return list(_ALPHABET[a : b + 1 : step_n])
         b = b or -len(_ALPHABET)
-        return list(_ALPHABET[a:b - 1:-step_n])
+        return list(_ALPHABET[a : b - 1 : -step_n])
     items, depth, start = [], 0, 0
     for pos, ch in enumerate(inner):
         if ch == "{":
@@ -145,8 +146,12 @@ def expand_nemo_paths(spec: str | Sequence[str], key: str = "tarred_audio_filepa
     try:
         return brace_expand(spec)
     except ValueError as exc:
-        raise ConfigError([f"{key}: {exc} (expected balanced {{}}, (), [], <> or _OP_/_CL_ after NeMo's "
-                           "replacement). NeMo turns every (, [, < into {, even in folder names"]) from None
+        raise ConfigError(
+            [
+                f"{key}: {exc} (expected balanced {{}}, (), [], <> or _OP_/_CL_ after NeMo's "
+                "replacement). NeMo turns every (, [, < into {, even in folder names"
+            ]
+        ) from None
 
 
 def shard_id_of(path: str, kind: str = "tar") -> int | None:
@@ -217,8 +222,15 @@ class NemoFinding:
     member: str | None = None
 
     def message(self) -> str:
-        where = f"manifest {self.manifest}:{self.line}" if self.manifest and self.line else \
-            f"shard {self.tar}" if self.tar else f"manifest {self.manifest}" if self.manifest else "tarred dataset"
+        where = (
+            f"manifest {self.manifest}:{self.line}"
+            if self.manifest and self.line
+            else f"shard {self.tar}"
+            if self.tar
+            else f"manifest {self.manifest}"
+            if self.manifest
+            else "tarred dataset"
+        )
         return f"{where}: {self.detail}"
 
 
@@ -253,9 +265,16 @@ def read_tarred_dataset(
     for position, tar in enumerate(tar_paths):
         sid = shard_id_of(tar, "tar")
         if sid is None:
-            findings.append(NemoFinding("unknown_shard_id", f"no shard id in the tar path (expected a name like "
-                                        f"audio_{position}.tar, matching {TAR_SHARD_ID.pattern}); taken as shard "
-                                        f"{position} by its position", position, tar))
+            findings.append(
+                NemoFinding(
+                    "unknown_shard_id",
+                    f"no shard id in the tar path (expected a name like "
+                    f"audio_{position}.tar, matching {TAR_SHARD_ID.pattern}); taken as shard "
+                    f"{position} by its position",
+                    position,
+                    tar,
+                )
+            )
             sid = position
         tars[sid] = tar
     lines: dict[int, list[NemoLine]] = {}
@@ -263,9 +282,14 @@ def read_tarred_dataset(
     for manifest in manifests:
         file_sid = None if single else shard_id_of(manifest, "manifest")
         if not single and file_sid is None:
-            findings.append(NemoFinding("unknown_shard_id", f"no shard id in the manifest path (expected a name "
-                                        f"like manifest_0.json, matching {MANIFEST_SHARD_ID.pattern})",
-                                        manifest=manifest))
+            findings.append(
+                NemoFinding(
+                    "unknown_shard_id",
+                    f"no shard id in the manifest path (expected a name "
+                    f"like manifest_0.json, matching {MANIFEST_SHARD_ID.pattern})",
+                    manifest=manifest,
+                )
+            )
             continue
         for number, raw in _manifest_lines(manifest, policy):
             try:
@@ -277,27 +301,57 @@ def read_tarred_dataset(
             written = item.get("shard_id")
             if single:
                 if not isinstance(written, int) or isinstance(written, bool):
-                    findings.append(NemoFinding("missing_shard_id", f"no integer shard_id (got {written!r}); a "
-                                                "single tarred manifest places lines by it", manifest=manifest,
-                                                line=number, member=line.member))
+                    findings.append(
+                        NemoFinding(
+                            "missing_shard_id",
+                            f"no integer shard_id (got {written!r}); a single tarred manifest places lines by it",
+                            manifest=manifest,
+                            line=number,
+                            member=line.member,
+                        )
+                    )
                     continue
                 sid = written
             else:
                 sid = file_sid
                 if written is not None and written != file_sid:
-                    findings.append(NemoFinding("shard_id_mismatch", f"shard_id {written!r} in a manifest of shard "
-                                                f"{file_sid} (expected {file_sid}); NeMo reads the line with shard "
-                                                f"{file_sid}", file_sid, tars.get(file_sid), manifest, number,
-                                                line.member))
+                    findings.append(
+                        NemoFinding(
+                            "shard_id_mismatch",
+                            f"shard_id {written!r} in a manifest of shard "
+                            f"{file_sid} (expected {file_sid}); NeMo reads the line with shard "
+                            f"{file_sid}",
+                            file_sid,
+                            tars.get(file_sid),
+                            manifest,
+                            number,
+                            line.member,
+                        )
+                    )
             lines.setdefault(sid, []).append(line)
     for sid in sorted(set(tars) - set(lines)):
-        findings.append(NemoFinding("shard_without_lines", f"no manifest line has shard id {sid} (expected lines "
-                                    "for every tar; NeMo asserts)", sid, tars[sid]))
+        findings.append(
+            NemoFinding(
+                "shard_without_lines",
+                f"no manifest line has shard id {sid} (expected lines for every tar; NeMo asserts)",
+                sid,
+                tars[sid],
+            )
+        )
     for sid in sorted(set(lines) - set(tars)):
         first = lines[sid][0]
-        findings.append(NemoFinding("lines_without_shard", f"{len(lines[sid])} line(s) of shard {sid} but no tar "
-                                    f"with that id (expected audio_{sid}.tar among tarred_audio_filepaths)", sid,
-                                    None, first.manifest, first.line, first.member))
+        findings.append(
+            NemoFinding(
+                "lines_without_shard",
+                f"{len(lines[sid])} line(s) of shard {sid} but no tar "
+                f"with that id (expected audio_{sid}.tar among tarred_audio_filepaths)",
+                sid,
+                None,
+                first.manifest,
+                first.line,
+                first.member,
+            )
+        )
     return TarredDataset(tars, lines, findings)
 
 
@@ -330,7 +384,7 @@ def match_members(dataset: TarredDataset, indexes: dict[str, TarIndex]) -> Tarre
     where_is: dict[str, list[int]] = {}  # member name -> shard ids holding it, to name misplaced lines
     for sid, tar in dataset.tars.items():
         index = indexes.get(tar)
-        for name in (index.names if index is not None else ()):
+        for name in index.names if index is not None else ():
             where_is.setdefault(name, []).append(sid)
     for sid in sorted(dataset.tars):
         tar = dataset.tars[sid]
@@ -338,9 +392,18 @@ def match_members(dataset: TarredDataset, indexes: dict[str, TarIndex]) -> Tarre
         shard_lines = dataset.lines.get(sid, [])
         if index is None:
             for line in shard_lines:
-                findings.append(NemoFinding("member_missing", f"member {line.member!r} cannot be read: the tar "
-                                            "has no index (it could not be read; see the shard's failure)", sid,
-                                            tar, line.manifest, line.line, line.member))
+                findings.append(
+                    NemoFinding(
+                        "member_missing",
+                        f"member {line.member!r} cannot be read: the tar "
+                        "has no index (it could not be read; see the shard's failure)",
+                        sid,
+                        tar,
+                        line.manifest,
+                        line.line,
+                        line.member,
+                    )
+                )
             continue
         for f in index.findings:
             if f.kind == "duplicate_member":
@@ -351,20 +414,47 @@ def match_members(dataset: TarredDataset, indexes: dict[str, TarIndex]) -> Tarre
             if address is None:
                 elsewhere = [s for s in where_is.get(line.member, []) if s != sid]
                 if elsewhere:
-                    findings.append(NemoFinding("shard_id_mismatch", f"member {line.member!r} is in shard "
-                                                f"{elsewhere[0]} ({dataset.tars[elsewhere[0]]}), not in shard {sid} "
-                                                f"(expected shard_id {elsewhere[0]}, got {sid})", sid, tar,
-                                                line.manifest, line.line, line.member))
+                    findings.append(
+                        NemoFinding(
+                            "shard_id_mismatch",
+                            f"member {line.member!r} is in shard "
+                            f"{elsewhere[0]} ({dataset.tars[elsewhere[0]]}), not in shard {sid} "
+                            f"(expected shard_id {elsewhere[0]}, got {sid})",
+                            sid,
+                            tar,
+                            line.manifest,
+                            line.line,
+                            line.member,
+                        )
+                    )
                 else:
-                    findings.append(NemoFinding("member_missing", f"member {line.member!r} is not in {tar} (expected "
-                                                f"it among the {len(index)} members of shard {sid}); NeMo skips the "
-                                                "line silently", sid, tar, line.manifest, line.line, line.member))
+                    findings.append(
+                        NemoFinding(
+                            "member_missing",
+                            f"member {line.member!r} is not in {tar} (expected "
+                            f"it among the {len(index)} members of shard {sid}); NeMo skips the "
+                            "line silently",
+                            sid,
+                            tar,
+                            line.manifest,
+                            line.line,
+                            line.member,
+                        )
+                    )
                 continue
             referenced.add(line.member)
             cuts.append(NemoCutAddress(line.manifest, line.line, sid, address, line.offset, line.duration))
         for name in dict.fromkeys(index.names):
             if name not in referenced:
-                findings.append(NemoFinding("not_in_manifest", f"member {name!r} has no manifest line in shard {sid} "
-                                            "(NeMo stops with 'Mismatched entry', or drops it with "
-                                            "skip_missing_manifest_entries)", sid, tar, member=name))
+                findings.append(
+                    NemoFinding(
+                        "not_in_manifest",
+                        f"member {name!r} has no manifest line in shard {sid} "
+                        "(NeMo stops with 'Mismatched entry', or drops it with "
+                        "skip_missing_manifest_entries)",
+                        sid,
+                        tar,
+                        member=name,
+                    )
+                )
     return TarredMatch(cuts, findings)

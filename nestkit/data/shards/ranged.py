@@ -21,11 +21,12 @@ import os
 import stat as stat_module
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Callable, TypeVar
+from typing import TypeVar
 
-from nestkit.core.timeouts import CallTimeout, call_with_timeout
 from nestkit.core.errors import NestkitError
+from nestkit.core.timeouts import CallTimeout, call_with_timeout
 
 T = TypeVar("T")
 
@@ -91,7 +92,7 @@ class ShardStat:
     etag: str | None = None
     last_modified: str | None = None
 
-    def same_version(self, other: "ShardStat") -> bool:
+    def same_version(self, other: ShardStat) -> bool:
         """True when `other` describes the same bytes, as far as the fields both carry can tell.
 
         Sizes must match; then the strongest identity both sides have decides (ETag, then mtime, then
@@ -110,7 +111,7 @@ class ShardStat:
         return asdict(self)
 
     @staticmethod
-    def from_dict(d: dict) -> "ShardStat":
+    def from_dict(d: dict) -> ShardStat:
         return ShardStat(int(d["size"]), d.get("mtime_ns"), d.get("etag"), d.get("last_modified"))
 
 
@@ -128,13 +129,18 @@ def _local_stat(path: str) -> os.stat_result:
     except FileNotFoundError:
         raise ShardReadError("missing", path, "no such file", hint="Check the shard path") from None
     except PermissionError:
-        raise ShardReadError("forbidden", path, "permission denied on stat",
-                             hint="Make the shard readable by the training user") from None
+        raise ShardReadError(
+            "forbidden", path, "permission denied on stat", hint="Make the shard readable by the training user"
+        ) from None
     except OSError as exc:
         raise ShardReadError("io_error", path, f"cannot stat ({exc.strerror or exc})") from None
     if not stat_module.S_ISREG(st.st_mode):
-        raise ShardReadError("not_regular_file", path, "not a regular file (expected a tar or JSON-lines file)",
-                             hint="It was not opened: a FIFO or device would block the reader")
+        raise ShardReadError(
+            "not_regular_file",
+            path,
+            "not a regular file (expected a tar or JSON-lines file)",
+            hint="It was not opened: a FIFO or device would block the reader",
+        )
     return st
 
 
@@ -142,8 +148,12 @@ def _bounded_local(fn: Callable[..., T], policy: RetryPolicy, path: str, *args) 
     try:
         return call_with_timeout(fn, policy.attempt_deadline_s, *args, what=f"read {path}")
     except CallTimeout:
-        raise ShardReadError("timeout", path, f"a local read took longer than {policy.attempt_deadline_s:g} s",
-                             hint="A stalled network mount? Check the file system") from None
+        raise ShardReadError(
+            "timeout",
+            path,
+            f"a local read took longer than {policy.attempt_deadline_s:g} s",
+            hint="A stalled network mount? Check the file system",
+        ) from None
 
 
 def _pread_exact(path: str, offset: int, size: int) -> bytes:
@@ -168,12 +178,19 @@ def _read_local(path: str, offset: int, size: int, policy: RetryPolicy) -> bytes
     except PermissionError:
         raise ShardReadError("forbidden", path, "permission denied", hint="Make the shard readable") from None
     except OSError as exc:
-        raise ShardReadError("io_error", path, f"read of bytes {offset}..{offset + size} failed "
-                             f"({exc.strerror or exc})", hint="A damaged disk or file system?") from None
+        raise ShardReadError(
+            "io_error",
+            path,
+            f"read of bytes {offset}..{offset + size} failed ({exc.strerror or exc})",
+            hint="A damaged disk or file system?",
+        ) from None
     if len(data) < size:
-        raise ShardReadError("out_of_range", path, f"the file ends before the range does (expected "
-                             f"{size} bytes at offset {offset}, got {len(data)})",
-                             hint="The shard is shorter than its index says: rebuild the index, or re-copy the shard")
+        raise ShardReadError(
+            "out_of_range",
+            path,
+            f"the file ends before the range does (expected {size} bytes at offset {offset}, got {len(data)})",
+            hint="The shard is shorter than its index says: rebuild the index, or re-copy the shard",
+        )
     return data
 
 
@@ -212,7 +229,11 @@ def _request(method: str, url: str, headers: dict, policy: RetryPolicy):
 
     try:
         return _http().request(
-            method, url, headers=headers, preload_content=False, redirect=False,
+            method,
+            url,
+            headers=headers,
+            preload_content=False,
+            redirect=False,
             timeout=urllib3.Timeout(connect=policy.connect_timeout_s, read=policy.read_timeout_s),
             retries=urllib3.Retry(total=0, redirect=5, raise_on_redirect=True, raise_on_status=False),
         )
@@ -270,8 +291,7 @@ def _retrying(where: str, policy: RetryPolicy, attempt: Callable[[float], T], hi
     last = failures[-1]
     took = time.monotonic() - started
     problem = f"{last.problem}" + (f" in {took:.1f} s" if len(failures) > 1 else "")
-    raise ShardReadError(last.category, where, problem, attempts=len(failures),
-                         hint=_HINTS.get(last.category, hint))
+    raise ShardReadError(last.category, where, problem, attempts=len(failures), hint=_HINTS.get(last.category, hint))
 
 
 def _retryable_status(failed: _Attempt) -> bool:
@@ -300,8 +320,10 @@ def _read_body(resp, size: int, deadline: float, policy: RetryPolicy) -> bytes:
             parts.append(chunk)
             got += len(chunk)
             if time.monotonic() > deadline and got < size:
-                raise _Attempt("timeout", f"the transfer took longer than {policy.attempt_deadline_s:g} s "
-                               f"({got} of {size} bytes arrived)")
+                raise _Attempt(
+                    "timeout",
+                    f"the transfer took longer than {policy.attempt_deadline_s:g} s ({got} of {size} bytes arrived)",
+                )
     except _Attempt:
         raise
     except Exception as exc:
@@ -337,14 +359,19 @@ def _read_http(url: str, offset: int, size: int, policy: RetryPolicy) -> bytes:
                     data = _read_body(resp, size, deadline, policy)  # the range is the whole object
                     whole = True
                     return data
-                raise _Attempt("no_range_support", f"the server ignored the Range header (expected HTTP 206 "
-                               f"for bytes {offset}-{last_byte}, got 200 with the whole object)")
+                raise _Attempt(
+                    "no_range_support",
+                    f"the server ignored the Range header (expected HTTP 206 "
+                    f"for bytes {offset}-{last_byte}, got 200 with the whole object)",
+                )
             if resp.status != 206:
                 raise _status_attempt(resp.status, f"bytes {offset}-{last_byte}")
             span = _content_range(resp)
             if span is not None and (span[0] != offset or span[1] < last_byte):
-                raise _Attempt("out_of_range", f"the server sent another range (expected bytes "
-                               f"{offset}-{last_byte}, got {span[0]}-{span[1]})")
+                raise _Attempt(
+                    "out_of_range",
+                    f"the server sent another range (expected bytes {offset}-{last_byte}, got {span[0]}-{span[1]})",
+                )
             data = _read_body(resp, size, deadline, policy)
             whole = True
             return data
@@ -380,8 +407,11 @@ def _stat_by_get(url: str, policy: RetryPolicy) -> ShardStat:
     resp = _request("GET", url, {"Range": "bytes=0-0"}, policy)
     try:
         if resp.status != 206:
-            raise _status_attempt(resp.status, "first byte (to learn the size)") if resp.status != 200 else \
-                _Attempt("no_range_support", "the server ignored the Range header (expected HTTP 206, got 200)")
+            raise (
+                _status_attempt(resp.status, "first byte (to learn the size)")
+                if resp.status != 200
+                else _Attempt("no_range_support", "the server ignored the Range header (expected HTTP 206, got 200)")
+            )
         span = _content_range(resp)
         if span is None or span[2] is None:
             raise _Attempt("http_status", "no total size in Content-Range (expected 'bytes 0-0/SIZE')")
@@ -444,8 +474,12 @@ def watched(fn: Callable[[], T], progress: Callable[[], int], where: str, stall_
     while not done.wait(stall_s):
         now = progress()
         if now == last:
-            raise ShardReadError("timeout", where, f"no read completed for {stall_s:g} s (expected the walk "
-                                 "to progress)", hint="A stalled network mount? Check the file system")
+            raise ShardReadError(
+                "timeout",
+                where,
+                f"no read completed for {stall_s:g} s (expected the walk to progress)",
+                hint="A stalled network mount? Check the file system",
+            )
         last = now
     if "error" in box:
         raise box["error"]
@@ -490,7 +524,7 @@ class SequentialReader:
             self._resp.close()
             self._resp = None
 
-    def __enter__(self) -> "SequentialReader":
+    def __enter__(self) -> SequentialReader:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -508,7 +542,7 @@ class SequentialReader:
                 self._fill_local(pos, end)
             else:
                 self._fill_http(pos, end)
-        return bytes(self._buf[pos - self._buf_start:end - self._buf_start])
+        return bytes(self._buf[pos - self._buf_start : end - self._buf_start])
 
     def _fill_local(self, pos: int, end: int) -> None:
         want = max(end - pos, LOCAL_WINDOW)
@@ -526,7 +560,7 @@ class SequentialReader:
         if pos >= buf_end:  # nothing buffered is wanted: drop it
             self._buf, self._buf_start = bytearray(), buf_end
         elif pos > self._buf_start:
-            del self._buf[:pos - self._buf_start]
+            del self._buf[: pos - self._buf_start]
             self._buf_start = pos
         while self._buf_start + len(self._buf) < end:
             chunk = self._next_chunk()
@@ -539,7 +573,7 @@ class SequentialReader:
                 continue
             if not self._buf:
                 self._buf_start = max(chunk_start, pos)
-                self._buf += chunk[self._buf_start - chunk_start:]
+                self._buf += chunk[self._buf_start - chunk_start :]
             else:
                 self._buf += chunk
 
@@ -554,8 +588,9 @@ class SequentialReader:
                     self._open_stream()
                 chunk = self._resp.read1(STREAM_CHUNK)
                 if not chunk:
-                    raise _Attempt("short_read", f"the stream ended at byte {self._stream_pos} "
-                                   f"(expected {self.size} bytes)")
+                    raise _Attempt(
+                        "short_read", f"the stream ended at byte {self._stream_pos} (expected {self.size} bytes)"
+                    )
                 self._stream_pos += len(chunk)
                 return chunk
             except _Attempt as failed:
@@ -567,10 +602,13 @@ class SequentialReader:
             last = failures[-1]
             if last.category in _PERMANENT or len(failures) >= self.policy.attempts:
                 took = time.monotonic() - started
-                raise ShardReadError(last.category, self.where,
-                                     f"{last.problem} at byte {self._stream_pos}"
-                                     + (f", in {took:.1f} s" if len(failures) > 1 else ""),
-                                     attempts=len(failures), hint=_HINTS.get(last.category, ""))
+                raise ShardReadError(
+                    last.category,
+                    self.where,
+                    f"{last.problem} at byte {self._stream_pos}" + (f", in {took:.1f} s" if len(failures) > 1 else ""),
+                    attempts=len(failures),
+                    hint=_HINTS.get(last.category, ""),
+                )
             time.sleep(self.policy.backoff(len(failures)))
 
     def _open_stream(self) -> None:
@@ -580,14 +618,18 @@ class SequentialReader:
             span = _content_range(resp)
             if span is not None and span[0] != self._stream_pos:
                 resp.close()
-                raise _Attempt("out_of_range", f"the server sent another range (expected from byte "
-                               f"{self._stream_pos}, got from {span[0]})")
+                raise _Attempt(
+                    "out_of_range",
+                    f"the server sent another range (expected from byte {self._stream_pos}, got from {span[0]})",
+                )
         elif resp.status == 200 and self._stream_pos == 0:
             pass  # whole object, which is what was asked
         elif resp.status == 200:
             resp.close()
-            raise _Attempt("no_range_support", "the server ignored the Range header on a resumed stream "
-                           "(expected HTTP 206, got 200)")
+            raise _Attempt(
+                "no_range_support",
+                "the server ignored the Range header on a resumed stream (expected HTTP 206, got 200)",
+            )
         else:
             resp.close()
             raise _status_attempt(resp.status, f"bytes from {self._stream_pos}")
@@ -597,4 +639,3 @@ class SequentialReader:
         if self._resp is not None:
             self._resp.close()
             self._resp = None
-

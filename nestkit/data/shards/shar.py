@@ -13,8 +13,8 @@ from __future__ import annotations
 import gzip
 import os
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
 
 import orjson
 
@@ -74,9 +74,15 @@ def discover_shar(directory: str) -> SharLayout:
         path = os.path.join(directory, name)
         m = SHAR_FILE.match(name)
         if m is None or not os.path.isfile(path):
-            findings.append(SharFinding("foreign_file", path, f"not a Shar shard (expected <field>.NNNNNN.tar or "
-                                        f"cuts.NNNNNN.jsonl.gz, got {name!r}); lhotse's from_shar(in_dir=...) "
-                                        "takes every file as a field. Move it out of the directory"))
+            findings.append(
+                SharFinding(
+                    "foreign_file",
+                    path,
+                    f"not a Shar shard (expected <field>.NNNNNN.tar or "
+                    f"cuts.NNNNNN.jsonl.gz, got {name!r}); lhotse's from_shar(in_dir=...) "
+                    "takes every file as a field. Move it out of the directory",
+                )
+            )
             continue
         number = int(m.group("number")) if m.group("number") is not None else None
         by_field.setdefault(m.group("field"), []).append((path, number))
@@ -94,8 +100,9 @@ def shar_from_fields(fields: Mapping[str, str | Sequence[str]]) -> SharLayout:
     return _pair("shar_path", by_field, [], sort=False)
 
 
-def _pair(source: str, by_field: dict[str, list[tuple[str, int | None]]], findings: list[SharFinding],
-          sort: bool = True) -> SharLayout:
+def _pair(
+    source: str, by_field: dict[str, list[tuple[str, int | None]]], findings: list[SharFinding], sort: bool = True
+) -> SharLayout:
     cuts = [(p, n) for p, n in by_field.pop("cuts", []) if ".jsonl" in p]
     if not cuts:
         findings.append(SharFinding("no_cuts", source, "no cuts.NNNNNN.jsonl(.gz) file (expected one per shard)"))
@@ -104,27 +111,51 @@ def _pair(source: str, by_field: dict[str, list[tuple[str, int | None]]], findin
     if numbers:
         missing = sorted(set(range(min(numbers), max(numbers) + 1)) - set(numbers))
         if missing:
-            findings.append(SharFinding("gap", source, f"cuts shard number(s) {_ranges(missing)} missing between "
-                                        f"{min(numbers)} and {max(numbers)} (expected consecutive numbers)"))
+            findings.append(
+                SharFinding(
+                    "gap",
+                    source,
+                    f"cuts shard number(s) {_ranges(missing)} missing between "
+                    f"{min(numbers)} and {max(numbers)} (expected consecutive numbers)",
+                )
+            )
     cut_numbers = {n for _, n in cuts}
     for name, files in sorted(by_field.items()):
         have = {n for _, n in files}
         for n in sorted(cut_numbers - have, key=lambda x: -1 if x is None else x):
-            findings.append(SharFinding("field_missing", source, f"shard {n}: cuts but no {name} file (expected "
-                                        f"{name}.{n:06d}.tar); lhotse pairs {name} files by position, so every "
-                                        "later shard would get the wrong audio" if n is not None else
-                                        f"cuts but no {name} file"))
+            findings.append(
+                SharFinding(
+                    "field_missing",
+                    source,
+                    f"shard {n}: cuts but no {name} file (expected "
+                    f"{name}.{n:06d}.tar); lhotse pairs {name} files by position, so every "
+                    "later shard would get the wrong audio"
+                    if n is not None
+                    else f"cuts but no {name} file",
+                )
+            )
         for n in sorted(have - cut_numbers, key=lambda x: -1 if x is None else x):
-            findings.append(SharFinding("field_missing", source, f"shard {n}: a {name} file but no cuts file "
-                                        f"(expected cuts.{n:06d}.jsonl.gz)" if n is not None else
-                                        f"a {name} file but no cuts file"))
+            findings.append(
+                SharFinding(
+                    "field_missing",
+                    source,
+                    f"shard {n}: a {name} file but no cuts file (expected cuts.{n:06d}.jsonl.gz)"
+                    if n is not None
+                    else f"a {name} file but no cuts file",
+                )
+            )
     shards = []
     for number_key, (cuts_path, number) in enumerate(cuts):
         # paired by number when the names carry numbers (what the data means), else by position (lhotse)
         fields = {}
         for name, files in by_field.items():
-            match = [p for p, n in files if n == number] if number is not None else \
-                [files[number_key][0]] if number_key < len(files) else []
+            match = (
+                [p for p, n in files if n == number]
+                if number is not None
+                else [files[number_key][0]]
+                if number_key < len(files)
+                else []
+            )
             if match:
                 fields[name] = match[0]
         shards.append(SharShard(number, cuts_path, fields))
@@ -173,12 +204,22 @@ def match_cuts(
     findings: list[SharFinding] = []
     names = index.names
     if len(names) % 2:
-        findings.append(SharFinding("odd_members", tar, f"{len(names)} members (expected (data, metadata) pairs); "
-                                    "lhotse stops with 'Uneven number of files'"))
+        findings.append(
+            SharFinding(
+                "odd_members",
+                tar,
+                f"{len(names)} members (expected (data, metadata) pairs); lhotse stops with 'Uneven number of files'",
+            )
+        )
     pairs = len(names) // 2
     if pairs != len(lines):
-        findings.append(SharFinding("count_mismatch", tar, f"{pairs} member pair(s) for {len(lines)} cut line(s) "
-                                    f"in {shard.cuts} (expected one pair per line)"))
+        findings.append(
+            SharFinding(
+                "count_mismatch",
+                tar,
+                f"{pairs} member pair(s) for {len(lines)} cut line(s) in {shard.cuts} (expected one pair per line)",
+            )
+        )
     out: list[SharCutAddress] = []
     for i, (number, cut) in enumerate(lines):
         if cut is None:
@@ -189,15 +230,33 @@ def match_cuts(
         data_name, meta_name = names[2 * i], names[2 * i + 1]
         stem = data_name.rpartition(".")[0] if "." in data_name.rpartition("/")[2] else data_name
         if stem != cut["id"] or meta_name.rpartition(".")[0] != stem:
-            findings.append(SharFinding("id_mismatch", tar, f"member pair {i} is {data_name!r}/{meta_name!r} (expected "
-                                        f"{cut['id']}.<ext> and {cut['id']}.json for line {number} of {shard.cuts})",
-                                        number, cut["id"]))
+            findings.append(
+                SharFinding(
+                    "id_mismatch",
+                    tar,
+                    f"member pair {i} is {data_name!r}/{meta_name!r} (expected "
+                    f"{cut['id']}.<ext> and {cut['id']}.json for line {number} of {shard.cuts})",
+                    number,
+                    cut["id"],
+                )
+            )
             continue
         if data_name.endswith(".nodata"):
-            findings.append(SharFinding("no_data", tar, f"cut {cut['id']!r} has no {field_name} (a .nodata "
-                                        "placeholder)", number, cut["id"]))
+            findings.append(
+                SharFinding(
+                    "no_data", tar, f"cut {cut['id']!r} has no {field_name} (a .nodata placeholder)", number, cut["id"]
+                )
+            )
             continue
         duration = cut.get("duration")
-        out.append(SharCutAddress(shard.cuts, number, cut["id"], float(duration) if duration is not None else None,
-                                  index.address(2 * i), index.address(2 * i + 1)))
+        out.append(
+            SharCutAddress(
+                shard.cuts,
+                number,
+                cut["id"],
+                float(duration) if duration is not None else None,
+                index.address(2 * i),
+                index.address(2 * i + 1),
+            )
+        )
     return out, findings

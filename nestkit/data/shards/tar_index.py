@@ -26,15 +26,22 @@ import re
 import tarfile
 import tempfile
 import time
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
 
 import numpy as np
 import orjson
 
 from nestkit.data.shards.ranged import (
-    DEFAULT_POLICY, RetryPolicy, SequentialReader, ShardReadError, ShardStat, is_url, read_whole, stat_shard,
+    DEFAULT_POLICY,
+    RetryPolicy,
+    SequentialReader,
+    ShardReadError,
+    ShardStat,
+    is_url,
+    read_whole,
+    stat_shard,
     watched,
 )
 
@@ -47,9 +54,15 @@ BLOCK = 512
 _ZERO_BLOCK = bytes(BLOCK)
 _REGULAR = {tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE}
 _NO_DATA = {tarfile.LNKTYPE, tarfile.SYMTYPE, tarfile.CHRTYPE, tarfile.BLKTYPE, tarfile.DIRTYPE, tarfile.FIFOTYPE}
-_KINDS = {tarfile.LNKTYPE: "a hard link", tarfile.SYMTYPE: "a symbolic link", tarfile.CHRTYPE: "a character device",
-          tarfile.BLKTYPE: "a block device", tarfile.DIRTYPE: "a directory", tarfile.FIFOTYPE: "a FIFO",
-          tarfile.GNUTYPE_SPARSE: "a GNU sparse file"}
+_KINDS = {
+    tarfile.LNKTYPE: "a hard link",
+    tarfile.SYMTYPE: "a symbolic link",
+    tarfile.CHRTYPE: "a character device",
+    tarfile.BLKTYPE: "a block device",
+    tarfile.DIRTYPE: "a directory",
+    tarfile.FIFOTYPE: "a FIFO",
+    tarfile.GNUTYPE_SPARSE: "a GNU sparse file",
+}
 # lhotse's SharWriter names shards `<field>.NNNNNN.tar`
 SHAR_TAR_NAME = re.compile(r"^[^./]+\.\d{6}\.tar$")
 
@@ -77,8 +90,13 @@ class TarFinding:
         return f"{where} at byte {self.offset}: {self.detail}"
 
     def to_dict(self) -> dict:
-        return {"kind": self.kind, "shard": self.shard, "offset": self.offset, "member": self.member,
-                "detail": self.detail}
+        return {
+            "kind": self.kind,
+            "shard": self.shard,
+            "offset": self.offset,
+            "member": self.member,
+            "detail": self.detail,
+        }
 
 
 @dataclass(frozen=True)
@@ -142,12 +160,12 @@ def _blocks(n: int) -> int:
 def _parse_pax(data: bytes) -> dict[str, str]:
     """Records `"%d %s=%s\\n"` of a pax extended header (POSIX.1-2001)."""
     out, pos = {}, 0
-    while pos < len(data) and data[pos:pos + 1] not in (b"\0", b""):
+    while pos < len(data) and data[pos : pos + 1] not in (b"\0", b""):
         space = data.index(b" ", pos)
         length = int(data[pos:space])
         if length <= 0:
             raise ValueError(f"pax record of length {length}")
-        key, _, value = data[space + 1:pos + length - 1].partition(b"=")
+        key, _, value = data[space + 1 : pos + length - 1].partition(b"=")
         out[key.decode("utf-8", "surrogateescape")] = value.decode("utf-8", "surrogateescape")
         pos += length
     return out
@@ -169,29 +187,54 @@ def _walk(reader: SequentialReader, shard: str, size: int) -> tuple[list, list[T
     while True:
         left = size - pos
         if left <= 0:
-            finding("no_end_marker", size, None, f"the tar ends after {len(members)} member(s) without its "
-                    "end-of-archive blocks (expected two zero blocks); it was probably cut at a member "
-                    "boundary, so members after this point are lost. Re-create or re-copy the shard")
+            finding(
+                "no_end_marker",
+                size,
+                None,
+                f"the tar ends after {len(members)} member(s) without its "
+                "end-of-archive blocks (expected two zero blocks); it was probably cut at a member "
+                "boundary, so members after this point are lost. Re-create or re-copy the shard",
+            )
             break
         buf = reader.read(pos, BLOCK)
         if len(buf) < BLOCK:
-            finding("truncated", pos, None, f"the tar ends inside a header (expected {BLOCK} bytes, got "
-                    f"{len(buf)}). Re-create or re-copy the shard")
+            finding(
+                "truncated",
+                pos,
+                None,
+                f"the tar ends inside a header (expected {BLOCK} bytes, got "
+                f"{len(buf)}). Re-create or re-copy the shard",
+            )
             break
         if buf == _ZERO_BLOCK:
             break  # end of archive (tarfile stops at the first zero block too)
         try:
             info = tarfile.TarInfo.frombuf(buf, "utf-8", "surrogateescape")
         except tarfile.HeaderError as exc:
-            finding("corrupt_header", pos, None, f"unreadable header ({exc}); the {len(members)} member(s) "
-                    "before it are indexed, nothing after it can be located. Re-create the shard")
+            finding(
+                "corrupt_header",
+                pos,
+                None,
+                f"unreadable header ({exc}); the {len(members)} member(s) "
+                "before it are indexed, nothing after it can be located. Re-create the shard",
+            )
             break
         data_off = pos + BLOCK
-        if info.type in (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE,
-                         tarfile.SOLARIS_XHDTYPE, tarfile.XGLTYPE):
+        if info.type in (
+            tarfile.GNUTYPE_LONGNAME,
+            tarfile.GNUTYPE_LONGLINK,
+            tarfile.XHDTYPE,
+            tarfile.SOLARIS_XHDTYPE,
+            tarfile.XGLTYPE,
+        ):
             if data_off + info.size > size:
-                finding("truncated", pos, None, f"the tar ends inside an extended header (expected "
-                        f"{info.size} bytes at {data_off}, the shard has {size}). Re-create or re-copy the shard")
+                finding(
+                    "truncated",
+                    pos,
+                    None,
+                    f"the tar ends inside an extended header (expected "
+                    f"{info.size} bytes at {data_off}, the shard has {size}). Re-create or re-copy the shard",
+                )
                 break
             payload = reader.read(data_off, info.size)
             ext_start = pos if ext_start is None else ext_start
@@ -229,20 +272,35 @@ def _walk(reader: SequentialReader, shard: str, size: int) -> tuple[list, list[T
         has_data = info.type not in _NO_DATA and not old_style_dir
         if regular:
             if data_off + member_size > size:
-                finding("truncated", header_off, name, f"the tar ends inside this member (expected {member_size} "
-                        f"bytes at {data_off}, the shard has {max(0, size - data_off)} of them); the "
-                        f"{len(members)} member(s) before it are indexed. Re-create or re-copy the shard")
+                finding(
+                    "truncated",
+                    header_off,
+                    name,
+                    f"the tar ends inside this member (expected {member_size} "
+                    f"bytes at {data_off}, the shard has {max(0, size - data_off)} of them); the "
+                    f"{len(members)} member(s) before it are indexed. Re-create or re-copy the shard",
+                )
                 break
             if name in first_seen:
-                finding("duplicate_member", header_off, name, f"a second member with this name (the first "
-                        f"is at byte {first_seen[name]}); a lookup by name returns the first. Rename or "
-                        "remove one")
+                finding(
+                    "duplicate_member",
+                    header_off,
+                    name,
+                    f"a second member with this name (the first "
+                    f"is at byte {first_seen[name]}); a lookup by name returns the first. Rename or "
+                    "remove one",
+                )
             else:
                 first_seen[name] = header_off
             members.append((name, header_off, data_off, member_size))
         else:
-            kind = ("a GNU sparse file" if sparse else "a directory" if old_style_dir
-                    else _KINDS.get(info.type, f"a member of unknown type {info.type!r}"))
+            kind = (
+                "a GNU sparse file"
+                if sparse
+                else "a directory"
+                if old_style_dir
+                else _KINDS.get(info.type, f"a member of unknown type {info.type!r}")
+            )
             finding("not_regular", header_off, name, f"{kind}, not a regular file: not indexed")
         pos = data_off + (_blocks(member_size) if has_data else 0)
     return members, findings
@@ -254,12 +312,21 @@ def build_index(shard: str, policy: RetryPolicy = DEFAULT_POLICY) -> TarIndex:
     started = time.perf_counter()
     st = stat_shard(shard, policy)
     with SequentialReader(shard, st.size, policy) as reader:
-        members, findings = watched(lambda: _walk(reader, shard, st.size), reader.progress, shard,
-                                    policy.read_timeout_s)
+        members, findings = watched(
+            lambda: _walk(reader, shard, st.size), reader.progress, shard, policy.read_timeout_s
+        )
     names = [m[0] for m in members]
     columns = np.array([m[1:] for m in members], dtype=np.int64).reshape(-1, 3)
-    return TarIndex(shard, st, names, columns[:, 0].copy(), columns[:, 1].copy(), columns[:, 2].copy(),
-                    findings, time.perf_counter() - started)
+    return TarIndex(
+        shard,
+        st,
+        names,
+        columns[:, 0].copy(),
+        columns[:, 1].copy(),
+        columns[:, 2].copy(),
+        findings,
+        time.perf_counter() - started,
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -279,8 +346,13 @@ def save_index(index: TarIndex, path: str) -> None:
     """
     encoded = [n.encode("utf-8", "surrogateescape") for n in index.names]
     meta = {
-        "format": INDEX_FORMAT, "version": INDEX_VERSION, "shard": index.shard, "stat": index.stat.to_dict(),
-        "findings": [f.to_dict() for f in index.findings], "members": len(index), "built_s": round(index.built_s, 6),
+        "format": INDEX_FORMAT,
+        "version": INDEX_VERSION,
+        "shard": index.shard,
+        "stat": index.stat.to_dict(),
+        "findings": [f.to_dict() for f in index.findings],
+        "members": len(index),
+        "built_s": round(index.built_s, 6),
     }
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
@@ -288,8 +360,11 @@ def save_index(index: TarIndex, path: str) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(
-                f, meta=np.frombuffer(orjson.dumps(meta), dtype=np.uint8),
-                header_offsets=index.header_offsets, data_offsets=index.data_offsets, sizes=index.sizes,
+                f,
+                meta=np.frombuffer(orjson.dumps(meta), dtype=np.uint8),
+                header_offsets=index.header_offsets,
+                data_offsets=index.data_offsets,
+                sizes=index.sizes,
                 names=np.frombuffer(b"".join(encoded), dtype=np.uint8),
                 name_ends=np.cumsum([len(e) for e in encoded], dtype=np.int64),
             )
@@ -315,8 +390,15 @@ def parse_index(data: bytes | str, shard: str | None = None) -> TarIndex | None:
             starts = np.concatenate([[0], ends[:-1]]) if len(ends) else ends
             names = [blob[s:e].decode("utf-8", "surrogateescape") for s, e in zip(starts.tolist(), ends.tolist())]
             index = TarIndex(
-                meta["shard"], ShardStat.from_dict(meta["stat"]), names, z["header_offsets"], z["data_offsets"],
-                z["sizes"], [TarFinding(**f) for f in meta["findings"]], meta.get("built_s", 0.0), "loaded",
+                meta["shard"],
+                ShardStat.from_dict(meta["stat"]),
+                names,
+                z["header_offsets"],
+                z["data_offsets"],
+                z["sizes"],
+                [TarFinding(**f) for f in meta["findings"]],
+                meta.get("built_s", 0.0),
+                "loaded",
             )
     except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile, orjson.JSONDecodeError):
         return None
@@ -456,8 +538,10 @@ def index_shards(
     indexes: dict[str, TarIndex] = {}
     failures: dict[str, ShardReadError] = {}
     columns = (TextColumn("indexing shards"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, disable=not progress, transient=True) as bar, \
-            ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+    with (
+        Progress(*columns, disable=not progress, transient=True) as bar,
+        ThreadPoolExecutor(max_workers=max(1, workers)) as pool,
+    ):
         task = bar.add_task("index", total=len(shards))
         futures = {pool.submit(load_or_build, s, cache_dir, policy, save): s for s in shards}
         for future in as_completed(futures):

@@ -25,12 +25,12 @@ import json
 import os
 import tarfile
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
 
+from nestkit.core.errors import AudioLoadError, ManifestError, NestkitError
 from nestkit.data.shards.nemo_tarred import SUB_SUFFIX, converter_member_name, sub_name
 from nestkit.data.shards.tar_index import build_index, published_index_path, save_index
-from nestkit.core.errors import AudioLoadError, ManifestError, NestkitError
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,7 @@ def read_source_lines(manifests: Sequence[str], failures: list[WriteFailure]) ->
     out: list[SourceLine] = []
     seen: dict[str, int] = {}
     for manifest in manifests:
-        with (gzip.open(manifest, "rb") if manifest.endswith(".gz") else open(manifest, "rb")) as f:
+        with gzip.open(manifest, "rb") if manifest.endswith(".gz") else open(manifest, "rb") as f:
             for number, raw in enumerate(f, start=1):
                 if not raw.strip():
                     continue
@@ -103,8 +103,9 @@ def read_source_lines(manifests: Sequence[str], failures: list[WriteFailure]) ->
 def _progress(total: int, label: str, enabled: bool):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    bar = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                   disable=not enabled, transient=True)
+    bar = Progress(
+        TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), disable=not enabled, transient=True
+    )
     return bar, bar.add_task(label, total=total)
 
 
@@ -145,8 +146,11 @@ def write_shar(
     os.makedirs(out_dir, exist_ok=True)  # lhotse's writer does not create it
     written = 0
     bar, task = _progress(len(lines), "writing Shar", progress)
-    with bar, SharWriter(out_dir, fields={"recording": audio_format}, shard_size=shard_size) as writer, \
-            warnings.catch_warnings():
+    with (
+        bar,
+        SharWriter(out_dir, fields={"recording": audio_format}, shard_size=shard_size) as writer,
+        warnings.catch_warnings(),
+    ):
         warnings.simplefilter("ignore")  # lhotse warns per cut about fields it was not asked to write
         for src in lines:
             try:
@@ -154,8 +158,14 @@ def write_shar(
                 if src.offset > 0 or abs(src.duration - cut.duration) > 1e-6:
                     cut = cut.truncate(offset=src.offset, duration=src.duration, preserve_id=True)
                 written_path = src.item.get("audio_filepath", src.item.get("audio_filename"))
-                cut.custom = {"source": {"manifest": src.manifest, "line": src.line,
-                                         "audio_filepath": written_path, "offset": src.offset}}
+                cut.custom = {
+                    "source": {
+                        "manifest": src.manifest,
+                        "line": src.line,
+                        "audio_filepath": written_path,
+                        "offset": src.offset,
+                    }
+                }
                 writer.write(cut)
                 written += 1
             except Exception as exc:  # lhotse and its audio backends raise many types; each is recorded
@@ -163,8 +173,16 @@ def write_shar(
             bar.advance(task)
         paths = writer.output_paths
     tars = list(paths.get("recording", [])) if written else []
-    return ShardWrite("shar", out_dir, tars, list(paths.get("cuts", [])) if written else [],
-                      [_index_beside(t) for t in tars], written, failures, time.perf_counter() - started)
+    return ShardWrite(
+        "shar",
+        out_dir,
+        tars,
+        list(paths.get("cuts", [])) if written else [],
+        [_index_beside(t) for t in tars],
+        written,
+        failures,
+        time.perf_counter() - started,
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -173,7 +191,7 @@ def write_shar(
 
 def _shards(lines: list[SourceLine], size: int) -> Iterator[tuple[int, list[SourceLine]]]:
     for k in range(0, len(lines), size):
-        yield k // size, lines[k:k + size]
+        yield k // size, lines[k : k + size]
 
 
 def _usable(src: SourceLine) -> str | None:
@@ -185,8 +203,10 @@ def _usable(src: SourceLine) -> str | None:
     except AudioLoadError as err:
         return err.problem
     if SUB_SUFFIX.match(converter_member_name(src.path)):
-        return ("the file name ends in -sub<N>, which NeMo's reader strips from member names (expected a name "
-                "without it); rename the file")
+        return (
+            "the file name ends in -sub<N>, which NeMo's reader strips from member names (expected a name "
+            "without it); rename the file"
+        )
     return None
 
 
@@ -249,8 +269,16 @@ def write_nemo_tarred(
             all_lines += shard_lines
     whole = os.path.join(out_dir, "tarred_audio_manifest.json")
     _write_jsonl(whole, all_lines)
-    return ShardWrite("nemo", out_dir, tars, [whole] + shard_manifests, [_index_beside(t) for t in tars],
-                      len(all_lines), failures, time.perf_counter() - started)
+    return ShardWrite(
+        "nemo",
+        out_dir,
+        tars,
+        [whole] + shard_manifests,
+        [_index_beside(t) for t in tars],
+        len(all_lines),
+        failures,
+        time.perf_counter() - started,
+    )
 
 
 def _write_jsonl(path: str, items: list[dict]) -> None:
@@ -260,8 +288,14 @@ def _write_jsonl(path: str, items: list[dict]) -> None:
     os.replace(path + ".partial", path)
 
 
-def write_shards(manifests: Sequence[str] | str, out_dir: str, layout: str = "shar", shard_size: int = 1000,
-                 progress: bool = True, audio_format: str = "flac") -> ShardWrite:
+def write_shards(
+    manifests: Sequence[str] | str,
+    out_dir: str,
+    layout: str = "shar",
+    shard_size: int = 1000,
+    progress: bool = True,
+    audio_format: str = "flac",
+) -> ShardWrite:
     """`nestkit shard`'s entry point: `layout` "shar" or "nemo"."""
     if layout == "shar":
         return write_shar(manifests, out_dir, shard_size, audio_format, progress)

@@ -14,8 +14,9 @@ from nestkit.data.shards.ranged import RetryPolicy
 SERVER = Path(__file__).with_name("range_server.py")
 
 # Tight bounds so that every failure test finishes in about a second.
-FAST = RetryPolicy(attempts=3, connect_timeout_s=1.0, read_timeout_s=0.4, attempt_deadline_s=2.0,
-                   backoff_s=0.05, backoff_max_s=0.2)
+FAST = RetryPolicy(
+    attempts=3, connect_timeout_s=1.0, read_timeout_s=0.4, attempt_deadline_s=2.0, backoff_s=0.05, backoff_max_s=0.2
+)
 
 
 class RangeServer:

@@ -104,7 +104,7 @@ class Handler(BaseHTTPRequestHandler):
             return
         if mode == "trickle":
             for i in range(len(body)):
-                self.wfile.write(body[i:i + 1])
+                self.wfile.write(body[i : i + 1])
                 self.wfile.flush()
                 time.sleep(0.2)
             return

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from nestkit.core.errors import AudioLoadError
 from nestkit.data.audio import read_audio
 from nestkit.data.shards.member_audio import decode_member, load_member_audio
 from nestkit.data.shards.shar import discover_shar, match_cuts, read_shar_cuts
 from nestkit.data.shards.tar_index import MemberAddress, build_index
-from nestkit.core.errors import AudioLoadError
 
 from .conftest import FAST
 from .corpus import encoded, lhotse_shar, make_tar, make_wavs, tone
@@ -40,9 +40,14 @@ def test_shar_member_matches_the_source_audio(tmp_path):
 
 
 def test_bad_member_audio_names_the_member(tmp_path):
-    path = make_tar(tmp_path / "audio_0.tar", [("good.wav", encoded(tone(0.2, 1), fmt="WAV")),
-                                               ("bad.wav", b"RIFF this is not audio at all" * 10),
-                                               ("silent.wav", encoded(np.zeros(1600, np.float32), fmt="WAV"))])
+    path = make_tar(
+        tmp_path / "audio_0.tar",
+        [
+            ("good.wav", encoded(tone(0.2, 1), fmt="WAV")),
+            ("bad.wav", b"RIFF this is not audio at all" * 10),
+            ("silent.wav", encoded(np.zeros(1600, np.float32), fmt="WAV")),
+        ],
+    )
     index = build_index(path)
     assert load_member_audio(index.address("good.wav")).shape == (3200,)
     with pytest.raises(AudioLoadError) as err:

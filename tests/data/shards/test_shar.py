@@ -73,8 +73,12 @@ def test_shar_over_http_by_fields(server, http_root):
     wavs = make_wavs(http_root / "wav", 3)
     out = lhotse_shar(http_root / "remote_shar", wavs, shard_size=2)
     base = server.url(http_root / "remote_shar")
-    layout = shar_from_fields({"cuts": f"{base}/cuts._OP_000000..000001_CL_.jsonl.gz",
-                               "recording": [f"{base}/recording.000000.tar", f"{base}/recording.000001.tar"]})
+    layout = shar_from_fields(
+        {
+            "cuts": f"{base}/cuts._OP_000000..000001_CL_.jsonl.gz",
+            "recording": [f"{base}/recording.000000.tar", f"{base}/recording.000001.tar"],
+        }
+    )
     assert layout.findings == [] and [s.number for s in layout.shards] == [0, 1]
     build = index_shards(layout.tars(), policy=FAST, progress=False)
     assert not build.failures

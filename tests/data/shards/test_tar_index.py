@@ -10,7 +10,13 @@ import pytest
 
 from nestkit.data.shards.ranged import read_range
 from nestkit.data.shards.tar_index import (
-    build_index, cached_index_path, index_shards, load_or_build, parse_index, published_index_path, save_index,
+    build_index,
+    cached_index_path,
+    index_shards,
+    load_or_build,
+    parse_index,
+    published_index_path,
+    save_index,
 )
 
 from .conftest import FAST
@@ -41,11 +47,18 @@ def test_lhotse_shar_tar_is_indexed_with_its_pax_headers(tmp_path):
     os.rename(wavs[2], long_id)
     out = lhotse_shar(tmp_path / "shar", wavs[:2] + [str(long_id)], shard_size=10)
     index = build_index(out["recording"][0])
-    assert index.names == ["utt000.flac", "utt000.json", "utt001.flac", "utt001.json",
-                           "x" * 120 + ".flac", "x" * 120 + ".json"]
+    assert index.names == [
+        "utt000.flac",
+        "utt000.json",
+        "utt001.flac",
+        "utt001.json",
+        "x" * 120 + ".flac",
+        "x" * 120 + ".json",
+    ]
     assert index.findings == []
-    assert {n: (int(o), int(s)) for n, o, s in zip(index.names, index.data_offsets, index.sizes)} == \
-        tar_offsets(out["recording"][0])
+    assert {n: (int(o), int(s)) for n, o, s in zip(index.names, index.data_offsets, index.sizes)} == tar_offsets(
+        out["recording"][0]
+    )
     assert index.header_offsets[4] < index.data_offsets[4] - 512  # the pax header belongs to the member
 
 
@@ -162,8 +175,9 @@ def test_index_shards_records_unreachable_shards(server, http_root, tmp_path, cl
     local = [make_tar(tmp_path / f"audio_{i}.tar", _members(3)) for i in range(3)]
     remote = server.url(make_tar(http_root / "audio_9.tar", _members(2)))
     dead = f"http://127.0.0.1:{closed_port}/audio_10.tar"
-    build = index_shards(local + [remote, dead], cache_dir=str(tmp_path / "cache"), policy=FAST, workers=4,
-                         progress=False)
+    build = index_shards(
+        local + [remote, dead], cache_dir=str(tmp_path / "cache"), policy=FAST, workers=4, progress=False
+    )
     assert list(build.indexes) == local + [remote]
     assert list(build.failures) == [dead] and build.failures[dead].category == "unreachable"
     assert build.members == 11 and build.count("built") == 4
@@ -183,8 +197,10 @@ def test_index_build_speed(tmp_path):
     started = time.perf_counter()
     assert len(load_or_build(path)) == 2000
     loaded = time.perf_counter() - started
-    print(f"\n[figures] index of 2000 members: build {built * 1000:.0f} ms, load {loaded * 1000:.1f} ms, "
-          f"file {os.path.getsize(path + '.nkidx')} bytes")
+    print(
+        f"\n[figures] index of 2000 members: build {built * 1000:.0f} ms, load {loaded * 1000:.1f} ms, "
+        f"file {os.path.getsize(path + '.nkidx')} bytes"
+    )
     assert index.findings == [] and built < 10
 
 
@@ -207,6 +223,8 @@ def test_http_versus_local_figures(server, http_root, tmp_path):
             a = index.address(i)
             assert len(read_range(a.shard, a.offset, a.size, FAST)) == a.size
         reads[label] = (time.perf_counter() - started) / 200
-    print(f"\n[figures] 2000 members, {os.path.getsize(path) / 1e6:.0f} MB: index build local {local_s * 1000:.0f} ms, "
-          f"http stream {remote_s * 1000:.0f} ms; one-member read local {reads['local'] * 1e6:.0f} us, "
-          f"http {reads['http'] * 1e6:.0f} us")
+    print(
+        f"\n[figures] 2000 members, {os.path.getsize(path) / 1e6:.0f} MB: index build local {local_s * 1000:.0f} ms, "
+        f"http stream {remote_s * 1000:.0f} ms; one-member read local {reads['local'] * 1e6:.0f} us, "
+        f"http {reads['http'] * 1e6:.0f} us"
+    )

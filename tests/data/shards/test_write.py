@@ -51,10 +51,13 @@ def test_write_shar_reads_back_in_lhotse_and_in_nestkit(tmp_path):
     assert all(p.startswith(str(tmp_path / "shar.nkidx")) for p in result.indexes)
     # lhotse reads what its own writer wrote, the index folder beside it does not disturb it
     lhotse_cuts = list(CutSet.from_shar(in_dir=str(tmp_path / "shar")))
-    assert [c.id for c in lhotse_cuts] == ["utt000-L1", "utt000-L2", "utt001-L3", "utt000-L5", "utt002-L6",
-                                           "utt003-L7"]
-    assert lhotse_cuts[1].custom["source"] == {"manifest": manifest, "line": 2, "offset": 0.25,
-                                               "audio_filepath": lines[1]["audio_filepath"]}
+    assert [c.id for c in lhotse_cuts] == ["utt000-L1", "utt000-L2", "utt001-L3", "utt000-L5", "utt002-L6", "utt003-L7"]
+    assert lhotse_cuts[1].custom["source"] == {
+        "manifest": manifest,
+        "line": 2,
+        "offset": 0.25,
+        "audio_filepath": lines[1]["audio_filepath"],
+    }
     # nestkit addresses and decodes every cut; the audio is the line's segment (flac: 16-bit PCM)
     layout = discover_shar(str(tmp_path / "shar"))
     assert layout.findings == []
@@ -87,8 +90,9 @@ def test_write_nemo_tarred_follows_the_converter(tmp_path):
     assert shard0 == written[:3]
     assert load_or_build(result.tars[0]).source == "loaded"
     # read back with NeMo's spelling of the paths: no findings, every line decodes to its segment
-    dataset = read_tarred_dataset(str(out / "sharded_manifests" / "manifest__OP_0..1_CL_.json"),
-                                  str(out / "audio__OP_0..1_CL_.tar"))
+    dataset = read_tarred_dataset(
+        str(out / "sharded_manifests" / "manifest__OP_0..1_CL_.json"), str(out / "audio__OP_0..1_CL_.tar")
+    )
     match = match_members(dataset, index_shards(list(dataset.tars.values()), progress=False).indexes)
     assert match.findings == [] and len(match.cuts) == 6
     usable = [x for x in lines if "gone" not in x["audio_filepath"]]
@@ -108,9 +112,11 @@ def test_writes_are_deterministic(tmp_path):
     for a, b in zip(s1.tars, s2.tars):
         assert open(a, "rb").read() == open(b, "rb").read()
     import gzip
+
     for a, b in zip(s1.manifests, s2.manifests):  # the same cuts lines (gzip headers carry a timestamp)
-        assert gzip.open(a).read().replace(b"/s1", b"").replace(b"/s2", b"") == \
-            gzip.open(b).read().replace(b"/s1", b"").replace(b"/s2", b"")
+        assert gzip.open(a).read().replace(b"/s1", b"").replace(b"/s2", b"") == gzip.open(b).read().replace(
+            b"/s1", b""
+        ).replace(b"/s2", b"")
 
 
 def test_sub_in_a_file_name_is_refused(tmp_path):
