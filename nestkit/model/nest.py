@@ -5,8 +5,8 @@ encoder; the decoder predicts the clean tokens of the masked frames. Module name
 keys are NeMo's, so weights move both ways (see `nestkit.model.checkpoint`).
 
 Randomness (dither, masks, stochastic depth) comes only from the `generator` given to `forward`;
-the trainer seeds it from (seed, global step), so a step can be replayed exactly. Dropout uses
-torch's global RNG like any torch model.
+the trainer seeds it from (seed, the batch's plan position), so a step can be replayed exactly.
+Dropout uses torch's global RNG like any torch model.
 
 mask_position="post_conv" masks the subsampled (d_model) frames instead of the mel frames. NeMo
 2.6.2 crashes there: its denoising forward feeds the (B, F, T) features to the subsampling module,
@@ -109,7 +109,7 @@ class NestModel(nn.Module):
         if generator is None and (apply_mask or self.training):
             raise ValueError(
                 "NestModel.forward: no generator (expected a torch.Generator when apply_mask or training, got None). "
-                "Pass generator=nestkit.core.rng.torch_generator(seed, 'model', global_step)"
+                "Pass generator=nestkit.core.rng.torch_generator(seed, 'model', epoch, micro_batch_index)"
             )
         clean, clean_len, noisy, noisy_len = self.preprocessor.forward_pair(
             audio, audio_len, noisy_audio, noisy_audio_len, generator

@@ -167,7 +167,7 @@ def run_forward(
     step = record["step"] if record is not None else session.step_of(position)
     model.train()
     with NanProbe(model) as probe:
-        result = training_loss(model, batch, session.cfg.nestkit.seed, step, rank)
+        result = training_loss(model, batch, session.cfg.nestkit.seed, session.world_size)
         if result.loss.requires_grad:
             result.loss.backward()
     grads = [p.grad.norm() for p in model.parameters() if p.grad is not None]

@@ -1,10 +1,13 @@
 """The NEST LightningModule: training/validation steps on nestkit's data pipeline.
 
 It holds the NestModel as `self.model`, so Lightning checkpoint keys are `model.<NeMo key>`
-(`nestkit export-nemo` strips the prefix). Every random draw of a step is a pure function of
-(seed, global step, rank): masks and dither come from a generator seeded that way, and dropout's
-global RNG is re-seeded the same way before each step. A resumed run, and `replay-batch --forward`,
-therefore reproduce a step's loss exactly.
+(`nestkit export-nemo` strips the prefix). Every random draw of a step is a pure function of the
+seed and the micro-batch's plan position (epoch e, global micro-batch index
+g = batch * world_size + rank): masks, dither and stochastic depth come from the generator
+torch_generator(seed, "model", e, g), and dropout's global RNG is re-seeded with
+seed_int(seed, "dropout", e, g) before each step. A resumed run, and `replay-batch --forward`,
+therefore reproduce a step's loss exactly; with one rank, g is the step number, so NeMo seeded with
+torch.manual_seed(seed_int(seed, "model", 0, g)) before its training_step draws the same masks.
 
 Training reads a PlanStream: the planned epochs one after the other, which Lightning sees as one
 endless epoch (it counts steps, like NeMo's step-based recipe). The data position is restored from
@@ -33,26 +36,32 @@ from nestkit.monitor.worker_init import worker_init_for
 DATA_POSITION_KEY = "nestkit_data_position"
 
 
-def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
-    """The generator of masks and dither for training step `step` on `rank` (always on the CPU, so
-    a step draws the same masks on any device)."""
-    return torch_generator(seed, "model", step, rank)
+def micro_batch_index(position: BatchPosition, world_size: int) -> int:
+    """g: the micro-batch's index among all ranks' micro-batches of its epoch."""
+    return position.batch * world_size + position.rank
 
 
-def seed_dropout(seed: int, step: int, rank: int) -> None:
-    torch.manual_seed(seed_int(seed, "dropout", step, rank))
+def step_generator(seed: int, epoch: int, index: int) -> torch.Generator:
+    """The generator of masks, dither and stochastic depth for micro-batch `index` of `epoch`
+    (always on the CPU, so a step draws the same masks on any device)."""
+    return torch_generator(seed, "model", epoch, index)
 
 
-def training_loss(model: NestModel, batch: NestBatch, seed: int, step: int, rank: int):
+def seed_dropout(seed: int, epoch: int, index: int) -> None:
+    torch.manual_seed(seed_int(seed, "dropout", epoch, index))
+
+
+def training_loss(model: NestModel, batch: NestBatch, seed: int, world_size: int):
     """The training step's forward and loss, as training and `replay-batch --forward` run it."""
-    seed_dropout(seed, step, rank)
+    epoch, index = batch.position.epoch, micro_batch_index(batch.position, world_size)
+    seed_dropout(seed, epoch, index)
     output = model(
         batch.audio,
         batch.audio_len,
         batch.noisy_audio,
         batch.noisy_audio_len,
         apply_mask=True,
-        generator=step_generator(seed, step, rank),
+        generator=step_generator(seed, epoch, index),
     )
     return model.loss(output)
 
@@ -109,7 +118,7 @@ class NestLightningModule(pl.LightningModule):
     # -- steps --------------------------------------------------------------------------------
 
     def training_step(self, batch: NestBatch, batch_idx: int):
-        result = training_loss(self.model, batch, self.cfg.nestkit.seed, self.global_step, self.global_rank)
+        result = training_loss(self.model, batch, self.cfg.nestkit.seed, self.trainer.world_size)
         masked = int(result.num_masked_frames)
         self.empty_mask_batches += masked == 0
         self.bad_samples += len(batch.failures)
@@ -125,7 +134,8 @@ class NestLightningModule(pl.LightningModule):
     def on_train_batch_start(self, batch, batch_idx):
         self._step_started = time.perf_counter()
         # records a worker could not write (a full disk) are written by this process now
-        self.pipeline("train").dataset.quarantine.adopt(batch.failures)
+        if "train" in self.pipelines and batch.failures:
+            self.pipelines["train"].dataset.quarantine.adopt(batch.failures)
 
     def on_train_batch_end(self, outputs, batch: NestBatch, batch_idx: int):
         elapsed = time.perf_counter() - self._step_started
