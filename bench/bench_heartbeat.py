@@ -133,11 +133,11 @@ def bench_writer(run_dir: Path, n: int) -> float:
     """Seconds per Heartbeat.write() with the demo's stream and in-flight batches."""
     from nestkit.config import load_config
     from nestkit.data.pipeline import build_pipeline
-    from nestkit.data.sampler import PlanStream
+    from nestkit.data.sampler import TrainingStream
     from nestkit.monitor.heartbeat import Heartbeat
 
     cfg = load_config(DEMO, []).config
-    stream = PlanStream(build_pipeline(cfg, "train", 0, 2).sampler)
+    stream = TrainingStream(build_pipeline(cfg, "train", 0, 2).planner, rank=0, world_size=2)
     it = iter(stream)
     for _ in range(6):  # Lightning's one + num_workers x prefetch_factor = 5 in flight, and the trained one
         next(it)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
 
@@ -55,7 +56,6 @@ def lookup(
     """
     from nestkit.config import load_config
     from nestkit.tools.lookup import lookup_batch
-    from nestkit.tools.positions import Position
     from nestkit.tools.session import DebugSession
 
     if output_format not in ("table", "json"):
@@ -73,94 +73,128 @@ def lookup(
     print_notes(loaded.notes)
     logging.getLogger("nestkit.data").setLevel(logging.ERROR)  # failures are shown under the table
     session = DebugSession.open(loaded.config, world_size, run_dir)
-    ranks = list(range(session.world_size)) if all_ranks else [rank]
-    for r in ranks:
-        session.check_rank(r)
 
     if cut is not None:
-        found = session.locate_cut(cut, epoch)
-        index_ = session.pipeline.index
-        result = {
-            "cut": cut,
-            "epoch": epoch,
-            "world_size": session.world_size,
-            "matches": [
-                {
-                    "manifest_line": index_.where(row),
-                    "places": [
-                        {"rank": r, "batch": p.batch, "slot": s, "step": session.step_of(p)} for r, p, s in places
-                    ],
-                }
-                for row, places in found
-            ],
-        }
-        if output_format == "json":
-            print(json.dumps(result, indent=2))
-            return
-        if len(found) > 1:
-            console.print(
-                f"[yellow]{len(found)} cuts have the id {escape(cut)} (joined manifests list files of the same name at the same line)[/]"
-            )
-        for row, places in found:
-            manifest, line = index_.manifests[int(index_.source[row])], int(index_.line[row])
-            where = f"{short_path(manifest)}:{line}"
-            if not places:
-                console.print(
-                    f"cut {escape(cut)} ({escape(where)}) is not in epoch {epoch}: filtered by min/max_duration or dropped by drop_last"
-                )
-            for r, p, s in places:
-                console.print(
-                    f"cut {escape(cut)} ({escape(where)}): epoch {epoch}, rank {r}, batch {p.batch}, slot {s} (step {session.step_of(p)} from the start)"
-                )
+        _lookup_cut(session, cut, epoch, output_format)
         return
-
     if index is not None:
-        position, slot = session.sample_at(rank, index)
-        planned = session.planned(rank, position)[slot]
-        result = {
-            "index": index,
-            "rank": rank,
-            "epoch": position.epoch,
-            "batch": position.batch,
-            "slot": slot,
-            "cut_id": planned.cut_id,
-            "manifest_line": planned.where,
-            "path": planned.path,
-        }
-        if output_format == "json":
-            print(json.dumps(result, indent=2))
-            return
-        console.print(
-            f"sample {index} of rank {rank}: {escape(planned.cut_id)} ({escape(short_path(planned.manifest))}:{planned.line}) {escape(short_path(planned.path))} "
-            f"-- epoch {position.epoch}, batch {position.batch}, slot {slot}"
-        )
+        _lookup_sample(session, rank, index, output_format)
         return
 
-    position = session.position_of_step(step) if step is not None else Position(epoch, batch)
-    results = lookup_batch(session, position, ranks, load)
-    counts = {r: session.batches_per_rank(position.epoch) for r in range(session.world_size)}
+    if step is not None:
+        first = session.place_of_step(step, rank)
+        ranks = session.ranks_at(first) if all_ranks else [rank]
+        places = [p for r in ranks for p in session.places_of_step(step, r)]
+    else:
+        first = session.place_of_batch(epoch, batch, rank)
+        ranks = session.ranks_at(first) if all_ranks else [rank]
+        places = [first if r == rank else session.place_of_batch(epoch, batch, r) for r in ranks]
+    results = lookup_batch(session, places, load)
+    counts = session.batches_in_epoch(first.epoch)
     if output_format == "json":
         print(
             json.dumps(
-                {"world_size": session.world_size, "batches_per_rank": counts, "ranks": [r.as_dict() for r in results]},
+                {
+                    "world_size": session.layout.world_size_at(first),
+                    "segments": [asdict(s) for s in session.segments],
+                    "batches_per_rank": counts,
+                    "ranks": [r.as_dict() for r in results],
+                },
                 indent=2,
                 default=str,
             )
         )
         return
     for result in results:
-        _render(result, session.world_size)
+        _render(result)
+    if all_ranks:
+        _render_segment(session, first)
     console.print(
-        f"batches per rank in epoch {position.epoch}: "
+        f"batches per rank in epoch {first.epoch}: "
         + ", ".join(f"rank {r}: {n}" for r, n in counts.items())
         + ("  (equal by construction)" if len(set(counts.values())) == 1 else "")
     )
 
 
-def _render(result, world_size: int) -> None:
+def _render_segment(session, place) -> None:
+    segments = session.segments
+    segment = segments[place.segment]
+    end = segments[place.segment + 1].start_step - 1 if place.segment + 1 < len(segments) else None
+    steps = f"steps {segment.start_step}..{end}" if end is not None else f"steps {segment.start_step}.."
+    console.print(
+        f"segment {place.segment + 1} of {len(segments)}: {steps} on {segment.world_size} rank(s) x accumulate "
+        f"{segment.accumulate}, from epoch {segment.epoch} micro-batch {segment.consumed}"
+        + (f" (resumed from {escape(short_path(segment.resumed_from))})" if segment.resumed_from else "")
+    )
+
+
+def _lookup_cut(session, cut: str, epoch: int, output_format: str) -> None:
+    found = session.locate_cut(cut, epoch)
+    index_ = session.pipeline.index
+    result = {
+        "cut": cut,
+        "epoch": epoch,
+        "matches": [
+            {
+                "manifest_line": index_.where(row),
+                "places": [
+                    {"rank": p.rank, "batch": p.batch, "micro_batch": p.index, "slot": s, "step": p.step}
+                    for p, s in places
+                ],
+            }
+            for row, places in found
+        ],
+    }
+    if output_format == "json":
+        print(json.dumps(result, indent=2))
+        return
+    if len(found) > 1:
+        console.print(
+            f"[yellow]{len(found)} cuts have the id {escape(cut)} (joined manifests list files of the same name at the same line)[/]"
+        )
+    for row, places in found:
+        manifest, line = index_.manifests[int(index_.source[row])], int(index_.line[row])
+        where = f"{short_path(manifest)}:{line}"
+        if not places:
+            console.print(
+                f"cut {escape(cut)} ({escape(where)}) is not in epoch {epoch}: filtered by min/max_duration or dropped by drop_last"
+            )
+        for p, s in places:
+            console.print(
+                f"cut {escape(cut)} ({escape(where)}): epoch {epoch}, rank {p.rank}, batch {p.batch}, slot {s} "
+                f"(step {p.step} from the start)"
+            )
+
+
+def _lookup_sample(session, rank: int, index: int, output_format: str) -> None:
+    place, slot = session.sample_at(rank, index)
+    planned = session.planned(place)[slot]
+    result = {
+        "index": index,
+        "rank": rank,
+        "epoch": place.epoch,
+        "batch": place.batch,
+        "step": place.step,
+        "slot": slot,
+        "cut_id": planned.cut_id,
+        "manifest_line": planned.where,
+        "path": planned.path,
+    }
+    if output_format == "json":
+        print(json.dumps(result, indent=2))
+        return
+    console.print(
+        f"sample {index} of rank {rank}: {escape(planned.cut_id)} ({escape(short_path(planned.manifest))}:{planned.line}) {escape(short_path(planned.path))} "
+        f"-- epoch {place.epoch}, batch {place.batch}, slot {slot}"
+    )
+
+
+def _render(result) -> None:
+    place = result.place
+    micro = f", micro-batch {place.index}" if place.index != place.batch else ""
     header = (
-        f"[bold]batch {result.position.batch} of rank {result.rank}[/] (epoch {result.position.epoch}, "
-        f"step {result.step}; world size {world_size})"
+        f"[bold]batch {place.batch} of rank {place.rank}[/] (epoch {place.epoch}{micro}, "
+        f"step {place.step}; world size {result.world_size})"
     )
     if result.fingerprint:
         header += f"  fingerprint {result.fingerprint}  " + match_text(result.matches_log, result.logged)
@@ -186,7 +220,5 @@ def _render(result, world_size: int) -> None:
                 f"  [yellow]{failure['kind']} {escape(str(failure['cut_id']))} unusable: {escape(failure['reason'])}[/]"
             )
     if result.in_flight:
-        ahead = ", ".join(
-            str(p.batch) if p.epoch == result.position.epoch else f"{p.epoch}/{p.batch}" for p in result.in_flight
-        )
+        ahead = ", ".join(str(p.batch) if p.epoch == place.epoch else f"{p.epoch}/{p.batch}" for p in result.in_flight)
         console.print(f"  in flight while step {result.step} runs: batch(es) {ahead}")

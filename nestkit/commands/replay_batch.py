@@ -11,7 +11,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from nestkit.commands.common import console, print_notes
+from nestkit.commands.common import console, err_console, print_notes
 from nestkit.commands.render import match_text, short_path
 
 
@@ -50,7 +50,6 @@ def replay_batch(
     folder (one-line manifest, config, command). Exit status 1 when a sample failed.
     """
     from nestkit.config import load_config
-    from nestkit.tools.positions import Position
     from nestkit.tools.replay import replay_batch as replay
     from nestkit.tools.session import DebugSession
 
@@ -63,8 +62,18 @@ def replay_batch(
     # the table reports every failed sample; the dataset's per-sample warnings would repeat it
     logging.getLogger("nestkit.data").setLevel(logging.ERROR)
     session = DebugSession.open(loaded.config, world_size, run_dir, sample_timeout_s=timeout)
-    position = session.position_of_step(step) if step is not None else Position(epoch, batch)
-    report = replay(session, rank, position, forward, checkpoint, repro_dir)
+    if step is not None:
+        places = session.places_of_step(step, rank)
+        place = places[0]
+        if len(places) > 1:
+            others = ", ".join(str(p.batch) for p in places[1:])
+            err_console.print(
+                f"step {step} trains {len(places)} micro-batches on rank {rank} (accumulate_grad_batches): replaying "
+                f"batch {place.batch}; the others are batch(es) {others} of epoch {place.epoch}"
+            )
+    else:
+        place = session.place_of_batch(epoch, batch, rank)
+    report = replay(session, place, forward, checkpoint, repro_dir)
     if output_format == "json":
         print(json.dumps(report.as_dict(), indent=2, default=str))
     else:
@@ -75,7 +84,7 @@ def replay_batch(
 
 def _render(report) -> None:
     console.print(
-        f"[bold]replay of batch {report.position.batch}, rank {report.rank}[/] (epoch {report.position.epoch}, "
+        f"[bold]replay of batch {report.place.batch}, rank {report.rank}[/] (epoch {report.place.epoch}, "
         f"world size {report.world_size})"
     )
     table = Table(box=None, pad_edge=False, show_edge=False)

@@ -7,14 +7,24 @@ from dataclasses import dataclass, field
 
 import torch
 
+PLAN_KEY = "plan"  # cut.custom[PLAN_KEY]: the cut's place in the plan (see BatchPosition)
+
 
 @dataclass(frozen=True)
 class BatchPosition:
-    """Where a batch sits in the plan. batch = -1 for a CutSet that did not come from a plan."""
+    """Where a micro-batch sits in the plan.
+
+    `batch` is the micro-batch's index in its epoch's sequence, the same whichever rank or world
+    size trains it (rank r of W takes r, r + W, r + 2W, ...; with one rank it is the rank's own
+    batch number). A piece of the epoch's split last step has an index past the sequence's end.
+    batch = -1 for a CutSet that did not come from a plan.
+    """
 
     epoch: int
     rank: int
     batch: int
+    world_size: int = 1
+    consumed_after: int | None = None  # the epoch's micro-batches consumed once this step is done
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -26,7 +26,7 @@ from nestkit.config import DatasetConfig
 from nestkit.core.errors import AudioLoadError, ManifestError, NestkitError
 from nestkit.core.rng import generator
 from nestkit.data.augment import augment_batch
-from nestkit.data.batch import BatchPosition, NestBatch
+from nestkit.data.batch import PLAN_KEY, BatchPosition, NestBatch
 from nestkit.data.fingerprint import batch_fingerprint, rows_checksum
 from nestkit.data.loading import cut_path, file_segment, load_cut
 from nestkit.data.manifest import CutIndex
@@ -35,13 +35,17 @@ from nestkit.data.plan import BatchingConfig
 from nestkit.runfolder import worker_status
 from nestkit.runfolder.quarantine import Quarantine
 
-PLAN_KEY = "plan"  # cut.custom[PLAN_KEY] = {"epoch", "rank", "batch", "repeat"}
-
 
 def batch_position(cuts: list[Cut]) -> BatchPosition:
     plan = (cuts[0].custom or {}).get(PLAN_KEY) if cuts else None
     if plan:
-        return BatchPosition(int(plan["epoch"]), int(plan["rank"]), int(plan["batch"]))
+        return BatchPosition(
+            int(plan["epoch"]),
+            int(plan["rank"]),
+            int(plan["batch"]),
+            int(plan.get("world_size", 1)),
+            plan.get("consumed_after"),
+        )
     return BatchPosition(0, 0, -1)
 
 

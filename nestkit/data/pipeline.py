@@ -20,7 +20,7 @@ from nestkit.data.batch import NestBatch
 from nestkit.data.dataset import NestDataset
 from nestkit.data.manifest import CutIndex
 from nestkit.data.plan import BatchingConfig
-from nestkit.data.sampler import PlanSampler
+from nestkit.data.sampler import EpochSampler, Planner
 from nestkit.runfolder import worker_status
 from nestkit.runfolder.quarantine import Quarantine
 
@@ -33,18 +33,22 @@ class DataPipeline:
     config: DatasetConfig
     index: CutIndex
     noise: CutIndex | None
-    sampler: PlanSampler
+    sampler: EpochSampler
     dataset: NestDataset
     dataloader_timeout_s: float = 0.0
 
-    def batch(self, batch: int, epoch: int | None = None) -> NestBatch:
-        """Batch `batch` of this rank, built in this process (no workers)."""
-        return self.dataset[self.sampler.batch_cuts(batch, epoch)]
+    @property
+    def planner(self) -> Planner:
+        return self.sampler.planner
+
+    def batch(self, k: int, epoch: int | None = None) -> NestBatch:
+        """This rank's micro-batch `k` of the epoch, built in this process (no workers)."""
+        return self.dataset[self.sampler.batch_cuts(k, epoch)]
 
     def dataloader(
         self, num_workers: int | None = None, worker_init_fn=None, sampler=None, loader_cls=torch.utils.data.DataLoader
     ) -> torch.utils.data.DataLoader:
-        """A DataLoader over this rank's plan (or over `sampler`, e.g. training's PlanStream);
+        """A DataLoader over this rank's plan (or over `sampler`, e.g. training's TrainingStream);
         `loader_cls` is a DataLoader subclass (training's WatchedDataLoader)."""
         workers = self.config.num_workers if num_workers is None else num_workers
         extra = {}
@@ -94,7 +98,8 @@ def build_pipeline(
     run_dir: str | os.PathLike | None = None,
     num_workers: int | None = None,
 ) -> DataPipeline:
-    """The data pipeline of `split` for `rank` of `world_size`.
+    """The data pipeline of `split` for `rank` of `world_size`. The training split is dealt in steps
+    of world_size x trainer.accumulate_grad_batches micro-batches, as training deals it.
 
     `run_dir` receives the quarantine file (None keeps failures in the batches only, e.g. replay).
     Validation plans are pinned to epoch 0 and never shuffled, so every validation sees the same
@@ -109,8 +114,15 @@ def build_pipeline(
     batching = BatchingConfig.from_dataset(ds, source=f"model.{split}_ds")
     if split == "validation":
         batching = _replace(batching, shuffle=False)
-    sampler = PlanSampler(
-        index, batching, cfg.nestkit.seed, rank, world_size, fixed_epoch=0 if split == "validation" else None
+    validation = split == "validation"
+    sampler = EpochSampler(
+        index,
+        batching,
+        cfg.nestkit.seed,
+        rank,
+        world_size,
+        fixed_epoch=0 if validation else None,
+        accumulate=1 if validation else cfg.trainer.accumulate_grad_batches,
     )
     quarantine = Quarantine(Path(run_dir) if run_dir is not None else None, rank, split)
     dataset = NestDataset(ds, cfg.nestkit.seed, index, noise, quarantine, split)

@@ -1,18 +1,29 @@
-"""The epoch planner: from cut durations, a seed and an epoch, every rank's batches.
+"""The epoch planner: from cut durations, a seed and an epoch, the epoch's micro-batches.
 
-The plan for an epoch is computed once with numpy (1M cuts in about a second) and then answers
-"which cuts are in batch N of rank R" in O(1), so lookup, replay and resume never replay batches.
+Two steps, so that the data position survives a change of world size:
 
-Guarantees, for every mode and world size:
-* every rank has exactly the same number of batches (an uneven plan cannot exist);
-* every kept cut appears exactly once per epoch, except that with `drop_last` the incomplete last
-  round is dropped (counted) and without it a few cuts may be repeated to fill the last round
-  (counted, and marked in the plan);
-* cuts outside [min_duration, max_duration] are left out (counted).
+1. `plan_sequence` orders the epoch's cuts and groups them into micro-batches: the *sequence*, a
+   pure function of (durations, batching settings, seed, epoch) that does not depend on the
+   number of ranks. Micro-batch `g` of epoch `e` is the same cuts whichever rank trains it.
+2. `deal` hands the sequence, from a position (`start`: micro-batches already consumed), to
+   `world_size` ranks in steps of `world_size x accumulate` micro-batches: step s, accumulation
+   slot a, rank r trains micro-batch `start + s*S + a*W + r` (S = W*A), so rank r's k-th
+   micro-batch is `start + k*W + r`. The last, incomplete step of the epoch is dropped
+   (`drop_last`) or completed by splitting micro-batches and, only if every one is down to a
+   single cut, repeating a few cuts. Because the tail is cut by the step size S and not by the
+   world size, two runs with the same global batch (2 ranks x 1, or 1 rank x accumulate 2) train
+   exactly the same micro-batches in every optimizer step, epoch ends included.
 
-Batches are dealt to ranks in rounds: global batch g goes to rank g % world_size as that rank's
-batch g // world_size. In bucketing mode a round's batches come from the same duration bucket
-(like lhotse's synced buckets), so ranks wait on each other as little as possible.
+Guarantees, for every mode, world size and start: every rank gets the same number of
+micro-batches; every kept cut is used exactly once per epoch (except the counted drop of
+`drop_last` and the counted repeats that complete the last step); cuts outside
+[min_duration, max_duration] are left out (counted).
+
+Bucketing (`batch_duration`): cuts are grouped by duration into buckets, packed into micro-batches
+of at most `batch_duration` seconds, and the micro-batches of a bucket are kept together in runs
+of `BUCKET_RUN` before the runs are shuffled: a step's micro-batches then come from one bucket
+(ranks wait on each other as little as possible) for every world size that divides the run
+length, without the order depending on the world size.
 """
 
 from __future__ import annotations
@@ -25,13 +36,17 @@ from nestkit.config import DatasetConfig
 from nestkit.core.errors import PlanError
 from nestkit.core.rng import generator
 
+# Micro-batches of one bucket kept in a row. 24 is divisible by 1, 2, 3, 4, 6, 8, 12 and 24, so
+# a step of that many micro-batches stays inside one bucket for all those world sizes.
+BUCKET_RUN = 24
+
 
 @dataclass(frozen=True)
 class BatchingConfig:
     """The planner's part of a dataset config."""
 
     batch_size: int | None = 8
-    batch_duration: float | None = None  # seconds of audio per batch (sum of cut durations)
+    batch_duration: float | None = None  # seconds of audio per micro-batch (sum of cut durations)
     num_buckets: int = 30
     shuffle: bool = True
     drop_last: bool = True
@@ -60,66 +75,86 @@ class BatchingConfig:
             keep &= durations <= self.max_duration
         return keep
 
+    def settings(self) -> dict:
+        """What decides the sequence (checkpoints compare it on resume)."""
+        return {
+            "batch_size": self.batch_size,
+            "batch_duration": self.batch_duration,
+            "num_buckets": self.num_buckets,
+            "shuffle": self.shuffle,
+            "drop_last": self.drop_last,
+            "min_duration": self.min_duration,
+            "max_duration": self.max_duration,
+        }
+
+
+# ------------------------------------------------------------------------------------------------
+# 1. The sequence (independent of the world size)
+
 
 @dataclass
-class PlanStats:
+class EpochSequence:
+    """An epoch's micro-batches in order: `rows[bounds[g]:bounds[g+1]]` is micro-batch g."""
+
+    epoch: int
+    rows: np.ndarray  # int64 index rows
+    bounds: np.ndarray  # int64, one more than there are micro-batches
     total_cuts: int
     too_short: int
     too_long: int
-    dropped: int  # by drop_last
-    repeated: int  # padding to fill the last round
-    batches_per_rank: int
+    partial_dropped: int = 0  # cuts of a last, incomplete fixed-size micro-batch (drop_last)
 
+    def __len__(self) -> int:
+        return len(self.bounds) - 1
 
-@dataclass
-class EpochPlan:
-    """All ranks' batches for one epoch: `rows[bounds[g]:bounds[g+1]]` is global batch g."""
-
-    epoch: int
-    world_size: int
-    rows: np.ndarray  # int64 rows of the CutIndex, global batches concatenated
-    bounds: np.ndarray  # int64, len = num global batches + 1
-    repeated: np.ndarray  # bool per entry of `rows`: a repeat that fills the last round
-    stats: PlanStats
-    dropped_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-
-    @property
-    def num_batches(self) -> int:
-        """Batches per rank (the same on every rank)."""
-        return (len(self.bounds) - 1) // self.world_size
-
-    def _global(self, rank: int, batch: int) -> int:
-        if not 0 <= rank < self.world_size:
-            raise PlanError(f"rank {rank}: out of range (expected 0..{self.world_size - 1}, got {rank})")
-        if not 0 <= batch < self.num_batches:
+    def micro_batch(self, index: int) -> np.ndarray:
+        if not 0 <= index < len(self):
             raise PlanError(
-                f"batch {batch}: out of range for epoch {self.epoch} (expected 0..{self.num_batches - 1}, got {batch}). "
-                f"Each rank has {self.num_batches} batches per epoch; for a training step number, use --step"
+                f"micro-batch {index}: out of range for epoch {self.epoch} (expected 0..{len(self) - 1}, got {index})"
             )
-        return batch * self.world_size + rank
+        return self.rows[self.bounds[index] : self.bounds[index + 1]]
 
-    def batch_rows(self, rank: int, batch: int) -> np.ndarray:
-        g = self._global(rank, batch)
-        return self.rows[self.bounds[g] : self.bounds[g + 1]]
 
-    def batch_repeats(self, rank: int, batch: int) -> np.ndarray:
-        g = self._global(rank, batch)
-        return self.repeated[self.bounds[g] : self.bounds[g + 1]]
+def plan_sequence(durations: np.ndarray, batching: BatchingConfig, seed: int, epoch: int) -> EpochSequence:
+    """The micro-batches of `epoch` over cuts with these durations (index rows)."""
+    durations = np.asarray(durations, dtype=np.float64)
+    kept = np.flatnonzero(batching.keep_mask(durations))
+    too_short = int(np.sum(durations < batching.min_duration)) if batching.min_duration is not None else 0
+    too_long = int(np.sum(durations > batching.max_duration)) if batching.max_duration is not None else 0
+    if len(kept) == 0:
+        raise PlanError(
+            f"{batching.source}: no cuts left (expected at least 1, got 0 of {len(durations)} after the duration "
+            f"filter min_duration={batching.min_duration}, max_duration={batching.max_duration}). "
+            "Check the manifests and the filter"
+        )
+    order = kept[generator(seed, "plan-order", epoch).permutation(len(kept))] if batching.shuffle else kept
+    partial_dropped = 0
+    if batching.batch_size is not None:
+        rows, bounds = _fixed_size(order, batching.batch_size)
+        if batching.drop_last and len(bounds) > 2 and bounds[-1] - bounds[-2] < batching.batch_size:
+            partial_dropped = int(bounds[-1] - bounds[-2])
+            rows, bounds = rows[: bounds[-2]], bounds[:-1]
+    elif batching.batch_duration is not None:
+        rows, bounds = _bucketed(order, durations, kept, batching, generator(seed, "plan-runs", epoch))
+    else:
+        raise PlanError(f"{batching.source}: set batch_size or batch_duration")
+    return EpochSequence(
+        epoch, rows.astype(np.int64, copy=False), bounds, len(durations), too_short, too_long, partial_dropped
+    )
 
-    def locate(self, row: int) -> list[tuple[int, int, int]]:
-        """Every (rank, batch, slot) where index row `row` appears in this epoch."""
-        positions = np.flatnonzero(self.rows == row)
-        found = []
-        for pos in positions:
-            g = int(np.searchsorted(self.bounds, pos, side="right") - 1)
-            found.append((g % self.world_size, g // self.world_size, int(pos - self.bounds[g])))
-        return found
+
+def _fixed_size(order: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    bounds = np.arange(0, len(order) + batch_size, batch_size, dtype=np.int64)
+    bounds[-1] = len(order)
+    if len(bounds) > 1 and bounds[-1] == bounds[-2]:
+        bounds = bounds[:-1]
+    return order, bounds
 
 
 def _pack_by_duration(durations: np.ndarray, cap: float) -> np.ndarray:
-    """Greedy packing in the given order: batch bounds such that each batch's sum <= cap.
+    """Greedy packing in the given order: bounds such that each micro-batch's sum <= cap.
 
-    A single cut longer than the cap forms a batch of its own.
+    A single cut longer than the cap forms a micro-batch of its own.
     """
     csum = np.concatenate(([0.0], np.cumsum(durations)))
     n = len(durations)
@@ -133,142 +168,240 @@ def _pack_by_duration(durations: np.ndarray, cap: float) -> np.ndarray:
     return np.asarray(bounds, dtype=np.int64)
 
 
-def _split(batches: list[np.ndarray]) -> list[np.ndarray]:
-    """Split the batch with the most cuts into two halves (to even out a round)."""
-    largest = max(range(len(batches)), key=lambda i: len(batches[i]))
-    b = batches.pop(largest)
-    half = (len(b) + 1) // 2
-    return batches[:largest] + [b[:half], b[half:]] + batches[largest:]
-
-
-def _complete_last_round(
-    tail: list[np.ndarray], world_size: int, fill_from: np.ndarray
-) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Turn leftover batches into whole rounds: split batches, and only if every batch is down to
-    one cut, add single-cut batches that repeat cuts from `fill_from`.
-
-    Returns (batches, repeat flags per batch).
-    """
-    batches = [b for b in tail if len(b)]
-    repeats = []
-    if not batches:
-        return [], []
-    while len(batches) % world_size and any(len(b) > 1 for b in batches):
-        batches = _split(batches)
-    flags = [np.zeros(len(b), dtype=bool) for b in batches]
-    k = 0
-    while len(batches) % world_size:
-        batches.append(fill_from[k % len(fill_from)][None])
-        flags.append(np.ones(1, dtype=bool))
-        k += 1
-    repeats.extend(flags)
-    return batches, repeats
-
-
-def plan_epoch(
-    durations: np.ndarray,
-    batching: BatchingConfig,
-    seed: int,
-    epoch: int,
-    world_size: int,
-) -> EpochPlan:
-    """Plan one epoch for `world_size` ranks over cuts with these durations (index rows)."""
-    if world_size < 1:
-        raise PlanError(f"world size {world_size}: must be at least 1")
-    durations = np.asarray(durations, dtype=np.float64)
-    keep = batching.keep_mask(durations)
-    kept = np.flatnonzero(keep)
-    too_short = int(np.sum(durations < batching.min_duration)) if batching.min_duration is not None else 0
-    too_long = int(np.sum(durations > batching.max_duration)) if batching.max_duration is not None else 0
-    if len(kept) == 0:
-        raise PlanError(
-            f"plan: no cuts left (expected at least 1, got 0 of {len(durations)} after the duration filter "
-            f"min_duration={batching.min_duration}, max_duration={batching.max_duration}). "
-            "Check the manifests and the filter"
-        )
-    order = kept[generator(seed, "plan-order", epoch).permutation(len(kept))] if batching.shuffle else kept
-
-    if batching.batch_size is not None:
-        rounds, tail = _fixed_size_rounds(order, batching.batch_size, world_size)
-    else:
-        if batching.batch_duration is None:
-            raise PlanError("plan: set batch_size or batch_duration")
-        rounds, tail = _bucketed_rounds(order, durations, kept, batching, world_size)
-        if batching.shuffle and rounds:
-            rounds = [rounds[i] for i in generator(seed, "plan-rounds", epoch).permutation(len(rounds))]
-
-    dropped = np.zeros(0, np.int64)
-    tail_flags: list[np.ndarray] = []
-    if batching.drop_last:
-        dropped = np.concatenate(tail) if tail else dropped
-        tail = []
-    else:
-        if batching.batch_duration is not None and tail:
-            # leftovers of several buckets: regroup by duration before evening out the round
-            leftover = np.concatenate(tail)
-            leftover = leftover[np.argsort(durations[leftover], kind="stable")]
-            bounds = _pack_by_duration(durations[leftover], batching.batch_duration)
-            tail = [leftover[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
-        tail, tail_flags = _complete_last_round(tail, world_size, order)
-
-    batches = [b for r in rounds for b in r] + tail
-    flags = [np.zeros(len(b), dtype=bool) for r in rounds for b in r] + tail_flags
-    if not batches:
-        raise PlanError(
-            f"{batching.source}: not a single full round of batches (expected at least {world_size} batch(es), "
-            f"got {len(kept)} cut(s) for {world_size} rank(s) with drop_last=true). "
-            "Lower batch_size/batch_duration or set drop_last=false"
-        )
-    lengths = np.fromiter((len(b) for b in batches), dtype=np.int64, count=len(batches))
-    rows = np.concatenate(batches).astype(np.int64)
-    repeated = np.concatenate(flags)
-    stats = PlanStats(
-        total_cuts=len(durations),
-        too_short=too_short,
-        too_long=too_long,
-        dropped=len(dropped),
-        repeated=int(repeated.sum()),
-        batches_per_rank=len(batches) // world_size,
-    )
-    return EpochPlan(
-        epoch=epoch,
-        world_size=world_size,
-        rows=rows,
-        bounds=np.concatenate(([0], np.cumsum(lengths))),
-        repeated=repeated,
-        stats=stats,
-        dropped_rows=dropped,
-    )
-
-
-def _fixed_size_rounds(order: np.ndarray, batch_size: int, world_size: int):
-    per_round = batch_size * world_size
-    full = (len(order) // per_round) * per_round
-    body = order[:full].reshape(-1, world_size, batch_size)
-    rounds = [[body[r, k] for k in range(world_size)] for r in range(body.shape[0])]
-    rest = order[full:]
-    tail = [rest[i : i + batch_size] for i in range(0, len(rest), batch_size)]
-    return rounds, tail
-
-
 def _bucket_edges(durations: np.ndarray, num_buckets: int) -> np.ndarray:
     if num_buckets <= 1 or len(durations) == 0:
         return np.zeros(0)
     return np.unique(np.quantile(durations, np.linspace(0, 1, num_buckets + 1)[1:-1]))
 
 
-def _bucketed_rounds(order, durations, kept, batching: BatchingConfig, world_size: int):
+def _bucketed(order, durations, kept, batching: BatchingConfig, rng: np.random.Generator):
+    """Micro-batches packed inside duration buckets, kept together in runs of BUCKET_RUN; full runs
+    first (shuffled), then each bucket's shorter last run (shuffled), so that the order of whole
+    runs -- and with it which steps stay inside one bucket -- is the same for every world size."""
     # Bucket edges depend on the data only (not the epoch), so a cut stays in its bucket.
     edges = _bucket_edges(durations[kept], batching.num_buckets)
     bucket_of = np.searchsorted(edges, durations[order], side="right")
-    rounds, tail = [], []
+    full_runs: list[list[np.ndarray]] = []
+    short_runs: list[list[np.ndarray]] = []
     for bucket in range(len(edges) + 1):
         members = order[bucket_of == bucket]  # keeps the (shuffled) epoch order
         if len(members) == 0:
             continue
         bounds = _pack_by_duration(durations[members], batching.batch_duration)
         batches = [members[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
-        full = (len(batches) // world_size) * world_size
-        rounds.extend(batches[i : i + world_size] for i in range(0, full, world_size))
-        tail.extend(batches[full:])
-    return rounds, tail
+        for at in range(0, len(batches), BUCKET_RUN):
+            run = batches[at : at + BUCKET_RUN]
+            (full_runs if len(run) == BUCKET_RUN else short_runs).append(run)
+    if batching.shuffle:
+        full_runs = [full_runs[i] for i in rng.permutation(len(full_runs))]
+        short_runs = [short_runs[i] for i in rng.permutation(len(short_runs))]
+    batches = [b for run in full_runs + short_runs for b in run]
+    lengths = np.fromiter((len(b) for b in batches), dtype=np.int64, count=len(batches))
+    return np.concatenate(batches), np.concatenate(([0], np.cumsum(lengths)))
+
+
+# ------------------------------------------------------------------------------------------------
+# 2. The deal (one world size, from a position)
+
+
+@dataclass(frozen=True)
+class MicroBatch:
+    """One rank's k-th micro-batch of a deal."""
+
+    index: int  # in the epoch's sequence; a piece of the split last step: len(sequence) + piece
+    rows: np.ndarray
+    repeats: np.ndarray  # bool per row: a repeat that completes the last step
+    consumed_after: int  # micro-batches of the epoch consumed once this step is done (the epoch's length at its end)
+    split_from: tuple[int, ...] = ()  # for a piece of the last step: the micro-batches it was split from
+
+
+@dataclass
+class PlanStats:
+    total_cuts: int
+    too_short: int
+    too_long: int
+    dropped: int  # cuts dropped by drop_last (an incomplete last micro-batch or step)
+    repeated: int  # cuts repeated to complete the last step
+    batches_per_rank: int
+    micro_batches: int  # in the epoch's sequence
+
+
+@dataclass
+class Deal:
+    """`sequence` from micro-batch `start` on, dealt to `world_size` ranks in steps of
+    `world_size x accumulate`. `batch_rows(rank, k)` etc. answer in O(1)."""
+
+    sequence: EpochSequence
+    world_size: int
+    accumulate: int
+    start: int
+    full_steps: int
+    pieces: list[np.ndarray] = field(default_factory=list)  # the completed last step, S pieces (or none)
+    piece_repeats: list[np.ndarray] = field(default_factory=list)
+    piece_sources: list[tuple[int, ...]] = field(default_factory=list)
+    dropped_indexes: tuple[int, ...] = ()  # micro-batches dropped by drop_last
+
+    @property
+    def epoch(self) -> int:
+        return self.sequence.epoch
+
+    @property
+    def step_size(self) -> int:
+        return self.world_size * self.accumulate
+
+    @property
+    def num_batches(self) -> int:
+        """Micro-batches per rank (the same on every rank)."""
+        return (self.full_steps * self.step_size + len(self.pieces)) // self.world_size
+
+    def _check(self, rank: int, k: int) -> None:
+        if not 0 <= rank < self.world_size:
+            raise PlanError(f"rank {rank}: out of range (expected 0..{self.world_size - 1}, got {rank})")
+        if not 0 <= k < self.num_batches:
+            raise PlanError(
+                f"batch {k}: out of range for epoch {self.epoch} (expected 0..{self.num_batches - 1}, got {k}). "
+                f"Each rank has {self.num_batches} batches in this epoch; for a training step number, use --step"
+            )
+
+    def entry(self, rank: int, k: int) -> MicroBatch:
+        self._check(rank, k)
+        in_body = self.full_steps * self.step_size
+        position = k * self.world_size + rank  # among this deal's micro-batches
+        last_step = position >= in_body - self.step_size if not self.pieces else position >= in_body
+        if position < in_body:
+            index = self.start + position
+            step_end = (position // self.step_size + 1) * self.step_size
+            consumed = len(self.sequence) if last_step else self.start + step_end
+            rows = self.sequence.micro_batch(index)
+            return MicroBatch(index, rows, np.zeros(len(rows), dtype=bool), consumed)
+        piece = position - in_body
+        return MicroBatch(
+            len(self.sequence) + piece,
+            self.pieces[piece],
+            self.piece_repeats[piece],
+            len(self.sequence),
+            self.piece_sources[piece],
+        )
+
+    def batch_rows(self, rank: int, k: int) -> np.ndarray:
+        return self.entry(rank, k).rows
+
+    def batch_repeats(self, rank: int, k: int) -> np.ndarray:
+        return self.entry(rank, k).repeats
+
+    def rank_batch_of(self, index: int) -> tuple[int, int] | None:
+        """(rank, k) that trains micro-batch `index` of the sequence in this deal, or None."""
+        position = index - self.start
+        if 0 <= position < self.full_steps * self.step_size:
+            return position % self.world_size, position // self.world_size
+        return None
+
+    @property
+    def stats(self) -> PlanStats:
+        seq = self.sequence
+        dropped = seq.partial_dropped + sum(len(seq.micro_batch(i)) for i in self.dropped_indexes)
+        return PlanStats(
+            total_cuts=seq.total_cuts,
+            too_short=seq.too_short,
+            too_long=seq.too_long,
+            dropped=dropped,
+            repeated=int(sum(int(r.sum()) for r in self.piece_repeats)),
+            batches_per_rank=self.num_batches,
+            micro_batches=len(seq),
+        )
+
+    @property
+    def rows(self) -> np.ndarray:
+        """Every row this deal uses, in deal order (a copy: for tests and lookups, not hot paths)."""
+        seq = self.sequence
+        body = seq.rows[seq.bounds[self.start] : seq.bounds[self.start + self.full_steps * self.step_size]]
+        return np.concatenate([body, *self.pieces]) if self.pieces else np.asarray(body)
+
+    @property
+    def bounds(self) -> np.ndarray:
+        """Micro-batch bounds into `rows` (deal order)."""
+        seq = self.sequence
+        body = seq.bounds[self.start : self.start + self.full_steps * self.step_size + 1] - seq.bounds[self.start]
+        if not self.pieces:
+            return body
+        lengths = np.fromiter((len(p) for p in self.pieces), dtype=np.int64, count=len(self.pieces))
+        return np.concatenate((body, body[-1] + np.cumsum(lengths)))
+
+    def locate(self, row: int) -> list[tuple[int, int, int]]:
+        """Every (rank, k, slot) where index row `row` appears in this deal."""
+        found = []
+        seq = self.sequence
+        lo, hi = seq.bounds[self.start], seq.bounds[self.start + self.full_steps * self.step_size]
+        for pos in np.flatnonzero(seq.rows[lo:hi] == row) + lo:
+            g = int(np.searchsorted(seq.bounds, pos, side="right") - 1)
+            rank, k = self.rank_batch_of(g)
+            found.append((rank, k, int(pos - seq.bounds[g])))
+        in_body = self.full_steps * self.step_size
+        for piece, rows in enumerate(self.pieces):
+            for slot in np.flatnonzero(rows == row):
+                position = in_body + piece
+                found.append((position % self.world_size, position // self.world_size, int(slot)))
+        return found
+
+
+def deal(
+    sequence: EpochSequence,
+    world_size: int,
+    start: int = 0,
+    accumulate: int = 1,
+    drop_last: bool = True,
+    source: str = "plan",
+) -> Deal:
+    """Hand `sequence[start:]` to `world_size` ranks in steps of `world_size x accumulate`."""
+    if world_size < 1:
+        raise PlanError(f"world size {world_size}: must be at least 1")
+    if accumulate < 1:
+        raise PlanError(f"accumulate {accumulate}: must be at least 1")
+    total = len(sequence)
+    if not 0 <= start <= total:
+        raise PlanError(f"{source}: start {start} is outside epoch {sequence.epoch} (expected 0..{total})")
+    step = world_size * accumulate
+    full_steps, left = divmod(total - start, step)
+    tail = list(range(start + full_steps * step, total))
+    result = Deal(sequence, world_size, accumulate, start, full_steps)
+    if tail and drop_last:
+        result.dropped_indexes = tuple(tail)
+    elif tail:
+        pieces, repeats, sources = _complete_last_step(sequence, tail, step)
+        result.pieces, result.piece_repeats, result.piece_sources = pieces, repeats, sources
+    if start == 0 and result.num_batches == 0:
+        raise PlanError(
+            f"{source}: not a single full step of micro-batches (expected at least {step} micro-batch(es) for "
+            f"{world_size} rank(s) x accumulate {accumulate}, got {total} from {total - sequence.partial_dropped} "
+            "planned with drop_last=true). Lower batch_size/batch_duration or set drop_last=false"
+        )
+    return result
+
+
+def _complete_last_step(sequence: EpochSequence, tail: list[int], step: int):
+    """Turn the leftover micro-batches into exactly `step` pieces: split the largest in halves
+    while any has more than one cut, then add single-cut repeats from the epoch's own rows."""
+    pieces = [sequence.micro_batch(i) for i in tail]
+    sources: list[tuple[int, ...]] = [(i,) for i in tail]
+    while len(pieces) < step and any(len(p) > 1 for p in pieces):
+        largest = max(range(len(pieces)), key=lambda i: len(pieces[i]))
+        piece, source = pieces.pop(largest), sources.pop(largest)
+        half = (len(piece) + 1) // 2
+        pieces[largest:largest] = [piece[:half], piece[half:]]
+        sources[largest:largest] = [source, source]
+    repeats = [np.zeros(len(p), dtype=bool) for p in pieces]
+    k = 0
+    while len(pieces) < step:
+        pieces.append(sequence.rows[k % len(sequence.rows)][None])
+        repeats.append(np.ones(1, dtype=bool))
+        sources.append(())
+        k += 1
+    return pieces, repeats, sources
+
+
+def plan_epoch(
+    durations: np.ndarray, batching: BatchingConfig, seed: int, epoch: int, world_size: int, accumulate: int = 1
+) -> Deal:
+    """The whole epoch for `world_size` ranks: the sequence dealt from its start."""
+    sequence = plan_sequence(durations, batching, seed, epoch)
+    return deal(sequence, world_size, 0, accumulate, batching.drop_last, batching.source)

@@ -1,26 +1,136 @@
-"""A lhotse-style sampler over an epoch plan: yields one rank's batches as CutSets.
+"""Samplers over the plan: which cuts each rank loads, as lhotse-style CutSets.
 
-Use it with `DataLoader(dataset, sampler=sampler, batch_size=None)`, as lhotse samplers are used.
-Each yielded cut carries its plan position in `cut.custom["plan"]` so that the dataset's random
-draws depend on the position only. `resume(epoch, batch)` starts the next iteration at that batch
-in O(1) (the length stays the epoch's); Lightning calls `set_epoch` before each epoch.
+* `Planner` -- the epoch sequences of one dataset (index + batching + seed), cached, and their
+  deals to a world size (nestkit.data.plan).
+* `EpochSampler` -- one rank's micro-batches of one epoch (validation, `nestkit pipeline`, tests),
+  a torch Sampler used as lhotse samplers are: `DataLoader(dataset, sampler=..., batch_size=None)`.
+* `TrainingStream` -- training's stream: one rank's micro-batches epoch after epoch from a data
+  position (epoch, micro-batches consumed), which Lightning sees as one endless epoch.
+
+Each yielded cut carries its plan position in `cut.custom["plan"]` (see nestkit.data.batch.BatchPosition),
+so the dataset's random draws depend on the position only.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from lhotse import CutSet
 
 from nestkit.core import faults
-from nestkit.data.dataset import PLAN_KEY
-from nestkit.data.manifest import CutIndex
-from nestkit.data.plan import BatchingConfig, EpochPlan, plan_epoch
+from nestkit.data.batch import PLAN_KEY
+from nestkit.data.plan import BatchingConfig, Deal, EpochSequence, MicroBatch, deal, plan_sequence
+from nestkit.data.plan_cache import cached_sequence
+
+if TYPE_CHECKING:
+    from nestkit.data.manifest import CutIndex
+
+PLAN_FORMAT = "nestkit-plan/2"  # the sequence rule; a checkpoint from another rule cannot resume exactly
 
 
-class PlanSampler(torch.utils.data.Sampler):
+class Planner:
+    """Epoch sequences and deals of one dataset, computed once per epoch and kept for reuse."""
+
+    KEPT_EPOCHS = 2  # the epoch being read and the next one the stream may already hand out
+
+    def __init__(
+        self, index: CutIndex, batching: BatchingConfig, seed: int, cache_dir: str | os.PathLike | None = None
+    ):
+        """`cache_dir`: where epoch sequences are shared between processes (default: the index's own
+        cache folder, when it has one; None keeps them in memory)."""
+        self.index = index
+        self.batching = batching
+        self.seed = seed
+        cache = cache_dir if cache_dir is not None else getattr(index, "cache_dir", None)
+        self.cache_dir = Path(cache) if cache is not None else None
+        self._sequences: dict[int, EpochSequence] = {}
+        self._deals: dict[tuple, Deal] = {}
+        self._digest: str | None = None
+        self._lengths: dict[int, int] = {}
+        self._kept: int | None = None
+
+    def sequence(self, epoch: int) -> EpochSequence:
+        if epoch not in self._sequences:
+            if len(self._sequences) >= self.KEPT_EPOCHS:
+                oldest = max(self._sequences, key=lambda e: abs(e - epoch))
+                self._sequences.pop(oldest)
+                self._deals = {k: v for k, v in self._deals.items() if k[0] != oldest}
+            self._sequences[epoch] = self._plan(epoch)
+        return self._sequences[epoch]
+
+    def _plan(self, epoch: int) -> EpochSequence:
+        def plan() -> EpochSequence:
+            return plan_sequence(self.index.duration, self.batching, self.seed, epoch)
+
+        if self.cache_dir is None:
+            return plan()
+        return cached_sequence(self.cache_dir, self.signature(), epoch, plan)
+
+    def sequence_length(self, epoch: int) -> int:
+        """Micro-batches in `epoch`'s sequence; without planning it for fixed-size batches (the same
+        every epoch), so that positions far into a run are found by arithmetic."""
+        b = self.batching
+        if b.batch_size is not None:
+            if self._kept is None:
+                self._kept = int(b.keep_mask(np.asarray(self.index.duration)).sum())
+            full, partial = divmod(self._kept, b.batch_size)
+            return full + (1 if partial and not (b.drop_last and full) else 0)
+        if epoch not in self._lengths:
+            self._lengths[epoch] = len(self.sequence(epoch))
+        return self._lengths[epoch]
+
+    def deal(self, epoch: int, world_size: int, start: int = 0, accumulate: int = 1) -> Deal:
+        key = (epoch, world_size, start, accumulate)
+        if key not in self._deals:
+            self._deals[key] = deal(
+                self.sequence(epoch), world_size, start, accumulate, self.batching.drop_last, self.batching.source
+            )
+        return self._deals[key]
+
+    def signature(self) -> dict:
+        """What the sequences depend on; a resume compares it with the checkpoint's."""
+        if self._digest is None:
+            durations = np.ascontiguousarray(self.index.duration, dtype=np.float64)
+            self._digest = hashlib.blake2b(memoryview(durations).cast("B"), digest_size=8).hexdigest()
+        return {
+            "format": PLAN_FORMAT,
+            "seed": self.seed,
+            "cuts": len(self.index),
+            "durations": self._digest,
+            **self.batching.settings(),
+        }
+
+
+def cuts_of(index: CutIndex, entry: MicroBatch, epoch: int, rank: int, world_size: int, k: int) -> CutSet:
+    """A micro-batch's cuts, each carrying its plan position."""
+    cuts = []
+    for row, repeat in zip(entry.rows, entry.repeats):
+        cut = index.cut(int(row))
+        plan = {
+            "epoch": epoch,
+            "rank": rank,
+            "batch": entry.index,
+            "world_size": world_size,
+            "consumed_after": entry.consumed_after,
+            "k": k,
+            "repeat": bool(repeat),
+        }
+        cut.custom = {**(cut.custom or {}), PLAN_KEY: plan}
+        cuts.append(cut)
+    return CutSet(cuts)
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """One rank's micro-batches of one epoch, from the epoch's start or a resumed position."""
+
     def __init__(
         self,
         index: CutIndex,
@@ -29,75 +139,71 @@ class PlanSampler(torch.utils.data.Sampler):
         rank: int = 0,
         world_size: int = 1,
         fixed_epoch: int | None = None,
+        accumulate: int = 1,
+        planner: Planner | None = None,
     ):
         """`fixed_epoch` pins the plan (validation uses epoch 0 every time, so its batches and
         their noise stay the same and val_loss values are comparable)."""
+        self.planner = planner or Planner(index, batching, seed)
         self.index = index
         self.batching = batching
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
+        self.accumulate = accumulate
         self.fixed_epoch = fixed_epoch
         self.epoch = 0 if fixed_epoch is None else fixed_epoch
-        self._start_batch = 0
-        self._plans: dict[int, EpochPlan] = {}
+        self._start = 0
 
     def set_epoch(self, epoch: int) -> None:
         if self.fixed_epoch is None:
             if epoch != self.epoch:
-                self._start_batch = 0
+                self._start = 0
             self.epoch = epoch
 
-    def resume(self, epoch: int, batch: int) -> None:
-        """The next iteration starts at `batch` of `epoch` (exact data position of a checkpoint)."""
+    def resume(self, epoch: int, consumed: int) -> None:
+        """The next iteration starts after `consumed` micro-batches of `epoch`."""
         self.epoch = epoch if self.fixed_epoch is None else self.fixed_epoch
-        self._start_batch = batch
+        self._start = consumed
 
-    def plan(self, epoch: int | None = None) -> EpochPlan:
+    def plan(self, epoch: int | None = None, start: int | None = None) -> Deal:
         epoch = self.epoch if epoch is None else epoch
-        if epoch not in self._plans:
-            self._plans = {epoch: plan_epoch(self.index.duration, self.batching, self.seed, epoch, self.world_size)}
-        return self._plans[epoch]
+        start = (self._start if epoch == self.epoch else 0) if start is None else start
+        return self.planner.deal(epoch, self.world_size, start, self.accumulate)
 
-    def batch_cuts(self, batch: int, epoch: int | None = None, rank: int | None = None) -> CutSet:
-        """Batch `batch` of `rank` (default: this sampler's rank) as a CutSet, with plan positions."""
+    def batch_cuts(self, k: int, epoch: int | None = None, rank: int | None = None) -> CutSet:
+        """Micro-batch `k` of `rank` (default: this sampler's rank) as a CutSet, with plan positions."""
         epoch = self.epoch if epoch is None else epoch
         rank = self.rank if rank is None else rank
-        plan = self.plan(epoch)
-        rows = plan.batch_rows(rank, batch)
-        repeats = plan.batch_repeats(rank, batch)
-        cuts = []
-        for row, repeat in zip(rows, repeats):
-            cut = self.index.cut(int(row))
-            cut.custom = {
-                **(cut.custom or {}),
-                PLAN_KEY: {"epoch": epoch, "rank": rank, "batch": batch, "repeat": bool(repeat)},
-            }
-            cuts.append(cut)
-        return CutSet(cuts)
+        return cuts_of(self.index, self.plan(epoch).entry(rank, k), epoch, rank, self.world_size, k)
 
-    def batch_rows(self, batch: int, epoch: int | None = None, rank: int | None = None) -> np.ndarray:
-        return self.plan(epoch).batch_rows(self.rank if rank is None else rank, batch)
+    def batch_rows(self, k: int, epoch: int | None = None, rank: int | None = None) -> np.ndarray:
+        return self.plan(epoch).batch_rows(self.rank if rank is None else rank, k)
 
     def __len__(self) -> int:
-        """Batches in the epoch, also when resuming in its middle: Lightning counts the batches
-        already trained in its restored progress and stops the epoch at this length."""
         return self.plan().num_batches
 
-    def __iter__(self):
-        start, self._start_batch = self._start_batch, 0
-        epoch = self.epoch
-        for batch in range(start, self.plan(epoch).num_batches):
-            yield self.batch_cuts(batch, epoch)
+    def __iter__(self) -> Iterator[CutSet]:
+        epoch, plan = self.epoch, self.plan()
+        self._start = 0
+        for k in range(plan.num_batches):
+            yield cuts_of(self.index, plan.entry(self.rank, k), epoch, self.rank, self.world_size, k)
 
 
-class PlanStream(torch.utils.data.Sampler):
-    """Training's stream: one rank's planned batches, epoch after epoch, from a start position.
+@dataclass(frozen=True)
+class DataPosition:
+    """Training's place in the data: micro-batches of `epoch` already consumed (by all ranks)."""
+
+    epoch: int = 0
+    consumed: int = 0
+
+
+class TrainingStream(torch.utils.data.Sampler):
+    """One rank's training micro-batches, epoch after epoch, from a data position.
 
     Lightning sees a single endless epoch (no `__len__`, so it counts steps, as NeMo's step-based
-    recipe does) and nestkit alone owns the data position: a resume restores (epoch, batch) and
-    nothing depends on how Lightning's own epoch counter treats a restart. With `max_epochs`, the
-    stream ends after that many data epochs.
+    recipe does) and nestkit alone owns the data position. With `max_epochs`, the stream ends
+    after that many data epochs.
 
     The DataLoader iterates the stream in the training process, so the stream knows what it handed
     out: `handed_out` keeps the last positions (with their cuts) for heartbeats and stall reports
@@ -107,25 +213,34 @@ class PlanStream(torch.utils.data.Sampler):
 
     HANDED_OUT_KEPT = 64  # far more than num_workers x prefetch_factor + Lightning's one
 
-    def __init__(self, sampler: PlanSampler, max_epochs: int | None = None):
-        self.sampler = sampler
+    def __init__(
+        self,
+        planner: Planner,
+        rank: int = 0,
+        world_size: int = 1,
+        accumulate: int = 1,
+        max_epochs: int | None = None,
+        start: DataPosition = DataPosition(),
+    ):
+        self.planner = planner
+        self.rank = rank
+        self.world_size = world_size
+        self.accumulate = accumulate
         self.max_epochs = max_epochs if max_epochs and max_epochs > 0 else None
-        self.start = (0, 0)
+        self.start = start
         self.handed_out: deque[tuple[int, int, CutSet]] = deque(maxlen=self.HANDED_OUT_KEPT)
         self.data_end: dict | None = None
-        self.stop_after = faults.stop_after(sampler.rank)  # None unless NESTKIT_DEBUG_STOP_RANK
+        self.stop_after = faults.stop_after(rank)  # None unless NESTKIT_DEBUG_STOP_RANK
 
-    def resume(self, epoch: int, batch: int) -> None:
-        self.start = (epoch, batch)
+    def resume(self, position: DataPosition) -> None:
+        self.start = position
 
-    def positions(self):
-        """(epoch, batch) of every batch the stream yields, in order."""
-        epoch, batch = self.start
+    def deals(self) -> Iterator[Deal]:
+        """This stream's deal of every epoch, from the start position on."""
+        epoch, start = self.start.epoch, self.start.consumed
         while self.max_epochs is None or epoch < self.max_epochs:
-            count = self.sampler.plan(epoch).num_batches
-            for b in range(batch, count):
-                yield epoch, b
-            epoch, batch = epoch + 1, 0
+            yield self.planner.deal(epoch, self.world_size, start, self.accumulate)
+            epoch, start = epoch + 1, 0
 
     def handed_out_snapshot(self) -> list[tuple[int, int, CutSet]]:
         """A copy that other threads can walk while the DataLoader appends."""
@@ -136,28 +251,24 @@ class PlanStream(torch.utils.data.Sampler):
                 continue
         return []
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[CutSet]:
         if self.data_end is not None and self.data_end["reason"] == "debug":
             return  # the debug hook ended this rank's data for good
         last = None
-        for yielded, (epoch, batch) in enumerate(self.positions()):
-            if self.stop_after is not None and yielded >= self.stop_after:
-                self.data_end = {
-                    "after": _position(last),
-                    "reason": "debug",
-                    "detail": f"{faults.STOP_RANK_ENV}: data ends after {self.stop_after} batches",
-                }
-                return
-            cuts = self.sampler.batch_cuts(batch, epoch)
-            self.handed_out.append((epoch, batch, cuts))
-            last = (epoch, batch)
-            yield cuts
-        self.data_end = {
-            "after": _position(last),
-            "reason": "max_epochs",
-            "detail": f"{self.max_epochs} data epochs done",
-        }
-
-
-def _position(position: tuple[int, int] | None) -> dict | None:
-    return None if position is None else {"epoch": position[0], "batch": position[1]}
+        yielded = 0
+        for plan in self.deals():
+            for k in range(plan.num_batches):
+                if self.stop_after is not None and yielded >= self.stop_after:
+                    self.data_end = {
+                        "after": last,
+                        "reason": "debug",
+                        "detail": f"{faults.STOP_RANK_ENV}: data ends after {self.stop_after} batches",
+                    }
+                    return
+                entry = plan.entry(self.rank, k)
+                cuts = cuts_of(self.planner.index, entry, plan.epoch, self.rank, self.world_size, k)
+                self.handed_out.append((plan.epoch, entry.index, cuts))
+                yielded += 1
+                last = {"epoch": plan.epoch, "batch": entry.index}
+                yield cuts
+        self.data_end = {"after": last, "reason": "max_epochs", "detail": f"{self.max_epochs} data epochs done"}

@@ -5,19 +5,26 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from nestkit.data.batch import NestBatch
-from nestkit.tools.positions import Position, following, in_flight_count, logged
+from nestkit.tools.positions import Place, in_flight_count, logged
 from nestkit.tools.session import DebugSession, PlannedCut
 
 
 @dataclass
 class RankBatch:
-    rank: int
-    position: Position
-    step: int  # the optimiser step that trains it, counted from the start of training
+    place: Place  # epoch, rank, the rank's batch number, the micro-batch's index in the epoch, step
+    world_size: int  # of the segment that trained it
     planned: list[PlannedCut]
     batch: NestBatch | None  # built by the training dataset, or None with load=False
-    logged: dict | None  # the run's batch-log record of this position, if any
-    in_flight: list[Position] = field(default_factory=list)
+    logged: dict | None  # the run's batch-log record of this micro-batch, if any
+    in_flight: list[Place] = field(default_factory=list)
+
+    @property
+    def rank(self) -> int:
+        return self.place.rank
+
+    @property
+    def step(self) -> int:
+        return self.place.step
 
     @property
     def fingerprint(self) -> str | None:
@@ -32,14 +39,19 @@ class RankBatch:
     def as_dict(self) -> dict:
         out = {
             "rank": self.rank,
-            "epoch": self.position.epoch,
-            "batch": self.position.batch,
+            "epoch": self.place.epoch,
+            "batch": self.place.batch,
+            "micro_batch": self.place.index,
             "step": self.step,
+            "world_size": self.world_size,
+            "segment": self.place.segment,
             "cuts": [asdict(c) for c in self.planned],
             "fingerprint": self.fingerprint,
             "logged": self.logged,
             "matches_log": self.matches_log,
-            "in_flight": [asdict(p) for p in self.in_flight],
+            "in_flight": [
+                {"epoch": p.epoch, "batch": p.batch, "micro_batch": p.index, "step": p.step} for p in self.in_flight
+            ],
         }
         if self.batch is not None:
             out["records"] = self.batch.records
@@ -47,21 +59,18 @@ class RankBatch:
         return out
 
 
-def lookup_batch(session: DebugSession, position: Position, ranks: list[int], load: bool = True) -> list[RankBatch]:
+def lookup_batch(session: DebugSession, places: list[Place], load: bool = True) -> list[RankBatch]:
+    """Each place's cuts, files and (with `load`) the batch as training built it, beside the log."""
     ds = session.cfg.model.train_ds  # training's loader settings (the session itself loads in-process)
     ahead = in_flight_count(ds.num_workers, ds.prefetch_factor)
-    step = session.step_of(position)
-    out = []
-    for rank in ranks:
-        out.append(
-            RankBatch(
-                rank=rank,
-                position=position,
-                step=step,
-                planned=session.planned(rank, position),
-                batch=session.build(rank, position) if load else None,
-                logged=logged(session.run_dir, rank, position),
-                in_flight=following(session.sampler, position, ahead),
-            )
+    return [
+        RankBatch(
+            place=place,
+            world_size=session.layout.world_size_at(place),
+            planned=session.planned(place),
+            batch=session.build(place) if load else None,
+            logged=logged(session.run_dir, place),
+            in_flight=session.following(place, ahead),
         )
-    return out
+        for place in places
+    ]

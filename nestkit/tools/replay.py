@@ -24,7 +24,7 @@ from nestkit.config import save_config
 from nestkit.core.errors import AudioLoadError, NestkitError
 from nestkit.data.batch import NestBatch
 from nestkit.data.loading import load_cut
-from nestkit.tools.positions import Position, logged
+from nestkit.tools.positions import Place, logged
 from nestkit.tools.session import DebugSession
 
 
@@ -55,9 +55,8 @@ class ForwardReport:
 
 @dataclass
 class ReplayReport:
-    rank: int
-    position: Position
-    world_size: int
+    place: Place  # epoch, rank, the rank's batch number, the micro-batch's index, step
+    world_size: int  # of the segment that trained it
     fingerprint: str | None  # None when the batch could not be built (see batch_error)
     logged: dict | None
     samples: list[SampleReport]
@@ -75,19 +74,22 @@ class ReplayReport:
     def failed(self) -> list[SampleReport]:
         return [s for s in self.samples if s.status != "ok"]
 
+    @property
+    def rank(self) -> int:
+        return self.place.rank
+
     def as_dict(self) -> dict:
         out = asdict(self)
-        out["position"] = asdict(self.position)
         out["matches_log"] = self.matches_log
         return out
 
 
-def time_samples(session: DebugSession, rank: int, position: Position) -> list[SampleReport]:
+def time_samples(session: DebugSession, place: Place) -> list[SampleReport]:
     """Load every planned cut alone, with the training loader and its timeout, and time it."""
     sample_rate = session.pipeline.dataset.sample_rate
     timeout_s = session.cfg.model.train_ds.sample_timeout_s or None
     reports = []
-    for planned, cut in zip(session.planned(rank, position), session.cuts(rank, position)):
+    for planned, cut in zip(session.planned(place), session.cuts(place)):
         started = time.perf_counter()
         status, reason = "ok", None
         try:
@@ -110,9 +112,7 @@ def time_samples(session: DebugSession, rank: int, position: Position) -> list[S
     return reports
 
 
-def write_repro(
-    session: DebugSession, rank: int, position: Position, sample: SampleReport, out_dir: Path, timeout_s: float
-) -> Path:
+def write_repro(session: DebugSession, place: Place, sample: SampleReport, out_dir: Path, timeout_s: float) -> Path:
     """A folder that replays just this cut: manifest.json (its line), config.yaml, command.sh."""
     folder = (out_dir / f"{sample.planned_cut}").resolve()  # absolute: the config and command name it
     folder.mkdir(parents=True, exist_ok=True)
@@ -141,16 +141,14 @@ def write_repro(
     (folder / "command.sh").write_text("#!/bin/sh\n" + command + "\n")
     (folder / "README.txt").write_text(
         f"Repro for cut {sample.planned_cut} ({sample.manifest}:{sample.line}), slot {sample.slot} of "
-        f"{position} on rank {rank} of {session.world_size}.\n"
+        f"{place} (step {place.step}) on rank {place.rank} of {session.layout.world_size_at(place)}.\n"
         f"Failure: {sample.status}: {sample.reason}\n"
         f"Audio: {sample.path}\n\nRun: {command}\n"
     )
     return folder
 
 
-def run_forward(
-    session: DebugSession, batch: NestBatch, rank: int, position: Position, checkpoint: Path | None
-) -> ForwardReport:
+def run_forward(session: DebugSession, batch: NestBatch, place: Place, checkpoint: Path | None) -> ForwardReport:
     """The training step on this batch: same seeds as training at the step that trained it."""
     from nestkit.model.checkpoint import load_nemo_weights
     from nestkit.model.nan_probe import NanProbe, nonfinite_parameters
@@ -163,11 +161,11 @@ def run_forward(
         load_nemo_weights(model, checkpoint, trust_pickle=True)
         meta = torch.load(checkpoint, map_location="cpu", weights_only=False)
         checkpoint_step = meta.get("global_step") if isinstance(meta, dict) else None
-    record = logged(session.run_dir, rank, position)
-    step = record["step"] if record is not None else session.step_of(position)
+    record = logged(session.run_dir, place)
+    step = record["step"] if record is not None else place.step
     model.train()
     with NanProbe(model) as probe:
-        result = training_loss(model, batch, session.cfg.nestkit.seed, session.world_size)
+        result = training_loss(model, batch, session.cfg.nestkit.seed)
         if result.loss.requires_grad:
             result.loss.backward()
     grads = [p.grad.norm() for p in model.parameters() if p.grad is not None]
@@ -188,34 +186,32 @@ def run_forward(
 
 def replay_batch(
     session: DebugSession,
-    rank: int,
-    position: Position,
+    place: Place,
     forward: bool = False,
     checkpoint: Path | None = None,
     repro_dir: Path | None = None,
 ) -> ReplayReport:
-    samples = time_samples(session, rank, position)
+    samples = time_samples(session, place)
     batch, batch_error = None, None
     try:
-        batch = session.build(rank, position)
+        batch = session.build(place)
     except NestkitError as exc:  # e.g. every substitute failed too (a one-cut repro of a broken file)
         batch_error = str(exc)
     if batch is not None:
         for sample, record in zip(samples, batch.records):
             sample.used_cut = record["cut_id"]
     report = ReplayReport(
-        rank=rank,
-        position=position,
-        world_size=session.world_size,
+        place=place,
+        world_size=session.layout.world_size_at(place),
         fingerprint=batch.fingerprint if batch is not None else None,
-        logged=logged(session.run_dir, rank, position),
+        logged=logged(session.run_dir, place),
         samples=samples,
         batch_error=batch_error,
     )
     timeout_s = session.cfg.model.train_ds.sample_timeout_s
     if repro_dir is not None:
         for sample in report.failed:
-            report.repro_dirs.append(str(write_repro(session, rank, position, sample, repro_dir, timeout_s)))
+            report.repro_dirs.append(str(write_repro(session, place, sample, repro_dir, timeout_s)))
     if forward and batch is not None:
-        report.forward = run_forward(session, batch, rank, position, checkpoint)
+        report.forward = run_forward(session, batch, place, checkpoint)
     return report

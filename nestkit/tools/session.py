@@ -1,8 +1,9 @@
 """The training data path of one config, opened once for `lookup` and `replay-batch`.
 
 One manifest index and one planner serve every rank (a rank only selects its share of the plan),
-and batches are built by the training dataset itself in this process, without workers and
-without touching the run's quarantine files.
+the run's segments say which world size trained which steps (nestkit.tools.positions), and
+batches are built by the training dataset itself in this process, without workers and without
+touching the run's quarantine files.
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ import numpy as np
 from lhotse import CutSet
 
 from nestkit.config import NestConfig
-from nestkit.core.errors import NestkitError, PlanError
+from nestkit.core.errors import NestkitError
 from nestkit.data.batch import NestBatch
 from nestkit.data.loading import cut_path, file_segment
 from nestkit.data.pipeline import DataPipeline, build_pipeline
-from nestkit.tools.positions import Position, position_of_step, step_of_position, world_size_of
+from nestkit.data.sampler import cuts_of
+from nestkit.tools.positions import Place, RunLayout, segments_of, world_size_of
 
 
 @dataclass(frozen=True)
@@ -46,10 +48,12 @@ class DebugSession:
         if sample_timeout_s is not None:
             cfg.model.train_ds.sample_timeout_s = sample_timeout_s
         self.cfg = cfg
-        self.world_size = world_size
         self.run_dir = run_dir
-        self.pipeline: DataPipeline = build_pipeline(cfg, "train", 0, world_size, run_dir=None, num_workers=0)
         self.accumulate = cfg.trainer.accumulate_grad_batches
+        self.pipeline: DataPipeline = build_pipeline(cfg, "train", 0, world_size, run_dir=None, num_workers=0)
+        self.layout = RunLayout(
+            self.pipeline.planner, segments_of(run_dir, world_size, self.accumulate), cfg.trainer.max_epochs
+        )
 
     @staticmethod
     def open(
@@ -59,25 +63,57 @@ class DebugSession:
         return DebugSession(cfg, world_size_of(cfg, run_dir, world_size), run_dir, sample_timeout_s)
 
     @property
-    def sampler(self):
-        return self.pipeline.sampler
+    def segments(self):
+        return self.layout.segments
 
-    def batches_per_rank(self, epoch: int) -> int:
-        return self.sampler.plan(epoch).num_batches
+    @property
+    def world_size(self) -> int:
+        """The largest world size of the run (every rank that ever trained)."""
+        return max(s.world_size for s in self.segments)
 
-    def check_rank(self, rank: int) -> None:
-        if not 0 <= rank < self.world_size:
-            raise PlanError(
-                f"rank {rank}: out of range (expected 0..{self.world_size - 1} for world size {self.world_size})"
+    def ranks_at(self, place: Place) -> list[int]:
+        """The ranks that trained alongside `place` (its segment's world size)."""
+        return list(range(self.layout.world_size_at(place)))
+
+    def check_step(self, step: int) -> None:
+        max_steps = self.cfg.trainer.max_steps
+        if step < 0:
+            raise NestkitError(f"step {step}: must not be negative")
+        if max_steps and max_steps > 0 and step >= max_steps:
+            raise NestkitError(
+                f"step {step}: beyond the run (expected 0..{max_steps - 1}: trainer.max_steps={max_steps})"
             )
 
-    def cuts(self, rank: int, position: Position) -> CutSet:
-        self.check_rank(rank)
-        return self.sampler.batch_cuts(position.batch, position.epoch, rank)
+    # -- places -------------------------------------------------------------------------------
 
-    def planned(self, rank: int, position: Position) -> list[PlannedCut]:
+    def places_of_step(self, step: int, rank: int) -> list[Place]:
+        """Rank `rank`'s micro-batches of optimizer step `step` (trainer.accumulate_grad_batches of them)."""
+        self.check_step(step)
+        return self.layout.places_of_step(step, rank)
+
+    def place_of_step(self, step: int, rank: int) -> Place:
+        return self.places_of_step(step, rank)[0]
+
+    def place_of_batch(self, epoch: int, batch: int, rank: int) -> Place:
+        return self.layout.place_of_batch(epoch, batch, rank)
+
+    def following(self, place: Place, count: int) -> list[Place]:
+        return self.layout.following(place, count)
+
+    def batches_in_epoch(self, epoch: int) -> dict[int, int]:
+        """rank -> batches it takes in `epoch` over all segments (equal on every rank of a segment)."""
+        return {rank: self.layout.batches_in_epoch(epoch, rank) for rank in range(self.world_size)}
+
+    # -- cuts and batches ---------------------------------------------------------------------
+
+    def cuts(self, place: Place) -> CutSet:
+        plan = self.layout.deal_at(place)
+        entry = plan.entry(place.rank, place.k)
+        return cuts_of(self.pipeline.index, entry, place.epoch, place.rank, plan.world_size, place.k)
+
+    def planned(self, place: Place) -> list[PlannedCut]:
         out = []
-        for slot, cut in enumerate(self.cuts(rank, position)):
+        for slot, cut in enumerate(self.cuts(place)):
             custom = cut.custom or {}
             segment = file_segment(cut)
             out.append(
@@ -94,39 +130,42 @@ class DebugSession:
             )
         return out
 
-    def build(self, rank: int, position: Position) -> NestBatch:
+    def build(self, place: Place) -> NestBatch:
         """The batch exactly as the training dataset builds it (same draws, same substitutes)."""
-        return self.pipeline.dataset[self.cuts(rank, position)]
+        return self.pipeline.dataset[self.cuts(place)]
 
-    def position_of_step(self, step: int) -> Position:
-        return position_of_step(self.sampler, step, self.accumulate)
-
-    def step_of(self, position: Position) -> int:
-        return step_of_position(self.sampler, position, self.accumulate)
-
-    def locate_cut(self, cut_id: str, epoch: int) -> list[tuple[int, list[tuple[int, Position, int]]]]:
-        """[(index row, [(rank, position, slot), ...]), ...] for every cut with this id in `epoch`."""
+    def locate_cut(self, cut_id: str, epoch: int) -> list[tuple[int, list[tuple[Place, int]]]]:
+        """[(index row, [(place, slot), ...]), ...] for every cut with this id in `epoch`."""
         rows = self.pipeline.index.find_all(cut_id)
         if not rows:
             raise NestkitError(
                 f"cut {cut_id}: not in the manifests of this config. Cut ids look like <audio stem>-L<line> for NeMo manifests"
             )
-        plan = self.sampler.plan(epoch)
-        return [(row, [(rank, Position(epoch, batch), slot) for rank, batch, slot in plan.locate(row)]) for row in rows]
+        found = []
+        for row in rows:
+            places = []
+            for number in range(len(self.segments)):
+                span = self.layout._span_of_epoch(number, epoch)
+                if span is None:
+                    continue
+                plan = self.layout._deal(number, span)
+                for rank, k, slot in plan.locate(row):
+                    places.append((self.layout._place(number, span, plan, rank, k), slot))
+            found.append((row, places))
+        return found
 
-    def sample_at(self, rank: int, index: int) -> tuple[Position, int]:
-        """The position and slot of the `index`-th sample (0-based) of a rank's training stream."""
-        self.check_rank(rank)
+    def sample_at(self, rank: int, index: int) -> tuple[Place, int]:
+        """The place and slot of the `index`-th sample (0-based) of a rank's training stream."""
         if index < 0:
             raise NestkitError(f"index {index}: must not be negative")
-        epoch, remaining = 0, index
+        remaining, epoch = index, 0
         while True:
-            plan = self.sampler.plan(epoch)
-            sizes = np.diff(plan.bounds)[rank :: self.world_size]
-            ends = np.cumsum(sizes)
-            if remaining < ends[-1]:
-                batch = int(np.searchsorted(ends, remaining, side="right"))
-                start = int(ends[batch - 1]) if batch else 0
-                return Position(epoch, batch), remaining - start
-            remaining -= int(ends[-1])
+            for number, span, plan in self.layout.rank_deals(epoch, rank):
+                sizes = np.array([len(plan.batch_rows(rank, k)) for k in range(plan.num_batches)], dtype=np.int64)
+                ends = np.cumsum(sizes)
+                if len(ends) and remaining < ends[-1]:
+                    k = int(np.searchsorted(ends, remaining, side="right"))
+                    start = int(ends[k - 1]) if k else 0
+                    return self.layout._place(number, span, plan, rank, k), remaining - start
+                remaining -= int(ends[-1]) if len(ends) else 0
             epoch += 1

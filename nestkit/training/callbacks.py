@@ -8,30 +8,40 @@ from pathlib import Path
 from pytorch_lightning.callbacks import Callback
 
 from nestkit.data.batch import NestBatch
+from nestkit.data.sampler import DataPosition
 from nestkit.runfolder.batch_log import BatchLogWriter
 from nestkit.runfolder.layout import last_checkpoint
+from nestkit.runfolder.segments import Segment, append_segment
 
 
 class BatchLog(Callback):
-    """Appends one line per trained step and rank: what `lookup` and `replay-batch` cross-check."""
+    """Appends one line per trained micro-batch and rank: what `lookup` and `replay-batch` cross-check."""
 
     def __init__(self, run_dir: Path):
         self.run_dir = run_dir
         self._log: BatchLogWriter | None = None
+        self._step = 0
 
     def on_train_start(self, trainer, pl_module):
         self._log = BatchLogWriter(self.run_dir, trainer.global_rank)
 
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self._step = trainer.global_step  # optimizer steps done = the step this micro-batch trains
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch: NestBatch, batch_idx):
-        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        # the module's own value: Lightning's `outputs` loss is divided by accumulate_grad_batches
+        loss = getattr(pl_module, "last_loss", None)
+        position = batch.position
         record = {
-            "step": trainer.global_step - 1,  # the optimiser step this batch was trained in
-            "epoch": batch.position.epoch,
-            "batch": batch.position.batch,
+            "step": self._step,
+            "epoch": position.epoch,
+            "batch": position.batch,  # the micro-batch's index in the epoch's sequence
             "rank": trainer.global_rank,
+            "world_size": position.world_size,
+            "consumed_after": position.consumed_after,
             "fingerprint": batch.fingerprint,
             "cut_ids": batch.cut_ids,
-            "loss": float(loss.detach()) if loss is not None else None,
+            "loss": loss,
             "failures": len(batch.failures),
             "time": round(time.time(), 3),
         }
@@ -44,6 +54,33 @@ class BatchLog(Callback):
         if self._log is not None:
             self._log.close()
             self._log = None
+
+
+class SegmentLog(Callback):
+    """Rank zero records each start or resume: from which step and data position, on how many
+    ranks, with which accumulation (runfolder/segments.py)."""
+
+    def __init__(self, run_dir: Path, resumed_from: Path | None, num_workers: int):
+        self.run_dir = run_dir
+        self.resumed_from = resumed_from
+        self.num_workers = num_workers
+
+    def on_train_start(self, trainer, pl_module):
+        if trainer.global_rank != 0:
+            return
+        resumed = getattr(pl_module, "resumed", None)
+        position = resumed.position if resumed is not None else DataPosition()
+        segment = Segment(
+            start_step=trainer.global_step,
+            epoch=position.epoch,
+            consumed=position.consumed,
+            world_size=trainer.world_size,
+            accumulate=trainer.accumulate_grad_batches,
+            num_workers=self.num_workers,
+            time=round(time.time(), 3),
+            resumed_from=str(self.resumed_from) if self.resumed_from else None,
+        )
+        append_segment(self.run_dir, segment)
 
 
 class SaveLastOnEnd(Callback):

@@ -2,17 +2,18 @@
 
 It holds the NestModel as `self.model`, so Lightning checkpoint keys are `model.<NeMo key>`
 (`nestkit export-nemo` strips the prefix). Every random draw of a step is a pure function of the
-seed and the micro-batch's plan position (epoch e, global micro-batch index
-g = batch * world_size + rank): masks, dither and stochastic depth come from the generator
+seed and the micro-batch's plan position (epoch e, the micro-batch's index g in the epoch's
+sequence, the same on any world size): masks, dither and stochastic depth come from the generator
 torch_generator(seed, "model", e, g), and dropout's global RNG is re-seeded with
 seed_int(seed, "dropout", e, g) before each step. A resumed run, and `replay-batch --forward`,
 therefore reproduce a step's loss exactly; with one rank, g is the step number, so NeMo seeded with
 torch.manual_seed(seed_int(seed, "model", 0, g)) before its training_step draws the same masks.
 
-Training reads a PlanStream: the planned epochs one after the other, which Lightning sees as one
-endless epoch (it counts steps, like NeMo's step-based recipe). The data position is restored from
-the plan position of the last trained batch (every batch carries it), so resuming is exact however
-far Lightning and the DataLoader had prefetched, and whatever Lightning's epoch counter says.
+Training reads a TrainingStream: the planned epochs one after the other, which Lightning sees as
+one endless epoch (it counts steps, like NeMo's step-based recipe). The data position saved in a
+checkpoint is "micro-batches of the epoch consumed" (nestkit.training.elastic), taken from the
+last trained batch (every batch carries its position), so resuming is exact however far Lightning
+and the DataLoader had prefetched, on any number of ranks and workers.
 """
 
 from __future__ import annotations
@@ -27,18 +28,14 @@ from nestkit.config import NestConfig
 from nestkit.core.rng import seed_int, torch_generator
 from nestkit.data.batch import BatchPosition, NestBatch
 from nestkit.data.pipeline import DataPipeline, build_pipeline
-from nestkit.data.sampler import PlanStream
+from nestkit.data.sampler import DataPosition, TrainingStream
 from nestkit.model.nest import NestModel
 from nestkit.model.schedule import build_optimizer, build_scheduler
 from nestkit.monitor.loader_watch import WatchedDataLoader
 from nestkit.monitor.worker_init import worker_init_for
+from nestkit.training.elastic import DATA_POSITION_KEY, SavedPosition, position_after, saved_position
 
-DATA_POSITION_KEY = "nestkit_data_position"
-
-
-def micro_batch_index(position: BatchPosition, world_size: int) -> int:
-    """g: the micro-batch's index among all ranks' micro-batches of its epoch."""
-    return position.batch * world_size + position.rank
+__all__ = ["DATA_POSITION_KEY", "NestLightningModule", "seed_dropout", "step_generator", "training_loss"]
 
 
 def step_generator(seed: int, epoch: int, index: int) -> torch.Generator:
@@ -51,9 +48,9 @@ def seed_dropout(seed: int, epoch: int, index: int) -> None:
     torch.manual_seed(seed_int(seed, "dropout", epoch, index))
 
 
-def training_loss(model: NestModel, batch: NestBatch, seed: int, world_size: int):
+def training_loss(model: NestModel, batch: NestBatch, seed: int):
     """The training step's forward and loss, as training and `replay-batch --forward` run it."""
-    epoch, index = batch.position.epoch, micro_batch_index(batch.position, world_size)
+    epoch, index = batch.position.epoch, batch.position.batch
     seed_dropout(seed, epoch, index)
     output = model(
         batch.audio,
@@ -73,8 +70,9 @@ class NestLightningModule(pl.LightningModule):
         self.run_dir = Path(run_dir)
         self.model = NestModel(cfg.model)
         self.pipelines: dict[str, DataPipeline] = {}
-        self.resume_at: tuple[int, int] | None = None  # (epoch, next batch) from a checkpoint
+        self.resumed: SavedPosition | None = None  # the data position of the checkpoint resumed from
         self.last_position: BatchPosition | None = None
+        self.last_loss: float | None = None  # the micro-batch's own loss (not divided by accumulation)
         self.empty_mask_batches = 0
         self.bad_samples = 0
         self._step_started = 0.0
@@ -91,9 +89,14 @@ class NestLightningModule(pl.LightningModule):
 
     def train_dataloader(self):
         pipeline = self.pipeline("train")
-        stream = PlanStream(pipeline.sampler, self.cfg.trainer.max_epochs)
-        if self.resume_at is not None:
-            stream.resume(*self.resume_at)
+        stream = TrainingStream(
+            pipeline.planner,
+            self.global_rank,
+            self.trainer.world_size,
+            self.cfg.trainer.accumulate_grad_batches,
+            self.cfg.trainer.max_epochs,
+            self.resumed.position if self.resumed is not None else DataPosition(),
+        )
         loader = pipeline.dataloader(
             worker_init_fn=worker_init_for(self.run_dir, self.global_rank), sampler=stream, loader_cls=WatchedDataLoader
         )
@@ -118,11 +121,12 @@ class NestLightningModule(pl.LightningModule):
     # -- steps --------------------------------------------------------------------------------
 
     def training_step(self, batch: NestBatch, batch_idx: int):
-        result = training_loss(self.model, batch, self.cfg.nestkit.seed, self.trainer.world_size)
+        result = training_loss(self.model, batch, self.cfg.nestkit.seed)
         masked = int(result.num_masked_frames)
         self.empty_mask_batches += masked == 0
         self.bad_samples += len(batch.failures)
         self.last_position = batch.position
+        self.last_loss = float(result.loss.detach())
         size = len(batch)
         self.log("train_loss", result.loss, prog_bar=True, batch_size=size)
         self.log("lr", self.optimizers().param_groups[0]["lr"], prog_bar=False, batch_size=size)
@@ -164,18 +168,26 @@ class NestLightningModule(pl.LightningModule):
 
     # -- exact data position ------------------------------------------------------------------
 
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
+    def data_position(self) -> DataPosition | None:
+        """Where training continues after the last trained step (None before the first)."""
         position = self.last_position
+        if position is None or position.consumed_after is None:
+            return None
+        length = len(self.pipeline("train").planner.sequence(position.epoch))
+        return position_after(position.epoch, position.consumed_after, length)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        position = self.data_position()
         if position is None:
             return
-        # batch may equal the epoch's length: the stream then moves on to the next epoch
-        checkpoint[DATA_POSITION_KEY] = {
-            "epoch": position.epoch,
-            "batch": position.batch + 1,
-            "seed": self.cfg.nestkit.seed,
-        }
+        saved = SavedPosition(
+            position,
+            self.trainer.world_size,
+            self.cfg.trainer.accumulate_grad_batches,
+            self.pipeline("train").planner.signature(),
+            self.trainer.global_step,
+        )
+        checkpoint[DATA_POSITION_KEY] = saved.as_dict()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        position = checkpoint.get(DATA_POSITION_KEY)
-        if position is not None:
-            self.resume_at = (int(position["epoch"]), int(position["batch"]))
+        self.resumed = saved_position(checkpoint)

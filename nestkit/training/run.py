@@ -17,6 +17,7 @@ from nestkit.config import NestConfig, save_config
 from nestkit.core.errors import ConfigError, NestkitError
 from nestkit.monitor.stall_watch import StallWatch
 from nestkit.runfolder.layout import config_path, last_checkpoint
+from nestkit.training.callbacks import SegmentLog
 from nestkit.training.devices import accelerator_and_devices, is_global_rank_zero, world_size
 from nestkit.training.trainer import build_trainer, quiet_lightning, validation_every, worker_notes
 
@@ -56,6 +57,28 @@ def resolve(cfg: NestConfig, resume: bool | str = False) -> TrainPlan:
     return TrainPlan(run_dir, resume_from, init_from)
 
 
+def resume_notes(cfg: NestConfig, checkpoint: Path, planner, world: int) -> list[str]:
+    """Check that the checkpoint's data position can continue on this world size and plan (a
+    ConfigError naming the settings if not); the notes say what the resume does."""
+    import torch
+
+    from nestkit.training.elastic import check_resume, saved_position
+
+    try:
+        loaded = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)
+    except Exception as exc:  # torch raises many types for a damaged file
+        raise NestkitError(f"checkpoint {checkpoint}: cannot be read ({type(exc).__name__}: {exc})") from None
+    saved = saved_position(loaded) if isinstance(loaded, dict) else None
+    if saved is None:
+        return [f"checkpoint {checkpoint}: no nestkit data position in it; training continues from the first batch"]
+    accumulate = cfg.trainer.accumulate_grad_batches
+    notes = check_resume(saved, planner.signature(), world, accumulate)
+    # the rest of this epoch and the next one must deal to this world size (equal steps on every rank)
+    planner.deal(saved.position.epoch, world, saved.position.consumed, accumulate)
+    planner.deal(saved.position.epoch + 1, world, 0, accumulate)
+    return notes
+
+
 def train(cfg: NestConfig, resume: bool | str = False, interactive: bool = False, notify=print) -> TrainPlan:
     """Train; returns the resolved plan (run folder, checkpoints). Raises NestkitError on bad input."""
     from nestkit.data.pipeline import build_pipeline
@@ -71,6 +94,8 @@ def train(cfg: NestConfig, resume: bool | str = False, interactive: bool = False
     world = world_size(devices, cfg.trainer.num_nodes)
     probe = build_pipeline(cfg, "train", 0, world)
     val_every, notes = validation_every(cfg, probe.sampler.plan().num_batches)
+    if plan.resume_from is not None:
+        notes += resume_notes(cfg, plan.resume_from, probe.planner, world)
     for note in notes + worker_notes(cfg):
         notify(note)
     if cfg.model.validation_ds is not None:
@@ -85,7 +110,8 @@ def train(cfg: NestConfig, resume: bool | str = False, interactive: bool = False
         load_nemo_weights(module.model, plan.init_from)
     quiet_lightning()
     watch = StallWatch(cfg.nestkit.watchdog, run_dir)  # heartbeats and the stall watchdog
-    trainer = build_trainer(cfg, run_dir, interactive, val_every, [watch])
+    segments = SegmentLog(run_dir, plan.resume_from, cfg.model.train_ds.num_workers)
+    trainer = build_trainer(cfg, run_dir, interactive, val_every, [watch, segments])
     try:
         trainer.fit(module, ckpt_path=str(plan.resume_from) if plan.resume_from else None)
     except BaseException as exc:

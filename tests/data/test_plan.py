@@ -10,7 +10,7 @@ import pytest
 from nestkit.core.errors import PlanError
 from nestkit.data.manifest import CutIndex
 from nestkit.data.plan import BatchingConfig, plan_epoch
-from nestkit.data.sampler import PlanSampler
+from nestkit.data.sampler import EpochSampler
 from tests.helpers import manifest_of
 
 MODES = [
@@ -117,26 +117,36 @@ def index(tmp_path):
 
 
 def test_sampler_yields_the_planned_batches_with_positions(index):
-    sampler = PlanSampler(index, BatchingConfig(batch_size=4, drop_last=False), seed=1, rank=1, world_size=3)
+    sampler = EpochSampler(index, BatchingConfig(batch_size=4, drop_last=False), seed=1, rank=1, world_size=3)
     sampler.set_epoch(2)
     batches = list(sampler)
-    assert len(batches) == len(sampler) == sampler.plan().num_batches
+    plan = sampler.plan()
+    assert len(batches) == len(sampler) == plan.num_batches
     for n, cuts in enumerate(batches):
         assert [c.id for c in cuts] == [index.cut_id(int(r)) for r in sampler.batch_rows(n)]
-        repeats = sampler.plan().batch_repeats(1, n)
+        entry = plan.entry(1, n)
         assert [c.custom["plan"] for c in cuts] == [
-            {"epoch": 2, "rank": 1, "batch": n, "repeat": bool(r)} for r in repeats
+            {
+                "epoch": 2,
+                "rank": 1,
+                "batch": entry.index,
+                "world_size": 3,
+                "consumed_after": entry.consumed_after,
+                "k": n,
+                "repeat": bool(r),
+            }
+            for r in entry.repeats
         ]
-    assert sampler.plan().stats.repeated == 2  # 37 cuts, rounds of 12: the last cut plus 2 repeats
+    assert plan.stats.repeated == 2  # 37 cuts, steps of 12: the last cut plus 2 repeats
 
 
 def test_resume_continues_at_the_exact_batch(index):
-    full = PlanSampler(index, BatchingConfig(batch_size=2), seed=9, rank=0, world_size=2)
+    full = EpochSampler(index, BatchingConfig(batch_size=2), seed=9, rank=0, world_size=2)
     full.set_epoch(3)
     expected = [[c.id for c in b] for b in full]
-    resumed = PlanSampler(index, BatchingConfig(batch_size=2), seed=9, rank=0, world_size=2)
-    resumed.resume(epoch=3, batch=5)
-    assert len(resumed) == len(expected)  # the epoch's length: Lightning counts what was trained
+    resumed = EpochSampler(index, BatchingConfig(batch_size=2), seed=9, rank=0, world_size=2)
+    resumed.resume(epoch=3, consumed=10)  # 5 steps of 2 ranks done
+    assert len(resumed) == len(expected) - 5
     assert [[c.id for c in b] for b in resumed] == expected[5:]
     # the next epoch starts from its beginning again
     resumed.set_epoch(4)
@@ -144,7 +154,7 @@ def test_resume_continues_at_the_exact_batch(index):
 
 
 def test_validation_sampler_is_pinned_to_one_epoch(index):
-    sampler = PlanSampler(index, BatchingConfig(batch_size=4, shuffle=False), seed=1, fixed_epoch=0)
+    sampler = EpochSampler(index, BatchingConfig(batch_size=4, shuffle=False), seed=1, fixed_epoch=0)
     first = [[c.id for c in b] for b in sampler]
     sampler.set_epoch(7)
     assert [[c.id for c in b] for b in sampler] == first

@@ -15,7 +15,7 @@ from nestkit.core import faults
 from nestkit.core.errors import ConfigError, NestkitError
 from nestkit.data.manifest import CutIndex
 from nestkit.data.pipeline import build_pipeline
-from nestkit.data.sampler import PlanStream
+from nestkit.data.sampler import TrainingStream
 from nestkit.monitor.heartbeat import Heartbeat
 from nestkit.monitor.watchdog import Watchdog, stall_timeout
 from nestkit.runfolder import worker_status
@@ -137,18 +137,19 @@ def test_stall_timeout_follows_the_phase_and_the_observed_step_times(tmp_path):
     assert stall_timeout(cfg, hb)[0] is None
 
 
-def test_plan_stream_records_what_it_handed_out_and_where_it_ended(corpus, monkeypatch):
+def test_training_stream_records_what_it_handed_out_and_where_it_ended(corpus, monkeypatch):
     cfg = data_config(corpus["train"], batch_size=2)
-    sampler = build_pipeline(cfg, "train", 1, 2).sampler
+    planner = build_pipeline(cfg, "train", 1, 2).planner
     monkeypatch.setenv(faults.STOP_RANK_ENV, "1:3")
-    stream = PlanStream(sampler)
+    stream = TrainingStream(planner, rank=1, world_size=2)
     batches = list(stream)
     assert len(batches) == 3
-    assert [(e, b) for e, b, _ in stream.handed_out_snapshot()] == [(0, 0), (0, 1), (0, 2)]
+    # rank 1 of 2 takes micro-batches 1, 3, 5 of the epoch's sequence
+    assert [(e, b) for e, b, _ in stream.handed_out_snapshot()] == [(0, 1), (0, 3), (0, 5)]
     assert stream.handed_out[1][2][0].id == batches[1][0].id
-    assert stream.data_end["after"] == {"epoch": 0, "batch": 2} and stream.data_end["reason"] == "debug"
+    assert stream.data_end["after"] == {"epoch": 0, "batch": 5} and stream.data_end["reason"] == "debug"
     assert list(stream) == []  # the hook ends this rank's data for good
-    assert PlanStream(build_pipeline(cfg, "train", 0, 2).sampler).stop_after is None  # other ranks run on
+    assert TrainingStream(planner, rank=0, world_size=2).stop_after is None  # other ranks run on
 
 
 @pytest.mark.parametrize("value", ["1", "a:b", "1:2:3", "1:-4"])

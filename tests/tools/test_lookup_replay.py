@@ -50,7 +50,6 @@ def trained(tmp_path_factory):
 def test_lookup_and_replay_agree_with_what_training_logged(trained):
     from nestkit.config import load_config
     from nestkit.tools.lookup import lookup_batch
-    from nestkit.tools.positions import Position
     from nestkit.tools.session import DebugSession
 
     run_dir = trained["run_dir"]
@@ -59,17 +58,19 @@ def test_lookup_and_replay_agree_with_what_training_logged(trained):
     assert session.world_size == 2  # read from the run folder's logs
     for rank in (0, 1):
         for record in read_batch_log(run_dir, rank):
-            [found] = lookup_batch(session, Position(record["epoch"], record["batch"]), [rank])
+            # the log names the micro-batch by its index in the epoch's sequence; rank r of 2 takes r, r+2, ...
+            place = session.layout.place_of_index(record["epoch"], record["batch"])
+            assert (place.rank, place.step, place.batch) == (rank, record["step"], record["batch"] // 2)
+            [found] = lookup_batch(session, [place])
             assert [c.cut_id for c in found.planned] == record["cut_ids"]
             assert found.fingerprint == record["fingerprint"] and found.matches_log is True
-            assert found.step == record["step"]
     # and once through the CLI
     record = read_batch_log(run_dir, 0)[6]
     looked = run(
         "lookup",
         trained["config"],
         "--batch",
-        str(record["batch"]),
+        str(record["batch"] // 2),
         "--epoch",
         str(record["epoch"]),
         "--all-ranks",
@@ -109,7 +110,7 @@ def test_replay_forward_reproduces_the_logged_loss(trained):
     record = next(r for r in read_batch_log(trained["run_dir"], 0) if r["step"] == 4)
     replayed = run(
         "replay-batch",
-        str(record["batch"]),
+        str(record["batch"] // 2),
         "--epoch",
         str(record["epoch"]),
         "--config",
@@ -140,14 +141,20 @@ def test_in_flight_batches_and_cut_and_index_lookups(trained):
     cut = record["cut_ids"][1]
     located = json.loads(run("lookup", trained["config"], "--cut", cut, "--format", "json", cwd=folder).stdout)
     [match] = located["matches"]
-    assert {"rank": 1, "batch": record["batch"], "slot": 1, "step": record["step"]} in match["places"]
+    assert {
+        "rank": 1,
+        "batch": record["batch"] // 2,
+        "micro_batch": record["batch"],
+        "slot": 1,
+        "step": record["step"],
+    } in match["places"]
     batch_size = 2
     by_index = json.loads(
         run(
             "lookup",
             trained["config"],
             "--index",
-            str(record["batch"] * batch_size + 1),
+            str(record["batch"] // 2 * batch_size + 1),
             "--rank",
             "1",
             "--format",
@@ -155,7 +162,7 @@ def test_in_flight_batches_and_cut_and_index_lookups(trained):
             cwd=folder,
         ).stdout
     )
-    assert by_index["cut_id"] == cut and by_index["batch"] == record["batch"]
+    assert by_index["cut_id"] == cut and by_index["batch"] == record["batch"] // 2
 
 
 def test_a_failing_sample_gets_a_repro_folder_that_reproduces_it(tmp_path):
