@@ -35,6 +35,9 @@ class OutputFormat(str, Enum):
     github = "github"
 
 
+_FORMAT_CHOICES = "[" + "|".join(f.value for f in OutputFormat) + "]"  # listed in --help
+
+
 def _usage_error(message: str) -> typer.Exit:
     err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     return typer.Exit(EXIT_USAGE)
@@ -106,7 +109,7 @@ def validate_manifest(
         OutputFormat.table,
         "--format",
         case_sensitive=False,
-        metavar="[" + "|".join(f.value for f in OutputFormat) + "]",
+        metavar=_FORMAT_CHOICES,
         help="table: one line per finding (a table on a terminal); json: {summary, findings}; "
         "junit: JUnit XML "
         "for CI test views; github: GitHub Actions ::error/::warning annotations.",

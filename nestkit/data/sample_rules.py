@@ -142,7 +142,7 @@ class SegmentStats:
         if self.first_non_finite is None and len(mono):
             with np.errstate(over="ignore"):  # huge float samples: out_of_range, judged in check_segment
                 squares = float(np.dot(mono, mono))
-            bad = np.flatnonzero(~np.isfinite(mono)) if not math.isfinite(squares) else ()
+            bad = np.flatnonzero(~np.isfinite(mono)) if not math.isfinite(squares) else np.empty(0, np.intp)
             if len(bad):
                 self.first_non_finite = self.frames + int(bad[0])
             else:

@@ -47,9 +47,9 @@ def read_config_data(path: str) -> ConfigData:
         raise ConfigError([f"cannot read it ({str(exc).splitlines()[0]})"], path) from None
     if not isinstance(raw, dict):
         raise ConfigError([f"top level: expected a mapping, got {type(raw).__name__}"], path)
-    model = raw.get("model") if isinstance(raw.get("model"), dict) else raw
+    model: dict = raw["model"] if isinstance(raw.get("model"), dict) else raw
     base = os.path.dirname(os.path.abspath(path))
-    data, problems = ConfigData(), []
+    data, problems = ConfigData(), list[str]()
     for name in SECTIONS:
         section = model.get(name)
         if isinstance(section, dict):
@@ -71,9 +71,9 @@ def _read_section(section: dict, where: str, base: str, data: ConfigData, proble
     shar, tarred = section.get("shar_path"), bool(section.get("is_tarred"))
     manifests = _given(section.get("manifest_filepath"))
     if shar is not None:
-        for source in _shar_sources(shar, f"{where}.shar_path", base, problems):
-            data.shards.append(source)
-            data.described.append(f"{where}.shar_path: {source.directory or source.fields} (lhotse Shar)")
+        for shar_source in _shar_sources(shar, f"{where}.shar_path", base, problems):
+            data.shards.append(shar_source)
+            data.described.append(f"{where}.shar_path: {shar_source.directory or shar_source.fields} (lhotse Shar)")
     elif tarred:
         tars = _given(section.get("tarred_audio_filepaths"))
         if manifests is None or tars is None:
@@ -101,11 +101,11 @@ def _given(value: Any) -> Any:
     return None if value in (None, "???", "", []) else value
 
 
-def _shar_sources(value: Any, where: str, base: str, problems: list[str]) -> list[ShardSource]:
+def _shar_sources(value: Any, where: str, base: str, problems: list[str]) -> list[SharSource]:
     if isinstance(value, dict):
         return [SharSource(fields={k: _absolute(v, base) for k, v in value.items()}, origin=where)]
     items = value if isinstance(value, list) else [value]
-    sources: list[ShardSource] = []
+    sources: list[SharSource] = []
     for item in items:
         directory = item[0] if isinstance(item, list) and item else item  # [path, weight]
         if not isinstance(directory, str):

@@ -294,7 +294,7 @@ def _lhotse_line(scan: Scan, item: dict, source_index: int, source: ManifestSour
             f"checked (expected one local file without transforms, got a {type(cut).__name__} with "
             f"{len(files)} local file(s) and {_other_sources(cut)})",
         )
-    uses = []
+    uses: list[Use] = []
     for audio, start, duration, channel in files:
         scan.entries.append(Entry(source_index, number, audio, start, duration, True, source.noise, channel))
         uses.append(Use(None if uses else cut.id, audio, start, duration, channel))

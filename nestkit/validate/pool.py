@@ -31,7 +31,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
-from typing import IO, Any, Protocol
+from typing import IO, Any, ClassVar, Protocol, cast
 
 from nestkit.core.errors import NestkitError
 from nestkit.core.procs import usable_cores
@@ -46,7 +46,7 @@ _WORKER_CODE = "import sys; from nestkit.validate.pool import worker_main; worke
 
 
 class Task(Protocol):
-    unit: str
+    unit: ClassVar[str]
 
     def run(self, settings: CheckSettings) -> Any: ...
 
@@ -216,7 +216,7 @@ class WorkerPool:
                     self.dispatch(worker, batches)
             by_connection = {w.replies: w for w in self.workers}
             for connection in wait(list(by_connection), timeout=poll_s):
-                self.receive(by_connection[connection], batches, on_result)
+                self.receive(by_connection[cast(Connection, connection)], batches, on_result)
             self.watch(batches, on_result)
 
     def dispatch(self, worker: _Worker, batches: deque[Batch]) -> None:
@@ -241,13 +241,14 @@ class WorkerPool:
             self.failed_starts = 0
             return
         batch, worker.batch = worker.batch, None
+        assert batch is not None  # a worker replies only to a batch it was sent
         for (index, _task), result in zip(batch, payload):
             on_result(index, result)
 
     def current(self, worker: _Worker) -> int:
         """Position in the worker's batch of the file it is on."""
         index = _SLOT.unpack_from(self.slots, worker.slot * _SLOT.size)[0]
-        positions = [i for i, (number, _) in enumerate(worker.batch) if number == index]
+        positions = [i for i, (number, _) in enumerate(worker.batch or []) if number == index]
         return positions[0] if positions else 0
 
     def watch(self, batches: deque[Batch], on_result: Callable[[int, Any], None]) -> None:
@@ -303,6 +304,7 @@ class WorkerPool:
         problem: str,
     ) -> None:
         batch, position = worker.batch, self.current(worker)
+        assert batch is not None  # called only for a worker that is on a batch
         worker.batch = None
         # The files before it were checked, but their results died with the worker: check them again.
         rest = batch[:position] + batch[position + 1 :]

@@ -162,7 +162,7 @@ class _Checker:
         """Read what says which shards there are: ("shar", (layout, lines per shard), tars) or ("nemo", ...)."""
         if isinstance(source, TarredSource):
             return self.prepare_nemo(source)
-        layout = discover_shar(source.directory) if source.directory else shar_from_fields(source.fields)
+        layout = discover_shar(source.directory) if source.directory else shar_from_fields(source.fields or {})
         for f in layout.findings:
             self.add_shar(f)
         if layout.shards and not layout.tars(AUDIO_FIELD):
@@ -261,7 +261,7 @@ class _Checker:
         """One finding for a shard that could not be indexed, however many lines it holds."""
         outcome = self.failed_tars[tar]
         lost = f"; its {lines} line(s) cannot be checked" if lines else ""
-        self.add(tar, 0, tar, outcome.category, f"{outcome.problem}{lost}")
+        self.add(tar, 0, tar, outcome.category or "unreadable", f"{outcome.problem}{lost}")
 
     # -- lhotse Shar
 
@@ -302,10 +302,10 @@ class _Checker:
     def pair_shar_by_id(self, cuts: str, items: list, index: TarIndex) -> None:
         tar = index.shard
         data_rows: dict[str, int] = {}
-        for row, name in enumerate(index.names):
+        for position, name in enumerate(index.names):
             stem, dot, extension = name.rpartition(".")
             if dot and extension not in ("json", "nometa"):
-                data_rows.setdefault(stem, row)
+                data_rows.setdefault(stem, position)
         ids = set()
         for number, cut in items:
             if cut is None:
@@ -325,6 +325,7 @@ class _Checker:
                 )
                 continue
             address = index.address(row)
+            assert address is not None  # a row of this index
             if address.name.endswith(".nodata"):
                 self.add(
                     cuts,

@@ -45,8 +45,8 @@ DEFAULT_SHARD_TIMEOUT_S = 300.0
 @dataclass(frozen=True)
 class ValidateOptions:
     checks: CheckSettings = field(default_factory=CheckSettings)
-    min_duration_s: float = DatasetConfig.min_duration  # training's plan leaves shorter cuts out
-    max_duration_s: float = DatasetConfig.max_duration
+    min_duration_s: float = DatasetConfig.min_duration or 0.0  # training's plan leaves shorter cuts out
+    max_duration_s: float = DatasetConfig.max_duration or 0.0
     jobs: int = 0  # 0: all cores
     timeout_s: float = DEFAULT_TIMEOUT_S  # per file or tar member
     shard_timeout_s: float = DEFAULT_SHARD_TIMEOUT_S  # per shard index (over HTTP: the whole shard is read)
