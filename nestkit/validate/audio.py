@@ -1,15 +1,16 @@
-"""Check one audio file against the manifest segments that use it. Runs inside worker processes.
+"""Check one audio file (or a tar member's bytes) against the manifest segments that use it. Runs
+inside worker processes.
 
-The path and the header go through the loader's own `check_path` and opener, and the segment
-arithmetic is the loader's (`read_audio`: sample positions are `round(seconds * rate)`, a segment
-may overshoot the file by `DURATION_TOLERANCE_S`), so a segment that training would refuse is an
-error here with the same category. On top of that come the checks a loader cannot afford on every
-read: wrong extension, resampling/downmixing, clipping, constant or silent audio.
+The path and the header go through the loader's own `check_path` and opener, and every segment goes
+through the loader's own sample rules (`nestkit.data.sample_rules`: segment bounds, then the decoded
+blocks accumulated and judged), so a segment that training would refuse is an error here with the
+same category and message. On top of that come the checks a loader cannot afford on every read:
+wrong extension, resampling/downmixing, duration mismatch, clipping, silent noise.
 
 The file is opened once for all its segments and each segment is decoded once, in blocks of about a
 minute so a ten-hour file needs no more memory than a short one. Nothing here blocks forever by
 itself (a FIFO is refused by `stat`), but a stalled mount can block any syscall, so the parent
-process bounds each file with a timeout and kills the worker (see validate_pool).
+process bounds each file with a timeout and kills the worker (see validate.pool).
 """
 
 from __future__ import annotations
