@@ -306,3 +306,23 @@ def test_shard_usage_errors_exit_2(tmp_path, case):
     done = run_cli(*args)
     assert done.returncode == 2, (done.stdout, done.stderr)
     assert "Traceback" not in done.stderr and "error:" in done.stderr
+
+
+@pytest.mark.timeout(120)
+def test_checking_shards_stays_light(tmp_path):
+    """The light install checks shards too: no lhotse or torch is imported (workers import a subset of the
+    parent's modules: the pool, the file checks and the shard tasks)."""
+    import subprocess
+    import sys
+
+    shar = clean_shar(tmp_path, n=2, shard_size=2)
+    manifest, pattern = clean_nemo(tmp_path, n=2, shard_size=1)
+    code = (
+        "import sys; from nestkit.validate.validator import validate; "
+        "from nestkit.validate.shards import SharSource, TarredSource; "
+        f"r = validate([], shards=[SharSource({shar!r}), TarredSource({manifest!r}, {pattern!r})]); "
+        "heavy = sorted(m for m in ('torch', 'lhotse', 'pytorch_lightning', 'lightning') if m in sys.modules); "
+        "print(r.exit_code(False), r.shards.members, ','.join(heavy))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=100, check=False)
+    assert done.stdout.split() == ["0", "4"], done.stderr
