@@ -22,6 +22,7 @@ _CLIP_LEVEL = 0.999
 _CLIP_FRACTION = 0.001
 _NOISE_SILENCE_DB = -80.0
 _TIMEOUT_S = 30.0
+_SHARD_TIMEOUT_S = 300.0
 _TABLE_ROWS_MAX = 500  # more findings than this are listed as plain lines even on a terminal
 
 EXIT_USAGE = 2  # 0: no errors, 1: errors (or warnings with --strict); see Report.exit_code
@@ -32,6 +33,9 @@ class OutputFormat(str, Enum):
     json = "json"
     junit = "junit"
     github = "github"
+
+
+_FORMAT_CHOICES = "[" + "|".join(f.value for f in OutputFormat) + "]"  # listed in --help
 
 
 def _usage_error(message: str) -> typer.Exit:
@@ -71,6 +75,29 @@ def validate_manifest(
         show_default=False,
         help="A noise manifest, checked with the noise rules too (a silent noise is an error). Repeat for several.",
     ),
+    config: Path | None = typer.Option(
+        None,
+        "--config",
+        metavar="CFG",
+        show_default=False,
+        help="A training config (NeMo YAML): check the data of model.train_ds and model.validation_ds -- "
+        "manifest_filepath, noise_manifest, shar_path, or is_tarred with tarred_audio_filepaths.",
+    ),
+    shar: list[Path] | None = typer.Option(
+        None,
+        "--shar",
+        metavar="DIR",
+        show_default=False,
+        help="A lhotse Shar directory (cuts.NNNNNN.jsonl.gz + recording.NNNNNN.tar). Repeat for several.",
+    ),
+    tarred_audio: str | None = typer.Option(
+        None,
+        "--tarred-audio",
+        metavar="TARS",
+        show_default=False,
+        help="NeMo tarred dataset: the tars (tarred_audio_filepaths: `{0..3}` or `_OP_0..3_CL_` patterns, paths "
+        "or http(s) URLs); MANIFEST... are then its tarred manifest(s), patterns and URLs allowed.",
+    ),
     decode: bool = typer.Option(
         True,
         "--decode/--no-decode",
@@ -82,6 +109,7 @@ def validate_manifest(
         OutputFormat.table,
         "--format",
         case_sensitive=False,
+        metavar=_FORMAT_CHOICES,
         help="table: one line per finding (a table on a terminal); json: {summary, findings}; "
         "junit: JUnit XML "
         "for CI test views; github: GitHub Actions ::error/::warning annotations.",
@@ -95,8 +123,14 @@ def validate_manifest(
         _TIMEOUT_S,
         "--timeout",
         min=0.1,
-        help="Seconds one file may take before it is reported as `timeout` and its worker is killed "
-        "(a stalled mount never holds the run up).",
+        help="Seconds one file (or tar member) may take before it is reported as `timeout` and its worker is "
+        "killed (a stalled mount or server never holds the run up).",
+    ),
+    shard_timeout: float = typer.Option(
+        _SHARD_TIMEOUT_S,
+        "--shard-timeout",
+        min=0.1,
+        help="Seconds indexing one shard may take (over HTTP the whole tar is streamed once) before it is `timeout`.",
     ),
     target_rate: int = typer.Option(
         _TARGET_RATE,
@@ -159,21 +193,28 @@ def validate_manifest(
         "offset only shrinks to fit). Every line is kept. PATH as for --write-clean.",
     ),
 ) -> None:
-    """Check manifests for everything a training run would trip on.
+    """Check manifests and sharded datasets for everything a training run would trip on.
 
     Reports every finding: lines (JSON, fields, duplicates), paths (FIFOs
     and devices are never opened), headers (format, rate, channels,
     duration) and, unless --no-decode, the decoded samples. Files are
-    checked in parallel, each under --timeout.
+    checked in parallel, each under --timeout. Shards (--shar, --tarred-audio,
+    or a --config naming them): tars, line/member pairing and every
+    member's audio, each shard under --shard-timeout.
 
     Exit status: 0 no errors; 1 errors (or warnings with --strict);
     2 usage error. Categories: docs/validate-manifest.md.
     """
     manifests, noise = list(manifests or []), list(noise or [])
-    if not manifests and not noise:
+    shards = _shard_sources(manifests, shar or [], tarred_audio)
+    if tarred_audio is not None:
+        manifests = []  # they are the tarred dataset's
+    if config is not None:
+        manifests, noise, shards = _add_config(config, manifests, noise, shards)
+    if not manifests and not noise and not shards:
         raise _usage_error(
-            "validate-manifest: no manifest given (expected MANIFEST... or --noise NOISE). "
-            "See `nestkit validate-manifest --help`"
+            "validate-manifest: no manifest given (expected MANIFEST..., --noise NOISE, --shar DIR, "
+            "--tarred-audio TARS or --config CFG). See `nestkit validate-manifest --help`"
         )
     for path in manifests:
         _check_readable(path, "manifest")
@@ -184,12 +225,17 @@ def validate_manifest(
         if out is not None:
             _check_writable(out, option)
 
-    from nestkit.validate.write import output_paths  # lazy: imports lhotse
+    from nestkit.validate.write import output_paths
 
     everything = [str(p) for p in manifests + noise]
     targets = {}
     for option, out in (("--write-clean", write_clean), ("--fix-durations", fix_durations)):
         if out is not None:
+            if shards:
+                raise _usage_error(
+                    f"{option}: rewrites per-file manifests only (expected no sharded dataset, got "
+                    f"{len(shards)}). Validate the shards in a separate run"
+                )
             try:
                 targets[option] = output_paths(everything, str(out))
             except ValueError as exc:
@@ -211,8 +257,9 @@ def validate_manifest(
         max_duration_s=max_duration,
         jobs=jobs,
         timeout_s=timeout,
+        shard_timeout_s=shard_timeout,
     )
-    report = _validate_with_progress([str(p) for p in manifests], [str(p) for p in noise], options)
+    report = _validate_with_progress([str(p) for p in manifests], [str(p) for p in noise], options, shards)
     try:
         _render(report, output_format.value, output, strict)
     except OSError as exc:
@@ -250,21 +297,80 @@ def _output_error(option: str, path, exc: OSError) -> typer.Exit:
     )
 
 
-def _validate_with_progress(manifests: list[str], noise: list[str], options):
+def _shard_sources(manifests: list[Path], shar: list[Path], tarred_audio: str | None) -> list:
+    """The sharded datasets named on the command line; a bad one is a usage error."""
+    sources: list = []
+    if not shar and tarred_audio is None:
+        return sources
+    from nestkit.validate.shards import SharSource, TarredSource
+
+    for directory in shar:
+        if not directory.is_dir():
+            raise _usage_error(
+                f"--shar {directory}: not a directory (expected the folder CutSet.to_shar wrote, got "
+                f"{'a file' if directory.exists() else 'nothing'}). A remote Shar dataset is named field by field "
+                "in a config (shar_path: {cuts: ..., recording: ...}), see --config"
+            )
+        sources.append(SharSource(directory=str(directory.absolute())))
+    if tarred_audio is not None:
+        if not manifests:
+            raise _usage_error(
+                "--tarred-audio: no tarred manifest (expected MANIFEST..., the manifest(s) whose lines carry shard_id)"
+            )
+        specs = [str(m) if "://" in str(m) else os.path.abspath(m) for m in manifests]
+        tars = tarred_audio if "://" in tarred_audio else os.path.abspath(tarred_audio)
+        source = TarredSource(specs[0] if len(specs) == 1 else specs, tars)
+        _check_patterns(source)
+        sources.append(source)
+    return sources
+
+
+def _check_patterns(source) -> None:
+    from nestkit.core.errors import ConfigError
+    from nestkit.data.shards.nemo_tarred import expand_nemo_paths
+
+    try:
+        expand_nemo_paths(source.manifests, "manifest_filepath")
+        expand_nemo_paths(source.tars)
+    except ConfigError as exc:
+        raise _usage_error(f"{source.origin}: {'; '.join(exc.problems)}") from None
+
+
+def _add_config(config: Path, manifests: list[Path], noise: list[Path], shards: list):
+    from nestkit.core.errors import ConfigError
+    from nestkit.validate.config_data import read_config_data
+    from nestkit.validate.shards import TarredSource
+
+    if not config.is_file():
+        raise _usage_error(f"--config {config}: no such file (expected a YAML training config). Check the path")
+    try:
+        data = read_config_data(str(config))
+    except ConfigError as exc:
+        raise _usage_error(str(exc)) from None
+    for source in data.shards:
+        if isinstance(source, TarredSource):
+            _check_patterns(source)
+    for line in data.described:
+        err_console.print(escape(f"config {config}: {line}"), soft_wrap=True)
+    return manifests + [Path(p) for p in data.manifests], noise + [Path(p) for p in data.noise], shards + data.shards
+
+
+def _validate_with_progress(manifests: list[str], noise: list[str], options, shards: list):
     from nestkit.validate.validator import validate
 
     if not is_interactive():
-        return validate(manifests, noise, options)
+        return validate(manifests, noise, options, shards=shards)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    columns = (TextColumn("checking files"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=err_console, transient=True) as progress:
-        task = progress.add_task("files", total=None)
+        task = progress.add_task("reading manifests", total=None)
         return validate(
             manifests,
             noise,
             options,
-            on_progress=lambda done, total: progress.update(task, completed=done, total=total),
+            on_progress=lambda done, total, what: progress.update(task, completed=done, total=total, description=what),
+            shards=shards,
         )
 
 

@@ -4,51 +4,53 @@ Before anything is opened the path is `stat`-ed: a FIFO, socket, device or direc
 up front, because opening a FIFO blocks until a writer appears and would hang a worker forever.
 Segments are read by seeking (no full-file decode), multi-channel audio is averaged to mono and
 resampled with soxr's HQ filter -- the resampler NeMo uses through librosa (`res_type="soxr_hq"`);
-torchaudio is not needed.
+torchaudio is not needed. What a segment must be to be used is decided by `nestkit.data.sample_rules`,
+the rules validate-manifest applies too. `read_audio_from` reads an already-open file object (a tar
+member's bytes) by the same rules.
 """
 
 from __future__ import annotations
 
 import errno
-import math
 import os
 import stat
+from collections.abc import Iterator
+from typing import BinaryIO
 
 import numpy as np
 import soundfile as sf
 import soxr
 
 from nestkit.core.errors import AudioLoadError
+from nestkit.data.sample_rules import (  # re-exported: the loader's rules are these
+    DC_MIN_SECONDS,
+    DC_PEAK_TO_PEAK,
+    DURATION_TOLERANCE_S,
+    LOAD_FAILURES,
+    MAX_ABS_SAMPLE,
+    SegmentStats,
+    check_channel,
+    check_segment,
+    check_values,
+    decode_error,
+    segment_frames,
+    to_mono,
+)
 
-# A manifest duration may exceed what the file holds by this much before the segment counts as
-# truncated (header rounding, encoder padding). Same default as validate-manifest's tolerance.
-DURATION_TOLERANCE_S = 0.1
-# Peak-to-peak below this (-80 dBFS, about three steps of 16-bit audio) is a constant signal...
-DC_PEAK_TO_PEAK = 1e-4
-# ...in a segment at least this long: a handful of samples says nothing about the signal.
-DC_MIN_SECONDS = 0.01
-# Full scale is 1.0; float files may exceed it (int-scaled floats reach 2^31), but beyond this the
-# energies that mixing and the features compute in float32 overflow to Inf and the loss to NaN.
-MAX_ABS_SAMPLE = 1e10
-
-# Stable names for why a load failed; quarantine records and validate-manifest use them.
-LOAD_FAILURES = {
-    "missing": "the file does not exist",
-    "broken_symlink": "a symbolic link whose target does not exist",
-    "symlink_loop": "a symbolic link that points back to itself",
-    "not_regular_file": "a directory, FIFO, socket or device, never opened",
-    "unreadable": "no permission to read, or an I/O error on open",
-    "not_audio": "libsndfile cannot parse it as audio (not audio, or a corrupt header)",
-    "empty": "the file or the requested segment has no samples",
-    "offset_beyond_end": "the manifest offset lies past the end of the file",
-    "truncated": "the file holds less audio than the manifest segment needs",
-    "decode_error": "decoding failed part-way through the file",
-    "nan_inf": "the decoded samples contain NaN or Inf",
-    "out_of_range": "float samples far beyond full scale (|x| > 1e10): their energy overflows float32",
-    "all_zero": "every sample of the segment is zero",
-    "dc_only": "the segment is a constant (peak-to-peak below -80 dBFS) but not zero",
-    "timeout": "loading took longer than the per-sample limit",
-}
+__all__ = [
+    "DC_MIN_SECONDS",
+    "DC_PEAK_TO_PEAK",
+    "DURATION_TOLERANCE_S",
+    "LOAD_FAILURES",
+    "MAX_ABS_SAMPLE",
+    "check_path",
+    "check_samples",
+    "decode_blocks",
+    "open_audio",
+    "read_audio",
+    "read_audio_from",
+    "resample",
+]
 
 _FILE_KINDS = (
     (stat.S_ISDIR, "a directory"),
@@ -110,35 +112,44 @@ def check_path(path: str) -> os.stat_result:
     return st
 
 
-def _open(path: str) -> sf.SoundFile:
+def open_audio(source: str | BinaryIO, where: str | None = None) -> sf.SoundFile:
+    """Open a path or an already-open binary file object (a tar member's bytes) for decoding.
+
+    `where` names the audio in errors (default: the path). Raises AudioLoadError: `empty` for 0 bytes,
+    `not_audio` for what libsndfile cannot parse, `unreadable` for an I/O error.
+    """
+    where = where if where is not None else str(source)
     try:
-        return sf.SoundFile(path)
+        return sf.SoundFile(source)
     except sf.LibsndfileError as exc:
-        if _zero_bytes(path):
+        if _zero_bytes(source):
             raise AudioLoadError(
                 "empty",
-                path,
+                where,
                 "the file is empty (expected audio data, got 0 bytes)",
                 "Re-copy the file or remove it from the manifest",
             ) from None
         raise AudioLoadError(
             "not_audio",
-            path,
+            where,
             f"not readable as audio ({exc.error_string})",
             "Re-encode it as WAV/FLAC or remove it from the manifest",
         ) from None
     except (RuntimeError, TypeError) as exc:
-        raise AudioLoadError("not_audio", path, f"not readable as audio ({exc})") from None
+        raise AudioLoadError("not_audio", where, f"not readable as audio ({exc})") from None
     except OSError as exc:
-        raise AudioLoadError("unreadable", path, f"cannot open ({exc.strerror or exc})") from None
+        raise AudioLoadError("unreadable", where, f"cannot open ({exc.strerror or exc})") from None
 
 
-def _zero_bytes(path: str) -> bool:
-    """True for a regular file with no bytes at all (read, not stat: /proc files stat as size 0)."""
+def _zero_bytes(source: str | BinaryIO) -> bool:
+    """True for audio with no bytes at all (read, not stat: /proc files stat as size 0)."""
     try:
-        with open(path, "rb") as f:
-            return f.read(1) == b""
-    except OSError:
+        if isinstance(source, str):
+            with open(source, "rb") as f:
+                return f.read(1) == b""
+        source.seek(0)
+        return source.read(1) == b""
+    except (OSError, ValueError):
         return False
 
 
@@ -160,38 +171,32 @@ def seek_frame(f: sf.SoundFile, start: int) -> None:
         left -= skipped
 
 
-def check_samples(mono: np.ndarray, rate: int, path: str, require_signal: bool) -> None:
-    """Refuse finite samples training cannot use: beyond MAX_ABS_SAMPLE (`out_of_range`) and, with
-    `require_signal`, a segment with nothing to learn from: all zeros (`all_zero`) or a constant
-    (`dc_only`). The rules validate-manifest applies to every decoded segment.
+def decode_blocks(f: sf.SoundFile, where: str, start: int, wanted: int, block_frames: int) -> Iterator[np.ndarray]:
+    """Frames `[start, start + wanted)` of an open file, `block_frames` at a time (all channels).
+
+    Stops early where the audio does; a decoder failure is a `decode_error` naming how far it got. The
+    loader asks for one block (its whole segment), validate-manifest for bounded ones.
     """
-    high, low = float(mono.max()), float(mono.min())
-    if max(high, -low) > MAX_ABS_SAMPLE:
-        raise AudioLoadError(
-            "out_of_range",
-            path,
-            f"float samples so far beyond full scale that their "
-            f"energy overflows float32 (expected |x| <= {MAX_ABS_SAMPLE:g}, "
-            f"got {max(high, -low):.3g})",
-            "Re-encode the file with samples scaled to [-1, 1] or remove it",
-        )
-    if not require_signal:
-        return
-    if high == 0.0 and low == 0.0:
-        raise AudioLoadError(
-            "all_zero",
-            path,
-            f"every sample is zero (expected sound, got {mono.size} zeros)",
-            "Remove the line: there is nothing to learn from",
-        )
-    if high - low < DC_PEAK_TO_PEAK and mono.size >= DC_MIN_SECONDS * rate:
-        raise AudioLoadError(
-            "dc_only",
-            path,
-            f"the signal is a constant {(high + low) / 2:+.6f} "
-            f"(expected peak-to-peak >= {DC_PEAK_TO_PEAK:g}, got {high - low:.2g})",
-            "Remove the line: there is nothing to learn from",
-        )
+    rate, decoded = f.samplerate, 0
+    try:
+        seek_frame(f, start)
+        while decoded < wanted:
+            ask = min(block_frames, wanted - decoded)
+            block = f.read(ask, dtype="float32")
+            if len(block):
+                decoded += len(block)
+                yield block
+            if len(block) < ask:  # the end of the audio
+                return
+    except (sf.LibsndfileError, RuntimeError) as exc:
+        raise decode_error(where, start, wanted, decoded, rate, exc) from None
+
+
+def check_samples(mono: np.ndarray, rate: int, path: str, require_signal: bool) -> None:
+    """The sample rules for samples decoded elsewhere (lhotse): out_of_range, all_zero, dc_only."""
+    stats = SegmentStats()
+    stats.add(mono)
+    check_values(stats, path, rate, require_signal)
 
 
 def resample(samples: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
@@ -216,67 +221,44 @@ def read_audio(
     noise has its own silence rule). Raises `AudioLoadError` with one of `LOAD_FAILURES`.
     """
     check_path(path)
-    with _open(path) as f:
-        sr, frames = f.samplerate, f.frames
-        if frames <= 0:
-            raise AudioLoadError(
-                "empty", path, "the file has no samples (expected > 0, got 0)", "Remove it from the manifest"
-            )
-        start = int(round(offset * sr))
-        if start >= frames:
-            raise AudioLoadError(
-                "offset_beyond_end",
-                path,
-                f"offset {offset:.3f} s is past the end of the file (expected < {frames / sr:.3f} s)",
-                "Fix the offset in the manifest",
-            )
-        wanted = frames - start if duration is None else int(round(duration * sr))
-        tolerance = int(DURATION_TOLERANCE_S * sr)
-        if start + wanted > frames + tolerance:
-            raise AudioLoadError(
-                "truncated",
-                path,
-                f"segment needs {(start + wanted) / sr:.3f} s but the file holds {frames / sr:.3f} s "
-                f"(offset {offset:.3f} s, duration {wanted / sr:.3f} s)",
-                "Re-measure durations with `nestkit validate-manifest --fix-durations OUT`",
-            )
-        if channel is not None and channel >= f.channels:  # a mono file too: the cut names a channel it lacks
-            raise AudioLoadError(
-                "not_audio",
-                path,
-                f"the cut reads a channel the file does not have (expected channel < {f.channels}, got {channel})",
-                "Fix the cut's channel or the recording",
-            )
-        wanted = min(wanted, frames - start)
-        try:
-            seek_frame(f, start)
-            data = f.read(wanted, dtype="float32")
-        except (sf.LibsndfileError, RuntimeError) as exc:
-            raise AudioLoadError(
-                "decode_error",
-                path,
-                f"decoding failed (expected {wanted / sr:.3f} s of "
-                f"samples from {start / sr:.3f} s, got an error: {exc})",
-                "The file is damaged: re-encode or remove it",
-            ) from None
-    if len(data) < wanted - tolerance:
-        raise AudioLoadError(
-            "truncated",
-            path,
-            f"decoding stopped early (expected {wanted / sr:.3f} s as the header promises, got {len(data) / sr:.3f} s)",
-            "The file is cut short or damaged: re-encode or remove it",
-        )
-    if len(data) == 0:
-        raise AudioLoadError("empty", path, "the segment has no samples (expected > 0, got 0)", "Remove the line")
-    if data.ndim == 2:
-        data = data[:, channel] if channel is not None else data.mean(axis=1, dtype=np.float32)
-    if not math.isfinite(float(np.sum(data, dtype=np.float64))):
-        first = int(np.flatnonzero(~np.isfinite(data))[0])
-        raise AudioLoadError(
-            "nan_inf",
-            path,
-            f"samples contain NaN or Inf (expected finite samples, got the first at {offset + first / sr:.3f} s)",
-            "Re-encode the file or remove it",
-        )
-    check_samples(data, sr, path, require_signal)
-    return resample(np.ascontiguousarray(data, dtype=np.float32), sr, target_sr)
+    with open_audio(path) as f:
+        return _read_segment(f, path, offset, duration, target_sr, channel, require_signal)
+
+
+def read_audio_from(
+    file: BinaryIO,
+    where: str,
+    offset: float = 0.0,
+    duration: float | None = None,
+    target_sr: int = 16000,
+    channel: int | None = None,
+    require_signal: bool = False,
+) -> np.ndarray:
+    """`read_audio` for an already-open binary file object (e.g. `io.BytesIO` of a tar member).
+
+    The same rules, the same errors; `where` names the audio in them (e.g. `shard.tar[member.flac]`).
+    The path checks (`check_path`) are the caller's: there is no path here.
+    """
+    with open_audio(file, where) as f:
+        return _read_segment(f, where, offset, duration, target_sr, channel, require_signal)
+
+
+def _read_segment(
+    f: sf.SoundFile,
+    where: str,
+    offset: float,
+    duration: float | None,
+    target_sr: int,
+    channel: int | None,
+    require_signal: bool,
+) -> np.ndarray:
+    rate = f.samplerate
+    start, wanted = segment_frames(where, offset, duration, rate, f.frames)
+    check_channel(where, channel, f.channels)
+    blocks = list(decode_blocks(f, where, start, wanted, block_frames=wanted))
+    data = blocks[0] if len(blocks) == 1 else np.concatenate(blocks) if blocks else np.zeros(0, np.float32)
+    mono = to_mono(data, channel)
+    stats = SegmentStats()
+    stats.add(mono)
+    check_segment(stats, where, start, wanted, rate, require_signal)
+    return resample(np.ascontiguousarray(mono, dtype=np.float32), rate, target_sr)

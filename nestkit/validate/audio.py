@@ -1,38 +1,40 @@
-"""Check one audio file against the manifest segments that use it. Runs inside worker processes.
+"""Check one audio file (or a tar member's bytes) against the manifest segments that use it. Runs
+inside worker processes.
 
-The path and the header go through the loader's own `check_path` and opener, and the segment
-arithmetic is the loader's (`read_audio`: sample positions are `round(seconds * rate)`, a segment
-may overshoot the file by `DURATION_TOLERANCE_S`), so a segment that training would refuse is an
-error here with the same category. On top of that come the checks a loader cannot afford on every
-read: wrong extension, resampling/downmixing, clipping, constant or silent audio.
+The path and the header go through the loader's own `check_path` and opener, and every segment goes
+through the loader's own sample rules (`nestkit.data.sample_rules`: segment bounds, then the decoded
+blocks accumulated and judged), so a segment that training would refuse is an error here with the
+same category and message. On top of that come the checks a loader cannot afford on every read:
+wrong extension, resampling/downmixing, duration mismatch, clipping, silent noise.
 
 The file is opened once for all its segments and each segment is decoded once, in blocks of about a
 minute so a ten-hour file needs no more memory than a short one. Nothing here blocks forever by
 itself (a FIFO is refused by `stat`), but a stalled mount can block any syscall, so the parent
-process bounds each file with a timeout and kills the worker (see validate_pool).
+process bounds each file with a timeout and kills the worker (see validate.pool).
 """
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import soundfile as sf
 
 from nestkit.core.errors import AudioLoadError
-from nestkit.data.audio import (
-    DC_MIN_SECONDS,
-    DC_PEAK_TO_PEAK,
+from nestkit.data.audio import check_path, decode_blocks, open_audio
+from nestkit.data.sample_rules import (
     DURATION_TOLERANCE_S,
-    MAX_ABS_SAMPLE,
-    check_path,
-    seek_frame,
+    SegmentStats,
+    check_channel,
+    check_segment,
+    segment_frames,
+    to_mono,
 )
-from nestkit.data.audio import _open as open_audio
 from nestkit.validate.categories import default_hint, expected_form, hint_of
 
 # Frames decoded per read: bounds memory on very long files (1 MiB per channel as float32) and
@@ -89,15 +91,9 @@ class Segment:
     channel: int | None = None  # the channel training reads (a lhotse MonoCut's); None: the average
 
 
-@dataclass(frozen=True, slots=True)
-class FileTask:
-    path: str  # resolved
-    segments: tuple[Segment, ...]
-
-
 @dataclass(slots=True)
 class FileResult:
-    path: str
+    path: str  # what the findings name: a resolved path, or `shard:member`
     sample_rate: int | None = None
     frames: int | None = None  # samples per channel really there (decoding may find fewer than the header)
     findings: list[tuple[int, str, str]] = field(default_factory=list)  # (segment ref, category, reason)
@@ -109,15 +105,42 @@ class FileResult:
         """A finding about this file: `audio <path>: <problem>. <hint>` (the category's hint by default)."""
         self.add(ref, category, audio_reason(category, self.path, problem, hint))
 
+    def refused(self, ref: int, exc: AudioLoadError) -> None:
+        """A finding from a sample rule: the loader's own category, problem and hint."""
+        self.flag(ref, exc.category, exc.problem, hint_of(str(exc), exc.problem))
+
 
 def audio_reason(category: str, path: str, problem: str, hint: str | None = None) -> str:
     return str(AudioLoadError(category, path, problem, hint or default_hint(category)))
 
 
+def failed_result(where: str, segments: tuple[Segment, ...], category: str, problem: str) -> FileResult:
+    """Every segment of the audio gets the same finding (the worker died, it timed out, ...)."""
+    result = FileResult(where)
+    for segment in segments:
+        result.add(segment.ref, category, audio_reason(category, where, problem))
+    return result
+
+
+@dataclass(frozen=True, slots=True)
+class FileTask:
+    """One audio file and the segments the manifests read of it: a job for a worker (see validate.pool)."""
+
+    path: str  # resolved
+    segments: tuple[Segment, ...]
+    unit: ClassVar[str] = "file"
+
+    def run(self, settings: CheckSettings) -> FileResult:
+        return check_file(self, settings)
+
+    def failed(self, category: str, problem: str) -> FileResult:
+        return failed_result(self.path, self.segments, category, problem)
+
+
 def check_file(task: FileTask, settings: CheckSettings) -> FileResult:
     result = FileResult(task.path)
     if FAULT_ENV in os.environ:
-        _injected_fault(task.path)
+        injected_fault(task.path)
     try:
         check_path(task.path)
         sound = open_audio(task.path)
@@ -127,7 +150,7 @@ def check_file(task: FileTask, settings: CheckSettings) -> FileResult:
             result.add(segment.ref, exc.category, reason)
         return result
     with sound:
-        _check_open_file(sound, task, settings, result)
+        check_audio(sound, lambda: open_audio(task.path), task.path, task.segments, settings, result)
     return result
 
 
@@ -152,7 +175,7 @@ def _permissions(path: str) -> str:
     return f"mode {st.st_mode & 0o7777:04o}, owner uid {st.st_uid}, while running as uid {os.geteuid()}"
 
 
-def _injected_fault(path: str) -> None:
+def injected_fault(path: str) -> None:
     action, _, target = os.environ[FAULT_ENV].partition(":")
     if path != target:
         return
@@ -165,60 +188,55 @@ def _injected_fault(path: str) -> None:
         raise RuntimeError(f"injected by {FAULT_ENV}")
 
 
-def _check_open_file(sound: sf.SoundFile, task: FileTask, settings: CheckSettings, result: FileResult) -> None:
+def check_audio(
+    sound: sf.SoundFile,
+    reopen: Callable[[], sf.SoundFile],
+    where: str,
+    segments: tuple[Segment, ...],
+    settings: CheckSettings,
+    result: FileResult,
+) -> None:
+    """Check every segment of opened audio (a file, or a tar member's bytes) by the loader's rules.
+
+    `reopen` opens it again from the start, for codecs libsndfile cannot seek in (GSM 6.10).
+    """
     rate, frames = sound.samplerate, sound.frames
     result.sample_rate, result.frames = rate, frames
-    if frames <= 0:
-        for segment in task.segments:
-            result.flag(segment.ref, "empty", "the file has no samples (expected > 0, got 0)")
-        return
-    # File-level warnings go to the first line that uses the file, not to every segment of it.
-    _check_format(sound, settings, task.segments, result)
-    loader_tolerance = int(DURATION_TOLERANCE_S * rate)  # what read_audio allows; not an option
+    if frames > 0:  # file-level warnings go to the first line that uses the file, not to every segment
+        _check_format(sound, settings, segments, result)
     reported_tolerance = int(round(settings.duration_tolerance_s * rate))
-    for segment in task.segments:
-        ref, start = segment.ref, int(round(segment.offset * rate))
-        if start >= frames:
-            result.flag(
-                ref,
-                "offset_beyond_end",
-                f"offset is past the end of the file (expected < {frames / rate:.3f} s, got {segment.offset:.3f} s)",
-            )
+    for segment in segments:
+        ref = segment.ref
+        try:
+            start, wanted = segment_frames(where, segment.offset, segment.duration, rate, frames)
+        except AudioLoadError as exc:
+            result.refused(ref, exc)
             continue
         available = frames - start
-        wanted = available if segment.duration is None else int(round(segment.duration * rate))
-        if wanted > available + loader_tolerance:
-            result.flag(
-                ref,
-                "truncated",
-                f"the manifest segment needs more audio than the file holds "
-                f"(expected offset + duration <= {(frames + loader_tolerance) / rate:.3f} s, "
-                f"got {(start + wanted) / rate:.3f} s)",
-            )
-            continue
-        excess = wanted - available  # > 0: the manifest claims more; < 0: less than the file has
+        asked = available if segment.duration is None else int(round(segment.duration * rate))
+        excess = asked - available  # > 0: the manifest claims more; < 0: less than the file has
         if excess > reported_tolerance or (not segment.partial and -excess > reported_tolerance):
             result.flag(
                 ref,
                 "duration_mismatch",
                 f"the manifest duration differs from the file "
                 f"(expected {available / rate:.3f} s ± {settings.duration_tolerance_s:g} s, "
-                f"got {wanted / rate:.3f} s)",
+                f"got {asked / rate:.3f} s)",
             )
-        if segment.channel is not None and segment.channel >= sound.channels:  # read_audio refuses it too
-            result.flag(
-                ref,
-                "not_audio",
-                f"the cut reads a channel the file does not have "
-                f"(expected channel < {sound.channels}, got {segment.channel})",
-                "Fix the cut's channel or the recording",
-            )
+        try:
+            check_channel(where, segment.channel, sound.channels)
+        except AudioLoadError as exc:
+            result.refused(ref, exc)
             continue
         if settings.decode and sound.seekable():
-            _decode_segment(sound, segment, start, min(wanted, available), settings, result)
+            _decode_segment(sound, where, segment, start, wanted, settings, result)
         elif settings.decode:  # a codec libsndfile cannot seek in (GSM 6.10): every segment from the start
-            with open_audio(task.path) as again:
-                _decode_segment(again, segment, start, min(wanted, available), settings, result)
+            with reopen() as again:
+                _decode_segment(again, where, segment, start, wanted, settings, result)
+
+
+# lhotse's Shar writer names a member stored in its source's own format `<cut id>.original`
+_SHAR_ORIGINAL = ".original"
 
 
 def _check_format(
@@ -227,7 +245,7 @@ def _check_format(
     ref = segments[0].ref
     extension = os.path.splitext(result.path)[1].lower()
     expected = _EXTENSIONS.get(sound.format)
-    if expected and extension not in expected:
+    if expected and extension not in expected and extension != _SHAR_ORIGINAL:
         result.flag(
             ref,
             "wrong_extension",
@@ -272,43 +290,17 @@ def _header_promised_frames(sound: sf.SoundFile) -> int | None:
     return int(short.group(1)) // int(align.group(1))
 
 
-@dataclass
-class _Stats:
-    """Running statistics of a segment, block by block (mono = the signal training sees: the
-    channel the cut names, or the average of all channels).
+@dataclass(slots=True)
+class _Extras:
+    """What the validator adds to the loader's statistics: clipping, over every channel."""
 
-    Three passes per block (sum of squares, max, min): the sum of squares is non-finite exactly when
-    a sample is NaN or Inf (or squares overflow, which the slow path tells apart).
-    """
-
-    frames: int = 0
-    first_non_finite: int | None = None  # frame index within the segment
-    mono_max: float = -math.inf
-    mono_min: float = math.inf
-    squares: float = 0.0
     clipped: int = 0  # samples of any channel at or beyond the clip level
     samples: int = 0  # frames x channels
     peak: float = 0.0  # largest |sample| of any channel
 
-    def add(self, block: np.ndarray, clip_level: float, channel: int | None) -> None:
-        if block.ndim == 1:
-            mono = block
-        else:
-            mono = block[:, channel] if channel is not None else block.mean(axis=1, dtype=np.float32)
-        with np.errstate(over="ignore"):  # huge float samples: out_of_range, judged below
-            squares = float(np.dot(mono, mono))
-        if not math.isfinite(squares):
-            bad = np.flatnonzero(~np.isfinite(block).reshape(len(block), -1).all(axis=1))
-            if len(bad):
-                self.first_non_finite = self.frames + int(bad[0])
-                return
-        self.frames += len(block)
+    def add(self, block: np.ndarray, clip_level: float) -> None:
+        high, low = float(block.max()), float(block.min())
         self.samples += block.size
-        self.squares += squares
-        high, low = float(mono.max()), float(mono.min())
-        self.mono_max, self.mono_min = max(self.mono_max, high), min(self.mono_min, low)
-        if block.ndim == 2:
-            high, low = float(block.max()), float(block.min())
         self.peak = max(self.peak, high, -low)
         if high >= clip_level or low <= -clip_level:
             self.clipped += int(np.count_nonzero(np.abs(block) >= clip_level))
@@ -316,90 +308,48 @@ class _Stats:
 
 def _decode_segment(
     sound: sf.SoundFile,
+    where: str,
     segment: Segment,
     start: int,
     wanted: int,
     settings: CheckSettings,
     result: FileResult,
 ) -> None:
-    rate, ref = sound.samplerate, segment.ref
-    stats = _Stats()
+    """Decode one segment in blocks through the loader's own rules, then the validator's extra checks."""
+    stats, extras = SegmentStats(), _Extras()
     try:
-        seek_frame(sound, start)
-        while stats.frames < wanted and stats.first_non_finite is None:
-            block = sound.read(min(DECODE_BLOCK_FRAMES, wanted - stats.frames), dtype="float32")
-            if len(block) == 0:
-                break
-            stats.add(block, settings.clip_level, segment.channel)
-    except (sf.LibsndfileError, RuntimeError) as exc:
-        result.frames = min(result.frames, start + stats.frames)
-        result.flag(
-            ref,
-            "decode_error",
-            f"decoding failed (expected {wanted / rate:.3f} s of samples, "
-            f"got an error after {stats.frames / rate:.3f} s: {exc})",
-        )
-        return
-    if stats.first_non_finite is not None:
-        result.flag(
-            ref,
-            "nan_inf",
-            f"samples contain NaN or Inf (expected finite samples, "
-            f"got the first at {(start + stats.first_non_finite) / rate:.3f} s)",
-        )
-        return
-    if stats.frames < wanted - int(DURATION_TOLERANCE_S * rate):  # read_audio's rule
-        result.frames = min(result.frames, start + stats.frames)
-        result.flag(
-            ref,
-            "truncated",
-            f"decoding stopped early (expected {wanted / rate:.3f} s as the header "
-            f"promises, got {stats.frames / rate:.3f} s)",
-            "The file is cut short or damaged: re-encode or remove it",
-        )
-        return
-    if stats.frames == 0:
-        result.flag(ref, "empty", "the segment has no samples (expected > 0, got 0)")
-        return
-    _judge_content(stats, segment, settings, result)
+        for block in decode_blocks(sound, where, start, wanted, DECODE_BLOCK_FRAMES):
+            stats.add(to_mono(block, segment.channel))
+            if stats.first_non_finite is None:
+                extras.add(block, settings.clip_level)
+        check_segment(stats, where, start, wanted, sound.samplerate, require_signal=not segment.noise)
+    except AudioLoadError as exc:
+        if exc.category in ("decode_error", "truncated"):  # what a --fix-durations run may measure
+            result.frames = min(result.frames or 0, start + stats.frames)
+        result.refused(segment.ref, exc)
+        if exc.category not in ("all_zero", "dc_only"):
+            return
+    _judge_extras(stats, extras, segment, settings, result)
 
 
-def _judge_content(stats: _Stats, segment: Segment, settings: CheckSettings, result: FileResult) -> None:
+def _judge_extras(
+    stats: SegmentStats, extras: _Extras, segment: Segment, settings: CheckSettings, result: FileResult
+) -> None:
     ref = segment.ref
-    rms = math.sqrt(max(stats.squares, 0.0) / stats.frames)
-    rms_db = 20 * math.log10(rms) if rms > 0 else -math.inf
-    peak_to_peak = stats.mono_max - stats.mono_min
-    peak = max(stats.mono_max, -stats.mono_min)
-    if peak > MAX_ABS_SAMPLE:  # the loader's rule (audio.check_samples); clipping would say nothing more
-        result.flag(
-            ref,
-            "out_of_range",
-            f"float samples so far beyond full scale that their energy "
-            f"overflows float32 (expected |x| <= {MAX_ABS_SAMPLE:g}, got {peak:.3g})",
-        )
-        return
+    rms_db = stats.rms_db()
     if segment.noise and rms_db <= settings.noise_silence_db:  # the noise loader's test (noise.rms_db)
         result.flag(
             ref,
             "silent_noise",
             f"the noise is silent (expected RMS above {settings.noise_silence_db:g} dBFS, got {rms_db:.1f} dBFS)",
         )
-    elif stats.mono_max == 0.0 and stats.mono_min == 0.0:
-        result.flag(ref, "all_zero", f"every sample is zero (expected sound, got {stats.frames} zeros)")
-    elif peak_to_peak < DC_PEAK_TO_PEAK and stats.frames >= DC_MIN_SECONDS * (result.sample_rate or 0):
-        result.flag(
-            ref,
-            "dc_only",
-            f"the signal is a constant {(stats.mono_max + stats.mono_min) / 2:+.6f} "
-            f"(expected peak-to-peak >= {DC_PEAK_TO_PEAK:g}, got {peak_to_peak:.2g})",
-        )
-    if stats.samples and stats.clipped / stats.samples > settings.clip_fraction:
+    if extras.samples and extras.clipped / extras.samples > settings.clip_fraction:
         result.flag(
             ref,
             "clipping",
             f"too many samples at full scale (expected <= "
             f"{100 * settings.clip_fraction:g}% at |x| >= {settings.clip_level:g}, "
-            f"got {100 * stats.clipped / stats.samples:.2f}%"
-            + (f", peaks of {stats.peak:.3g}: float samples beyond full scale 1.0" if stats.peak > 2.0 else "")
+            f"got {100 * extras.clipped / extras.samples:.2f}%"
+            + (f", peaks of {extras.peak:.3g}: float samples beyond full scale 1.0" if extras.peak > 2.0 else "")
             + ")",
         )

@@ -17,7 +17,7 @@ ERROR = "error"
 WARNING = "warning"
 
 # Stages, in the order the checks run; docs group the table by them.
-STAGES = ("manifest", "line", "path", "header", "decode", "noise", "run")
+STAGES = ("manifest", "line", "path", "header", "decode", "noise", "shard", "run")
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,7 @@ class Category:
 _FIX_DURATIONS = "Re-measure durations with `nestkit validate-manifest --fix-durations OUT`"
 _REMOVE = "Re-encode the file or drop the line with `nestkit validate-manifest --write-clean OUT`"
 _USELESS = "Remove the line: there is nothing to learn from"
+_RECOPY = "Re-create or re-copy the shard"
 
 # name, severity, stage, meaning (None: the loader's, from LOAD_FAILURES), what to do
 _TABLE = (
@@ -181,12 +182,163 @@ _TABLE = (
         "a noise segment whose RMS is at or below --noise-silence-db; mixing it adds nothing",
         "Remove it from the noise manifest",
     ),
+    # shards (lhotse Shar directories, NeMo tarred datasets); a member's audio gets the categories above
+    ("truncated_shard", ERROR, "shard", "the tar ends inside a header or a member's data: it was cut short", _RECOPY),
+    (
+        "unterminated_shard",
+        WARNING,
+        "shard",
+        "the tar ends without its end-of-archive blocks: probably cut short at a member boundary",
+        _RECOPY,
+    ),
+    (
+        "corrupt_shard",
+        ERROR,
+        "shard",
+        "a tar header with a bad checksum or unreadable fields: nothing after it can be located",
+        "Re-create the shard",
+    ),
+    (
+        "duplicate_member",
+        ERROR,
+        "shard",
+        "two members of one tar with the same name: readers disagree on which one the name means",
+        "Rename or remove one of them, or re-create the shard",
+    ),
+    (
+        "not_regular_member",
+        WARNING,
+        "shard",
+        "a directory, link, device or sparse member in a tar: not audio, never read",
+        "Re-create the shard with regular files only",
+    ),
+    (
+        "unreachable",
+        ERROR,
+        "shard",
+        "the shard's server cannot be reached, answers with an error, or ignores byte ranges",
+        "Check the URL, the network and the server (it must answer HTTP Range requests)",
+    ),
+    (
+        "stale_index",
+        ERROR,
+        "shard",
+        "a saved member index that training would load does not match the tar (rewritten after indexing, "
+        "unnoticed by size and time stamps): members would be read at the wrong bytes",
+        "Delete the saved index; training rebuilds it",
+    ),
+    (
+        "member_missing",
+        ERROR,
+        "shard",
+        "a manifest line or cut whose member is not in its shard (NeMo skips it silently, lhotse stops)",
+        "Re-create the shard from the manifest, or drop the line",
+    ),
+    (
+        "not_in_manifest",
+        ERROR,
+        "shard",
+        "a tar member that no manifest line or cut refers to (NeMo stops with 'Mismatched entry')",
+        "Add its line to the manifest, or re-create the shard from the manifest",
+    ),
+    (
+        "shard_id_mismatch",
+        ERROR,
+        "shard",
+        "a line's shard_id is not its manifest's shard, or its member is in another shard's tar",
+        "Fix the line's shard_id, or re-create the tarred dataset with NeMo's converter",
+    ),
+    (
+        "missing_shard_id",
+        ERROR,
+        "shard",
+        "a line of a single tarred manifest without an integer shard_id: NeMo cannot place it",
+        "Add the shard_id of the tar that holds its member",
+    ),
+    (
+        "unknown_shard_id",
+        ERROR,
+        "shard",
+        "a tar or manifest path in which NeMo's pattern finds no shard id (NeMo asserts)",
+        "Name tars `audio_<N>.tar` and per-shard manifests `manifest_<N>.json`, as NeMo's converter does",
+    ),
+    (
+        "shard_without_lines",
+        ERROR,
+        "shard",
+        "a tar whose shard id no manifest line has (NeMo asserts that the sets of ids are equal)",
+        "Give the tarred manifest(s) of every tar, or leave the tar out of tarred_audio_filepaths",
+    ),
+    (
+        "lines_without_shard",
+        ERROR,
+        "shard",
+        "manifest lines whose shard id no tar has (NeMo asserts that the sets of ids are equal)",
+        "Add the missing tar to tarred_audio_filepaths, or fix the lines' shard_id",
+    ),
+    (
+        "not_shar",
+        ERROR,
+        "shard",
+        "no cuts.NNNNNN.jsonl(.gz) file: not a lhotse Shar directory",
+        "Give the directory that `CutSet.to_shar` wrote",
+    ),
+    (
+        "shard_gap",
+        ERROR,
+        "shard",
+        "missing shard numbers in a Shar directory: lhotse pairs fields by sorted position, so later shards pair wrongly",
+        "Restore the missing shards, or renumber the rest consecutively",
+    ),
+    (
+        "field_missing",
+        ERROR,
+        "shard",
+        "a Shar shard number with a cuts file but no file of some field (or the reverse)",
+        "Restore the missing file, or remove the shard's other files",
+    ),
+    (
+        "foreign_file",
+        ERROR,
+        "shard",
+        "a file in a Shar directory that is not a shard: lhotse's `from_shar(in_dir=...)` reads it as a field and fails",
+        "Move it out of the directory",
+    ),
+    (
+        "count_mismatch",
+        ERROR,
+        "shard",
+        "a Shar tar with more or fewer (data, metadata) member pairs than its shard has cuts",
+        "Re-create the shard with `CutSet.to_shar`",
+    ),
+    (
+        "id_mismatch",
+        ERROR,
+        "shard",
+        "a Shar member pair whose name is not the id of the cut lhotse pairs it with (lhotse stops: 'Mismatched IDs')",
+        "Re-create the shard with `CutSet.to_shar`: members must be in the order of the cuts file",
+    ),
+    (
+        "odd_members",
+        ERROR,
+        "shard",
+        "a Shar tar with an odd number of members: lhotse reads (data, metadata) pairs and stops",
+        "Re-create the shard with `CutSet.to_shar`",
+    ),
+    (
+        "no_data",
+        ERROR,
+        "shard",
+        "a Shar cut stored without audio (a .nodata placeholder): nothing to train on",
+        "Drop the cut, or re-create the shard from cuts that have recordings",
+    ),
     # the validator itself
     (
         "timeout",
         ERROR,
         "run",
-        "checking the file took longer than --timeout (a stalled mount, a pathological file)",
+        "checking the file or member took longer than --timeout, or indexing the shard longer than "
+        "--shard-timeout (a stalled mount or server, a pathological file)",
         "A stalled mount or a very slow file: check the storage, or raise --timeout",
     ),
     (
@@ -248,9 +400,9 @@ def default_hint(category: str) -> str:
 class Finding:
     """One problem, where it is and what to do about it. The JSON report is a list of these."""
 
-    manifest: str
-    line: int  # 1-based; 0 for the manifest as a whole
-    path: str | None  # the resolved audio path, when the line names one
+    manifest: str  # a manifest, a Shar cuts file, or for a finding about a whole shard the shard (tar) itself
+    line: int  # 1-based; 0 for the manifest (or shard) as a whole
+    path: str | None  # the resolved audio path, `shard:member` for a tar member, or the shard
     category: str
     severity: str
     reason: str  # `<thing>: <problem> (expected X, got Y). <hint>`

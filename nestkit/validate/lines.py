@@ -65,7 +65,7 @@ class Scan:
 
 
 @dataclass(frozen=True, slots=True)
-class _Use:
+class Use:
     """What the cross-line checks need of one audio use of a usable line."""
 
     cut_id: str | None  # the line's cut id, on its first use only
@@ -75,11 +75,11 @@ class _Use:
     channel: int | None = None  # the channel read (a lhotse MonoCut of a multi-channel file); None: all
 
 
-_Usable = tuple[float, list[_Use]]  # a usable line: its duration and its audio uses
+_Usable = tuple[float, list[Use]]  # a usable line: its duration and its audio uses
 
 
 @dataclass
-class _Seen:
+class Seen:
     """Cross-line state: first line of each file segment and each cut id."""
 
     segments: dict[tuple, tuple[str, int]] = field(default_factory=dict)
@@ -88,7 +88,7 @@ class _Seen:
 
 def scan_manifests(sources: list[ManifestSource], min_duration_s: float, max_duration_s: float) -> Scan:
     scan = Scan(sources)
-    seen = _Seen()
+    seen = Seen()
     for number, source in enumerate(sources):
         scan.formats.append(_scan_one(scan, seen, number, source, min_duration_s, max_duration_s))
     return scan
@@ -96,7 +96,7 @@ def scan_manifests(sources: list[ManifestSource], min_duration_s: float, max_dur
 
 def _scan_one(
     scan: Scan,
-    seen: _Seen,
+    seen: Seen,
     source_index: int,
     source: ManifestSource,
     min_duration_s: float,
@@ -135,7 +135,7 @@ def _scan_one(
                 usable = read_line(scan, item, source_index, source, number)
                 if usable is not None:
                     duration, uses = usable
-                    _cross_checks(scan, seen, source, number, duration, uses, min_duration_s, max_duration_s)
+                    cross_checks(scan, seen, source, number, duration, uses, min_duration_s, max_duration_s)
     except (OSError, EOFError, zlib.error) as exc:
         corrupt = True
         _add(
@@ -158,7 +158,7 @@ def _add(scan: Scan, manifest: str, line: int, category: str, problem: str, audi
     scan.findings.append(finding(manifest, line, audio, category, reason))
 
 
-def _reason(exc: ManifestError, category: str) -> str:
+def line_reason(exc: ManifestError, category: str) -> str:
     """The trainer's message about a line, in the `(expected X, got Y)` form, with a hint."""
     problem = expected_form(category, exc.problem)
     return str(ManifestError(exc.manifest, exc.line, problem, hint_of(str(exc), exc.problem) or default_hint(category)))
@@ -178,7 +178,7 @@ def _decode(scan: Scan, raw: bytes, path: str, number: int) -> dict | None:
         bad = sorted(k for k, v in lenient.items() if isinstance(v, float) and not math.isfinite(v)) if lenient else []
         if bad and set(bad) <= {"duration", "offset"}:
             return lenient
-        reason = _reason(exc, "malformed_json")
+        reason = line_reason(exc, "malformed_json")
         if bad:
             reason += f" (NaN/Infinity in {', '.join(bad)}: JSON has no such numbers)"
         scan.findings.append(finding(path, number, None, "malformed_json", reason))
@@ -203,8 +203,10 @@ def _nemo_line(scan: Scan, item: dict, source_index: int, source: ManifestSource
     try:
         entry = nemo_entry(item, path, number)
     except ManifestError as exc:
-        category, measurable = _nemo_failure(item, path, number)
-        scan.findings.append(finding(path, number, measurable and measurable.path, category, _reason(exc, category)))
+        category, measurable = nemo_failure(item, path, number)
+        scan.findings.append(
+            finding(path, number, measurable and measurable.path, category, line_reason(exc, category))
+        )
         if measurable is not None:  # only the duration is wrong: still check the file, and measure it
             scan.entries.append(
                 Entry(
@@ -229,10 +231,10 @@ def _nemo_line(scan: Scan, item: dict, source_index: int, source: ManifestSource
             source.noise,
         )
     )
-    return entry.duration, [_Use(nemo_cut_id(entry, number), entry.path, entry.offset, entry.duration)]
+    return entry.duration, [Use(nemo_cut_id(entry, number), entry.path, entry.offset, entry.duration)]
 
 
-def _nemo_failure(item: dict, manifest: str, number: int):
+def nemo_failure(item: dict, manifest: str, number: int):
     """Which field `nemo_entry` refused, found by asking it again with the others repaired.
 
     The trainer checks the path, then the duration, then the offset; the category names the first
@@ -270,7 +272,7 @@ def _lhotse_line(scan: Scan, item: dict, source_index: int, source: ManifestSour
                 category = "invalid_cut"
             except ManifestError:
                 category = "invalid_duration"
-        scan.findings.append(finding(path, number, None, category, _reason(exc, category)))
+        scan.findings.append(finding(path, number, None, category, line_reason(exc, category)))
         return None
     segment = file_segment(cut)  # what training reads itself; None: it hands the cut to lhotse
     if segment is not None:
@@ -292,10 +294,10 @@ def _lhotse_line(scan: Scan, item: dict, source_index: int, source: ManifestSour
             f"checked (expected one local file without transforms, got a {type(cut).__name__} with "
             f"{len(files)} local file(s) and {_other_sources(cut)})",
         )
-    uses = []
+    uses: list[Use] = []
     for audio, start, duration, channel in files:
         scan.entries.append(Entry(source_index, number, audio, start, duration, True, source.noise, channel))
-        uses.append(_Use(None if uses else cut.id, audio, start, duration, channel))
+        uses.append(Use(None if uses else cut.id, audio, start, duration, channel))
     return float(cut.duration), uses
 
 
@@ -320,13 +322,13 @@ def _mono_parts(cut):
 # Checks across lines
 
 
-def _cross_checks(
+def cross_checks(
     scan: Scan,
-    seen: _Seen,
+    seen: Seen,
     source: ManifestSource,
     number: int,
     duration: float,
-    uses: list[_Use],
+    uses: list[Use],
     min_duration_s: float,
     max_duration_s: float,
 ) -> None:

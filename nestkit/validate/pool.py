@@ -1,4 +1,5 @@
-"""Check files in worker processes, each file under a time limit that a stalled read cannot escape.
+"""Check files (and shards, and tar members) in worker processes, each under a time limit that a
+stalled read cannot escape.
 
 A thread blocked in `read(2)` on a stalled mount cannot be interrupted, so each worker is a process
 the parent can kill. Workers are started once (`python -c ...`, importing only numpy and
@@ -9,6 +10,10 @@ the slots while it waits. A slot that has not moved for `timeout_s` means the fi
 parent kills that worker, reports the file as `timeout`, puts the rest of the batch back in the
 queue and starts a replacement. A worker that dies (a decoder crash) is handled the same way, with
 `worker_crash`. Every file therefore gets a result, and no file can hold up the others.
+
+A task is any picklable object with `run(settings) -> result`, `failed(category, problem) -> result`
+and a `unit` ("file", "shard", "member") for messages: `FileTask` checks a file, `validate.shard_tasks`
+indexes a shard or checks a member's audio. Tasks of one kind go through `run` together.
 """
 
 from __future__ import annotations
@@ -26,11 +31,11 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
-from typing import IO
+from typing import IO, Any, ClassVar, Protocol, cast
 
 from nestkit.core.errors import NestkitError
 from nestkit.core.procs import usable_cores
-from nestkit.validate.audio import CheckSettings, FileResult, FileTask, audio_reason, check_file
+from nestkit.validate.audio import CheckSettings
 
 _SLOT = struct.Struct("q")  # index of the file a worker is on (-1: none yet)
 _MAX_BATCH = 128  # files per message; small enough that a requeue after a timeout is cheap
@@ -39,7 +44,16 @@ _START_LIMIT_S = 60.0  # a worker that has not said "ready" by then is not going
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _WORKER_CODE = "import sys; from nestkit.validate.pool import worker_main; worker_main(sys.argv[1:])"
 
-Batch = list[tuple[int, FileTask]]
+
+class Task(Protocol):
+    unit: ClassVar[str]
+
+    def run(self, settings: CheckSettings) -> Any: ...
+
+    def failed(self, category: str, problem: str) -> Any: ...
+
+
+Batch = list[tuple[int, Task]]
 
 
 def default_jobs() -> int:
@@ -73,17 +87,10 @@ def worker_main(argv: list[str]) -> None:
         for index, task in batch:
             _SLOT.pack_into(slots, slot * _SLOT.size, index)
             try:
-                results.append(check_file(task, settings))
+                results.append(task.run(settings))
             except Exception as exc:  # a bug of ours must not cost the other files their results
-                results.append(failed_result(task, "internal_error", f"{type(exc).__name__}: {exc}"))
+                results.append(task.failed("internal_error", f"{type(exc).__name__}: {exc}"))
         replies.send(("results", results))
-
-
-def failed_result(task: FileTask, category: str, problem: str) -> FileResult:
-    result = FileResult(task.path)
-    for segment in task.segments:
-        result.add(segment.ref, category, audio_reason(category, task.path, problem))
-    return result
 
 
 # ------------------------------------------------------------------------------------------------
@@ -112,7 +119,8 @@ class WorkerPool:
     """
 
     def __init__(self, settings: CheckSettings, jobs: int = 0, timeout_s: float = 30.0, start_now: int = 2):
-        self.settings, self.jobs, self.timeout_s = settings, jobs or default_jobs(), timeout_s
+        self.settings, self.jobs = settings, jobs or default_jobs()
+        self.default_timeout_s = self.timeout_s = timeout_s  # timeout_s: the limit of the run in progress
         self.slots_file = tempfile.TemporaryFile()  # noqa: SIM115 -- lives as long as the pool
         self.slots_file.truncate(self.jobs * _SLOT.size)
         self.slots = mmap.mmap(self.slots_file.fileno(), self.jobs * _SLOT.size)
@@ -191,8 +199,12 @@ class WorkerPool:
 
     # -- the loop
 
-    def run(self, tasks: Sequence[FileTask], on_result: Callable[[int, FileResult], None]) -> None:
-        """Check every task; `on_result(task index, result)` is called once per task, in completion order."""
+    def run(self, tasks: Sequence[Task], on_result: Callable[[int, Any], None], timeout_s: float | None = None) -> None:
+        """Run every task; `on_result(task index, result)` is called once per task, in completion order.
+
+        `timeout_s` bounds each task (default: the pool's).
+        """
+        self.timeout_s = timeout_s if timeout_s is not None else self.default_timeout_s
         size = batch_size(len(tasks), self.jobs)
         indexed = list(enumerate(tasks))
         batches = deque(indexed[i : i + size] for i in range(0, len(indexed), size))
@@ -204,7 +216,7 @@ class WorkerPool:
                     self.dispatch(worker, batches)
             by_connection = {w.replies: w for w in self.workers}
             for connection in wait(list(by_connection), timeout=poll_s):
-                self.receive(by_connection[connection], batches, on_result)
+                self.receive(by_connection[cast(Connection, connection)], batches, on_result)
             self.watch(batches, on_result)
 
     def dispatch(self, worker: _Worker, batches: deque[Batch]) -> None:
@@ -218,7 +230,7 @@ class WorkerPool:
             worker.batch = None
             self.replace(worker)
 
-    def receive(self, worker: _Worker, batches: deque[Batch], on_result: Callable[[int, FileResult], None]) -> None:
+    def receive(self, worker: _Worker, batches: deque[Batch], on_result: Callable[[int, Any], None]) -> None:
         try:
             kind, payload = worker.replies.recv()
         except (EOFError, OSError):
@@ -229,16 +241,17 @@ class WorkerPool:
             self.failed_starts = 0
             return
         batch, worker.batch = worker.batch, None
+        assert batch is not None  # a worker replies only to a batch it was sent
         for (index, _task), result in zip(batch, payload):
             on_result(index, result)
 
     def current(self, worker: _Worker) -> int:
         """Position in the worker's batch of the file it is on."""
         index = _SLOT.unpack_from(self.slots, worker.slot * _SLOT.size)[0]
-        positions = [i for i, (number, _) in enumerate(worker.batch) if number == index]
+        positions = [i for i, (number, _) in enumerate(worker.batch or []) if number == index]
         return positions[0] if positions else 0
 
-    def watch(self, batches: deque[Batch], on_result: Callable[[int, FileResult], None]) -> None:
+    def watch(self, batches: deque[Batch], on_result: Callable[[int, Any], None]) -> None:
         now = time.monotonic()
         for worker in list(self.workers):
             if not worker.ready:
@@ -256,11 +269,12 @@ class WorkerPool:
                     batches,
                     on_result,
                     "timeout",
-                    f"no result within the time limit (expected <= {self.timeout_s:g} s per file, "
+                    f"no result within the time limit (expected <= {self.timeout_s:g} s per "
+                    f"{worker.batch[self.current(worker)][1].unit}, "
                     f"got no answer after {now - worker.since:.1f} s); the worker was killed",
                 )
 
-    def lost(self, worker: _Worker, batches: deque[Batch], on_result: Callable[[int, FileResult], None]) -> None:
+    def lost(self, worker: _Worker, batches: deque[Batch], on_result: Callable[[int, Any], None]) -> None:
         if not worker.ready:
             self.failed_start(worker)
             return
@@ -285,18 +299,19 @@ class WorkerPool:
         self,
         worker: _Worker,
         batches: deque[Batch],
-        on_result: Callable[[int, FileResult], None],
+        on_result: Callable[[int, Any], None],
         category: str,
         problem: str,
     ) -> None:
         batch, position = worker.batch, self.current(worker)
+        assert batch is not None  # called only for a worker that is on a batch
         worker.batch = None
         # The files before it were checked, but their results died with the worker: check them again.
         rest = batch[:position] + batch[position + 1 :]
         if rest:
             batches.appendleft(rest)
         index, task = batch[position]
-        on_result(index, failed_result(task, category, problem))
+        on_result(index, task.failed(category, problem))
         self.replace(worker)
 
     def failed_start(self, worker: _Worker) -> None:
@@ -320,9 +335,9 @@ class WorkerPool:
 
 
 def check_files(
-    tasks: Sequence[FileTask],
+    tasks: Sequence[Task],
     settings: CheckSettings,
-    on_result: Callable[[int, FileResult], None],
+    on_result: Callable[[int, Any], None],
     jobs: int = 0,
     timeout_s: float = 30.0,
 ) -> None:

@@ -38,6 +38,8 @@ def printable(text: str) -> str:
 
 def display_path(path: str) -> str:
     """Relative to the working directory when below it (how CI annotations name repository files)."""
+    if path.startswith(("http://", "https://")) or not os.path.isabs(path):
+        return path
     relative = os.path.relpath(path)
     return path if relative.startswith("..") else relative
 
@@ -52,10 +54,17 @@ def summary_line(report: Report, strict: bool) -> str:
     verdict = "FAILED" if summary["exit_code"] else "passed"
     counts = ", ".join(f"{name} {count}" for name, count in summary["categories"].items())
     mode = "decoded" if report.decoded else "headers only"
-    rate = f"{summary['files_per_s']:g} files/s" if summary["files_per_s"] else "no files"
+    unit = "files+members" if summary["shards"] else "files"
+    rate = f"{summary['files_per_s']:g} {unit}/s" if summary["files_per_s"] else f"no {unit}"
+    counted = f"{summary['lines']} line(s) and {summary['files']} file(s)"
+    if summary["shards"]:
+        counted = (
+            f"{summary['lines']} line(s), {summary['files']} file(s), {summary['shards']} shard(s) "
+            f"and {summary['members']} member(s)"
+        )
     return (
         f"validate-manifest {verdict}: {summary['errors']} error(s), {summary['warnings']} warning(s) in "
-        f"{summary['lines']} line(s) and {summary['files']} file(s) "
+        f"{counted} "
         f"({mode}, {summary['elapsed_s']:.2f} s, {rate})"
         + (f"; by category: {counts}" if counts else "")
         + ("; --strict: warnings fail" if strict and summary["warnings"] and not summary["errors"] else "")
@@ -97,7 +106,8 @@ def as_github(report: Report, strict: bool) -> str:
 
 
 def as_junit(report: Report, strict: bool) -> str:
-    """One test suite per manifest; a test case per line with findings, plus one for the rest.
+    """One test suite per manifest (and per shard with findings about it as a whole); a test case per
+    line with findings, plus one for the rest.
 
     Errors (and warnings under --strict) are <failure>s; other warnings are in the test case's
     <system-out>, so a CI test view shows them without failing.
@@ -107,9 +117,9 @@ def as_junit(report: Report, strict: bool) -> str:
         by_manifest[f.manifest].append(f)
     root = ET.Element("testsuites", name="nestkit validate-manifest", time=f"{report.elapsed_s:.3f}")
     total_tests = total_failures = 0
-    for source in report.scan.sources:
-        findings = by_manifest.pop(source.path, [])
-        suite_name = printable(display_path(source.path))
+    for manifest in report.manifests():
+        findings = by_manifest.pop(manifest, [])
+        suite_name = printable(display_path(manifest))
         suite = ET.SubElement(root, "testsuite", name=suite_name)
         by_line: dict[int, list[Finding]] = defaultdict(list)
         for f in findings:

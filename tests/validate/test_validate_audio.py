@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -122,3 +124,65 @@ def test_the_channel_a_cut_names_is_the_one_judged(tmp_path):
     with pytest.raises(AudioLoadError) as refused:
         read_audio(str(tmp_path / "stereo.wav"), 0.0, 2.0, 16000, channel=2)
     assert refused.value.category == "not_audio"
+
+
+def test_one_set_of_sample_rules_for_the_loader_and_the_validator(tmp_path, monkeypatch):
+    """The rules live in nestkit.data.sample_rules: change a threshold there and both change with it."""
+    import nestkit.data.sample_rules as rules
+
+    loud = 0.9 * np.sin(np.arange(32000, dtype=np.float32) / 7)
+    quiet = np.full(32000, 0.2, np.float32) + 1e-3 * np.sin(np.arange(32000, dtype=np.float32))
+    sf.write(tmp_path / "loud.wav", loud, 16000, subtype="FLOAT")
+    sf.write(tmp_path / "quiet.wav", quiet, 16000, subtype="FLOAT")
+
+    def verdicts() -> tuple[set, set]:
+        loader, validator = set(), set()
+        for name in ("loud", "quiet"):
+            path = str(tmp_path / f"{name}.wav")
+            try:
+                read_audio(path, 0.0, 2.0, 16000, require_signal=True)
+            except AudioLoadError as exc:
+                loader.add((name, exc.category))
+            validator |= {(name, c) for _, c, _ in _one(path, 2.0).findings if severity(c) == ERROR}
+        return loader, validator
+
+    assert verdicts() == (set(), set())
+    monkeypatch.setattr(rules, "MAX_ABS_SAMPLE", 0.5)
+    monkeypatch.setattr(rules, "DC_PEAK_TO_PEAK", 0.01)
+    loader, validator = verdicts()
+    assert loader == validator == {("loud", "out_of_range"), ("quiet", "dc_only")}
+
+
+def test_a_file_object_reads_like_its_path_on_every_zoo_file(zoo_entries):
+    """read_audio_from (a tar member's bytes) applies the same rules as read_audio: same samples or the
+    same category and problem, for every regular file of the zoo."""
+    import io
+    import os
+    import stat
+
+    from nestkit.data.audio import read_audio_from
+
+    compared = 0
+    for entry in zoo_entries:
+        try:
+            regular = stat.S_ISREG(os.stat(entry.path).st_mode) and os.access(entry.path, os.R_OK)
+        except OSError:
+            regular = False
+        if not regular or entry.duration is None:
+            continue
+        args = (entry.offset, entry.duration, 16000, entry.channel, not entry.noise)
+        by_path = _outcome(read_audio, entry.path, *args)
+        by_object = _outcome(read_audio_from, io.BytesIO(Path(entry.path).read_bytes()), entry.path, *args)
+        if isinstance(by_path, tuple):
+            assert by_object == by_path, entry
+        else:
+            assert np.array_equal(by_object, by_path), entry
+        compared += 1
+    assert compared >= 20
+
+
+def _outcome(read, *args):
+    try:
+        return read(*args)
+    except AudioLoadError as exc:
+        return exc.category, str(exc)

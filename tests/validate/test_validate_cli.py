@@ -68,6 +68,7 @@ def test_zoo_reports_every_category_on_its_line(zoo):
 def test_every_category_is_exercised_by_a_test(zoo):
     corpus, *_ = zoo
     checked_elsewhere = FAULT_CATEGORIES | {"manifest_corrupt"}  # its line depends on gzip: checked by manifest
+    checked_elsewhere |= {name for name, c in CATEGORIES.items() if c.stage == "shard"}  # test_validate_shards.py
     assert set(corpus["expect"].values()) | checked_elsewhere == set(CATEGORIES)
 
 
@@ -337,7 +338,7 @@ def test_cli_defaults_match_the_library():
     from nestkit.config import DatasetConfig
     from nestkit.data.audio import DURATION_TOLERANCE_S
     from nestkit.validate.audio import CheckSettings
-    from nestkit.validate.validator import DEFAULT_TIMEOUT_S, ValidateOptions
+    from nestkit.validate.validator import DEFAULT_SHARD_TIMEOUT_S, DEFAULT_TIMEOUT_S, ValidateOptions
 
     checks, options = CheckSettings(), ValidateOptions()
     assert (
@@ -361,6 +362,7 @@ def test_cli_defaults_match_the_library():
         DatasetConfig.max_duration,
     )
     assert cli._TIMEOUT_S == DEFAULT_TIMEOUT_S == options.timeout_s
+    assert cli._SHARD_TIMEOUT_S == DEFAULT_SHARD_TIMEOUT_S == options.shard_timeout_s
 
 
 def test_docs_document_every_category():
@@ -383,3 +385,9 @@ def test_repairs_of_a_damaged_gzip_manifest_keep_what_is_readable(tmp_path):
     with gzip.open(tmp_path / "clean.jsonl.gz", "rt") as f:
         kept = f.read().splitlines()
     assert 0 < len(kept) == corrupt["line"] - 1 < 300
+
+
+def test_help_lists_the_format_choices():
+    done = run_cli("--help", env={"COLUMNS": "200"})
+    assert done.returncode == 0 and "[table|json|junit|github]" in done.stdout
+    assert "_OP_0..3_CL_" in done.stdout  # NeMo's spelling survives the help's markup
