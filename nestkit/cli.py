@@ -40,6 +40,27 @@ def main() -> None:
     except NestkitError as exc:
         err_console.print(f"[bold red]error:[/] {escape(str(exc))}")
         raise SystemExit(1) from None
+    except ModuleNotFoundError as exc:
+        extra = EXTRAS.get((exc.name or "").split(".")[0])
+        if extra is None:
+            raise
+        message = (
+            f"this command needs {exc.name}, which the light install leaves out (expected the [{extra}] extra, "
+            f"got no {exc.name}). Install it with: pip install 'nestkit[{extra}]'"
+        )
+        err_console.print(f"[bold red]error:[/] {escape(message)}")
+        raise SystemExit(1) from None
+
+
+# packages of optional extras -> the extra that installs them (the core install is light)
+EXTRAS = {
+    "torch": "train",
+    "lhotse": "train",
+    "pytorch_lightning": "train",
+    "lightning_fabric": "train",
+    "tensorboard": "train",
+    "matplotlib": "report",
+}
 
 
 if __name__ == "__main__":
