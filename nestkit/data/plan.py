@@ -154,17 +154,21 @@ def _fixed_size(order: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndar
 def _pack_by_duration(durations: np.ndarray, cap: float) -> np.ndarray:
     """Greedy packing in the given order: bounds such that each micro-batch's sum <= cap.
 
-    A single cut longer than the cap forms a micro-batch of its own.
+    A single cut longer than the cap forms a micro-batch of its own. Where the micro-batch that
+    starts at each cut would end is found for all cuts at once (one searchsorted); the greedy walk
+    then only follows those pointers, which keeps 10M cuts at a fraction of a second.
     """
-    csum = np.concatenate(([0.0], np.cumsum(durations)))
     n = len(durations)
+    if n == 0:
+        return np.zeros(1, dtype=np.int64)
+    csum = np.concatenate(([0.0], np.cumsum(durations)))
+    ends = np.searchsorted(csum, csum[:-1] + cap * (1 + 1e-12), side="right") - 1
+    ends = np.maximum(ends, np.arange(1, n + 1)).tolist()
     bounds = [0]
     start = 0
     while start < n:
-        end = int(np.searchsorted(csum, csum[start] + cap * (1 + 1e-12), side="right")) - 1
-        end = max(end, start + 1)
-        bounds.append(end)
-        start = end
+        start = ends[start]
+        bounds.append(start)
     return np.asarray(bounds, dtype=np.int64)
 
 
@@ -177,27 +181,31 @@ def _bucket_edges(durations: np.ndarray, num_buckets: int) -> np.ndarray:
 def _bucketed(order, durations, kept, batching: BatchingConfig, rng: np.random.Generator):
     """Micro-batches packed inside duration buckets, kept together in runs of BUCKET_RUN; full runs
     first (shuffled), then each bucket's shorter last run (shuffled), so that the order of whole
-    runs -- and with it which steps stay inside one bucket -- is the same for every world size."""
+    runs -- and with it which steps stay inside one bucket -- is the same for every world size.
+    A run is a contiguous slice of its bucket's rows, so runs, not micro-batches, are moved."""
     # Bucket edges depend on the data only (not the epoch), so a cut stays in its bucket.
     edges = _bucket_edges(durations[kept], batching.num_buckets)
     bucket_of = np.searchsorted(edges, durations[order], side="right")
-    full_runs: list[list[np.ndarray]] = []
-    short_runs: list[list[np.ndarray]] = []
-    for bucket in range(len(edges) + 1):
-        members = order[bucket_of == bucket]  # keeps the (shuffled) epoch order
+    by_bucket = order[np.argsort(bucket_of, kind="stable")]  # each bucket keeps the (shuffled) epoch order
+    splits = np.cumsum(np.bincount(bucket_of, minlength=len(edges) + 1))[:-1]
+    full_runs: list[tuple[np.ndarray, np.ndarray]] = []  # (rows, micro-batch lengths)
+    short_runs: list[tuple[np.ndarray, np.ndarray]] = []
+    for members in np.split(by_bucket, splits):
         if len(members) == 0:
             continue
         bounds = _pack_by_duration(durations[members], batching.batch_duration)
-        batches = [members[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
-        for at in range(0, len(batches), BUCKET_RUN):
-            run = batches[at : at + BUCKET_RUN]
-            (full_runs if len(run) == BUCKET_RUN else short_runs).append(run)
+        lengths = np.diff(bounds)
+        count = len(lengths)
+        for at in range(0, count, BUCKET_RUN):
+            end = at + BUCKET_RUN if at + BUCKET_RUN < count else count
+            run = (members[bounds[at] : bounds[end]], lengths[at:end])
+            (full_runs if end - at == BUCKET_RUN else short_runs).append(run)
     if batching.shuffle:
         full_runs = [full_runs[i] for i in rng.permutation(len(full_runs))]
         short_runs = [short_runs[i] for i in rng.permutation(len(short_runs))]
-    batches = [b for run in full_runs + short_runs for b in run]
-    lengths = np.fromiter((len(b) for b in batches), dtype=np.int64, count=len(batches))
-    return np.concatenate(batches), np.concatenate(([0], np.cumsum(lengths)))
+    runs = full_runs + short_runs
+    lengths = np.concatenate([r[1] for r in runs])
+    return np.concatenate([r[0] for r in runs]), np.concatenate(([0], np.cumsum(lengths)))
 
 
 # ------------------------------------------------------------------------------------------------
