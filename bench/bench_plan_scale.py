@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nestkit.data.plan import BatchingConfig, deal, plan_sequence
+from nestkit.data.plan import BatchingConfig, plan_sequence
 from nestkit.data.plan_cache import cached_sequence
 
 MODES = {
