@@ -14,15 +14,17 @@ PLAN_KEY = "plan"  # cut.custom[PLAN_KEY]: the cut's place in the plan (see Batc
 class BatchPosition:
     """Where a micro-batch sits in the plan.
 
-    `batch` is the micro-batch's index in its epoch's sequence, the same whichever rank or world
-    size trains it (rank r of W takes r, r + W, r + 2W, ...; with one rank it is the rank's own
-    batch number). A piece of the epoch's split last step has an index past the sequence's end.
-    batch = -1 for a CutSet that did not come from a plan.
+    `batch` is the rank's batch number in the epoch (what its log, Lightning's progress and
+    `lookup --batch N --rank R` say); `index` is the micro-batch's index in the epoch's sequence,
+    the same whichever rank or world size trains it (rank r of W takes r, r + W, r + 2W, ...; a
+    piece of the epoch's split last step has an index past the sequence's end). Randomness is keyed
+    by `index`. batch = index = -1 for a CutSet that did not come from a plan.
     """
 
     epoch: int
     rank: int
     batch: int
+    index: int = -1
     world_size: int = 1
     consumed_after: int | None = None  # the epoch's micro-batches consumed once this step is done
 

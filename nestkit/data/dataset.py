@@ -43,10 +43,11 @@ def batch_position(cuts: list[Cut]) -> BatchPosition:
             int(plan["epoch"]),
             int(plan["rank"]),
             int(plan["batch"]),
+            int(plan.get("index", plan["batch"])),
             int(plan.get("world_size", 1)),
             plan.get("consumed_after"),
         )
-    return BatchPosition(0, 0, -1)
+    return BatchPosition(0, 0, -1, -1)
 
 
 _MAX_DRAWS_FOR_UNTRIED = 100  # a pool of nothing but failed cuts must not loop forever
@@ -119,7 +120,9 @@ class NestDataset(torch.utils.data.Dataset):
         return generator(self.seed, self.split, purpose, position.epoch, batch_key, cut_id)
 
     def _quarantine(self, record: dict, position: BatchPosition) -> dict:
-        return self.quarantine.write({"epoch": position.epoch, "batch": position.batch, "split": self.split, **record})
+        return self.quarantine.write(
+            {"epoch": position.epoch, "batch": position.batch, "index": position.index, "split": self.split, **record}
+        )
 
     def _substitute_candidates(self, rng: np.random.Generator, batch: list[Cut]):
         if self.substitute_rows is not None and len(self.substitute_rows):
@@ -212,7 +215,8 @@ class NestDataset(torch.utils.data.Dataset):
         if not cuts:
             raise NestkitError("batch: empty CutSet (expected at least one cut)")
         position = batch_position(cuts)
-        batch_key = str(position.batch) if position.batch >= 0 else _adhoc_key(cuts)
+        # the micro-batch's index in the epoch, not the rank's batch number: the same draws on any world size
+        batch_key = str(position.index) if position.index >= 0 else _adhoc_key(cuts)
         min_len = int(round(self.ds.min_audio_len_secs * self.sample_rate))
 
         worker_status.begin_batch(position.epoch, position.batch)  # for stall reports; ~1 us

@@ -109,18 +109,18 @@ class Planner:
         }
 
 
-def cuts_of(index: CutIndex, entry: MicroBatch, epoch: int, rank: int, world_size: int, k: int) -> CutSet:
-    """A micro-batch's cuts, each carrying its plan position."""
+def cuts_of(index: CutIndex, entry: MicroBatch, epoch: int, rank: int, world_size: int, batch: int) -> CutSet:
+    """A micro-batch's cuts, each carrying its plan position (`batch`: the rank's batch number)."""
     cuts = []
     for row, repeat in zip(entry.rows, entry.repeats):
         cut = index.cut(int(row))
         plan = {
             "epoch": epoch,
             "rank": rank,
-            "batch": entry.index,
+            "batch": batch,
+            "index": entry.index,
             "world_size": world_size,
             "consumed_after": entry.consumed_after,
-            "k": k,
             "repeat": bool(repeat),
         }
         cut.custom = {**(cut.custom or {}), PLAN_KEY: plan}
@@ -175,7 +175,8 @@ class EpochSampler(torch.utils.data.Sampler):
         """Micro-batch `k` of `rank` (default: this sampler's rank) as a CutSet, with plan positions."""
         epoch = self.epoch if epoch is None else epoch
         rank = self.rank if rank is None else rank
-        return cuts_of(self.index, self.plan(epoch).entry(rank, k), epoch, rank, self.world_size, k)
+        plan = self.plan(epoch)
+        return cuts_of(self.index, plan.entry(rank, k), epoch, rank, self.world_size, plan.start // self.world_size + k)
 
     def batch_rows(self, k: int, epoch: int | None = None, rank: int | None = None) -> np.ndarray:
         return self.plan(epoch).batch_rows(self.rank if rank is None else rank, k)
@@ -187,7 +188,8 @@ class EpochSampler(torch.utils.data.Sampler):
         epoch, plan = self.epoch, self.plan()
         self._start = 0
         for k in range(plan.num_batches):
-            yield cuts_of(self.index, plan.entry(self.rank, k), epoch, self.rank, self.world_size, k)
+            batch = plan.start // self.world_size + k  # a resumed epoch goes on numbering where it was
+            yield cuts_of(self.index, plan.entry(self.rank, k), epoch, self.rank, self.world_size, batch)
 
 
 @dataclass(frozen=True)
@@ -221,13 +223,17 @@ class TrainingStream(torch.utils.data.Sampler):
         accumulate: int = 1,
         max_epochs: int | None = None,
         start: DataPosition = DataPosition(),
+        batches_before: int | None = None,
     ):
+        """`batches_before`: batches this rank already took in the start epoch (in earlier segments of
+        the run: nestkit.data.layout), so that its batch numbers go on; default start.consumed // W."""
         self.planner = planner
         self.rank = rank
         self.world_size = world_size
         self.accumulate = accumulate
         self.max_epochs = max_epochs if max_epochs and max_epochs > 0 else None
         self.start = start
+        self.batches_before = start.consumed // world_size if batches_before is None else batches_before
         self.handed_out: deque[tuple[int, int, CutSet]] = deque(maxlen=self.HANDED_OUT_KEPT)
         self.data_end: dict | None = None
         self.stop_after = faults.stop_after(rank)  # None unless NESTKIT_DEBUG_STOP_RANK
@@ -266,9 +272,10 @@ class TrainingStream(torch.utils.data.Sampler):
                     }
                     return
                 entry = plan.entry(self.rank, k)
-                cuts = cuts_of(self.planner.index, entry, plan.epoch, self.rank, self.world_size, k)
-                self.handed_out.append((plan.epoch, entry.index, cuts))
+                batch = (self.batches_before if plan.epoch == self.start.epoch else 0) + k
+                cuts = cuts_of(self.planner.index, entry, plan.epoch, self.rank, self.world_size, batch)
+                self.handed_out.append((plan.epoch, batch, cuts))
                 yielded += 1
-                last = {"epoch": plan.epoch, "batch": entry.index}
+                last = {"epoch": plan.epoch, "batch": batch}
                 yield cuts
         self.data_end = {"after": last, "reason": "max_epochs", "detail": f"{self.max_epochs} data epochs done"}

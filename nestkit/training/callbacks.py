@@ -35,7 +35,8 @@ class BatchLog(Callback):
         record = {
             "step": self._step,
             "epoch": position.epoch,
-            "batch": position.batch,  # the micro-batch's index in the epoch's sequence
+            "batch": position.batch,  # the rank's batch number in the epoch (what lookup --batch takes)
+            "index": position.index,  # the micro-batch's index in the epoch's sequence (any world size)
             "rank": trainer.global_rank,
             "world_size": position.world_size,
             "consumed_after": position.consumed_after,

@@ -27,12 +27,14 @@ import torch
 from nestkit.config import NestConfig
 from nestkit.core.rng import seed_int, torch_generator
 from nestkit.data.batch import BatchPosition, NestBatch
+from nestkit.data.layout import RunLayout, continued_by, segments_of
 from nestkit.data.pipeline import DataPipeline, build_pipeline
 from nestkit.data.sampler import DataPosition, TrainingStream
 from nestkit.model.nest import NestModel
 from nestkit.model.schedule import build_optimizer, build_scheduler
 from nestkit.monitor.loader_watch import WatchedDataLoader
 from nestkit.monitor.worker_init import worker_init_for
+from nestkit.runfolder.segments import Segment
 from nestkit.training.elastic import DATA_POSITION_KEY, SavedPosition, position_after, saved_position
 
 __all__ = ["DATA_POSITION_KEY", "NestLightningModule", "seed_dropout", "step_generator", "training_loss"]
@@ -50,7 +52,7 @@ def seed_dropout(seed: int, epoch: int, index: int) -> None:
 
 def training_loss(model: NestModel, batch: NestBatch, seed: int):
     """The training step's forward and loss, as training and `replay-batch --forward` run it."""
-    epoch, index = batch.position.epoch, batch.position.batch
+    epoch, index = batch.position.epoch, batch.position.index
     seed_dropout(seed, epoch, index)
     output = model(
         batch.audio,
@@ -89,13 +91,15 @@ class NestLightningModule(pl.LightningModule):
 
     def train_dataloader(self):
         pipeline = self.pipeline("train")
+        start = self.resumed.position if self.resumed is not None else DataPosition()
         stream = TrainingStream(
             pipeline.planner,
             self.global_rank,
             self.trainer.world_size,
             self.cfg.trainer.accumulate_grad_batches,
             self.cfg.trainer.max_epochs,
-            self.resumed.position if self.resumed is not None else DataPosition(),
+            start,
+            batches_before=self._batches_before(pipeline, start),
         )
         loader = pipeline.dataloader(
             worker_init_fn=worker_init_for(self.run_dir, self.global_rank), sampler=stream, loader_cls=WatchedDataLoader
@@ -103,6 +107,15 @@ class NestLightningModule(pl.LightningModule):
         if self.stall_watch is not None:  # heartbeats: what the stream hands out, what comes back
             self.stall_watch.watch_loader(loader, stream)
         return loader
+
+    def _batches_before(self, pipeline: DataPipeline, start: DataPosition) -> int:
+        """Batches this rank took in the start epoch before this segment (read from the run's
+        segments), so that its batch numbers go on as `lookup --batch N --rank R` counts them."""
+        world, accumulate = self.trainer.world_size, self.cfg.trainer.accumulate_grad_batches
+        segment = Segment(self.trainer.global_step, start.epoch, start.consumed, world, accumulate)
+        segments = continued_by(segments_of(self.run_dir, world, accumulate) if self.resumed else [], segment)
+        layout = RunLayout(pipeline.planner, segments, self.cfg.trainer.max_epochs)
+        return layout.rank_batches_before(len(segments) - 1, start.epoch, self.global_rank)
 
     def val_dataloader(self):
         if self.cfg.model.validation_ds is None:

@@ -129,10 +129,10 @@ def test_sampler_yields_the_planned_batches_with_positions(index):
             {
                 "epoch": 2,
                 "rank": 1,
-                "batch": entry.index,
+                "batch": n,
+                "index": entry.index,
                 "world_size": 3,
                 "consumed_after": entry.consumed_after,
-                "k": n,
                 "repeat": bool(r),
             }
             for r in entry.repeats

@@ -58,9 +58,11 @@ def test_lookup_and_replay_agree_with_what_training_logged(trained):
     assert session.world_size == 2  # read from the run folder's logs
     for rank in (0, 1):
         for record in read_batch_log(run_dir, rank):
-            # the log names the micro-batch by its index in the epoch's sequence; rank r of 2 takes r, r+2, ...
-            place = session.layout.place_of_index(record["epoch"], record["batch"])
-            assert (place.rank, place.step, place.batch) == (rank, record["step"], record["batch"] // 2)
+            # the log names the rank's batch number and the micro-batch's index in the epoch's sequence
+            # (rank r of 2 takes r, r + 2, ...)
+            place = session.layout.place_of_index(record["epoch"], record["index"])
+            assert (place.rank, place.step, place.batch) == (rank, record["step"], record["batch"])
+            assert record["index"] == 2 * record["batch"] + rank
             [found] = lookup_batch(session, [place])
             assert [c.cut_id for c in found.planned] == record["cut_ids"]
             assert found.fingerprint == record["fingerprint"] and found.matches_log is True
@@ -70,7 +72,7 @@ def test_lookup_and_replay_agree_with_what_training_logged(trained):
         "lookup",
         trained["config"],
         "--batch",
-        str(record["batch"] // 2),
+        str(record["batch"]),
         "--epoch",
         str(record["epoch"]),
         "--all-ranks",
@@ -110,7 +112,7 @@ def test_replay_forward_reproduces_the_logged_loss(trained):
     record = next(r for r in read_batch_log(trained["run_dir"], 0) if r["step"] == 4)
     replayed = run(
         "replay-batch",
-        str(record["batch"] // 2),
+        str(record["batch"]),
         "--epoch",
         str(record["epoch"]),
         "--config",
@@ -143,8 +145,8 @@ def test_in_flight_batches_and_cut_and_index_lookups(trained):
     [match] = located["matches"]
     assert {
         "rank": 1,
-        "batch": record["batch"] // 2,
-        "micro_batch": record["batch"],
+        "batch": record["batch"],
+        "micro_batch": record["index"],
         "slot": 1,
         "step": record["step"],
     } in match["places"]
@@ -154,7 +156,7 @@ def test_in_flight_batches_and_cut_and_index_lookups(trained):
             "lookup",
             trained["config"],
             "--index",
-            str(record["batch"] // 2 * batch_size + 1),
+            str(record["batch"] * batch_size + 1),
             "--rank",
             "1",
             "--format",
@@ -162,7 +164,7 @@ def test_in_flight_batches_and_cut_and_index_lookups(trained):
             cwd=folder,
         ).stdout
     )
-    assert by_index["cut_id"] == cut and by_index["batch"] == record["batch"] // 2
+    assert by_index["cut_id"] == cut and by_index["batch"] == record["batch"]
 
 
 def test_a_failing_sample_gets_a_repro_folder_that_reproduces_it(tmp_path):

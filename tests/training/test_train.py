@@ -111,8 +111,9 @@ def test_two_process_ddp_on_cpu(tmp_path, small_corpus):
     rank0, rank1 = read_batch_log(run, 0), read_batch_log(run, 1)
     assert [r["step"] for r in rank0] == [r["step"] for r in rank1] == list(range(5))
     for a, b in zip(rank0, rank1):
+        assert (a["epoch"], a["batch"]) == (b["epoch"], b["batch"])
         # one step, two consecutive micro-batches of the epoch's sequence: rank 0 takes 2k, rank 1 2k + 1
-        assert a["epoch"] == b["epoch"] and (a["batch"] % 2, b["batch"]) == (0, a["batch"] + 1)
+        assert (a["index"], b["index"]) == (2 * a["batch"], 2 * a["batch"] + 1)
         assert not set(a["cut_ids"]) & set(b["cut_ids"]), "ranks must see different cuts"
     # DDP kept the replicas identical: one checkpoint, and both ranks' losses came from it
     assert (run / "checkpoints" / "last.ckpt").is_file()

@@ -126,7 +126,7 @@ class TrainingCase:
             cut_ids=[f"pool{r}" for r in rows],
             records=[],
             failures=[],
-            position=BatchPosition(epoch=0, rank=0, batch=index),
+            position=BatchPosition(epoch=0, rank=0, batch=index, index=index),
             fingerprint=f"plan{index}",
         )
         assert torch.equal(batch.noisy_audio, noisy)
