@@ -32,6 +32,7 @@ from nestkit.data.loading import cut_path, file_segment, load_cut
 from nestkit.data.manifest import CutIndex
 from nestkit.data.noise import NoiseSettings, draw_noise
 from nestkit.data.plan import BatchingConfig
+from nestkit.data.silent_noise import SilenceMemo
 from nestkit.runfolder import worker_status
 from nestkit.runfolder.quarantine import Quarantine
 
@@ -110,6 +111,8 @@ class NestDataset(torch.utils.data.Dataset):
             white_max_db=ds.white_noise_max_db,
             timeout_s=ds.sample_timeout_s or None,
         )
+        # noise files proven silent are not read again (per process; batches are the same without it)
+        self.silence_memo: SilenceMemo | None = SilenceMemo()
         # substitutes come from the cuts the plan may use
         self.substitute_rows = (
             np.flatnonzero(BatchingConfig.from_dataset(ds).keep_mask(index.duration)) if index is not None else None
@@ -200,7 +203,7 @@ class NestDataset(torch.utils.data.Dataset):
 
         def source(row: int, num_samples: int) -> tuple[np.ndarray, dict]:
             rng = self._key("noise", position, batch_key, cut_ids[row])
-            draw = draw_noise(self.noise, num_samples, rng, self.noise_settings)
+            draw = draw_noise(self.noise, num_samples, rng, self.noise_settings, self.silence_memo)
             for failure in draw.failures:
                 failures.append(self._quarantine({"kind": "noise", "for_cut": cut_ids[row], **failure}, position))
             return draw.samples, draw.record()
