@@ -180,7 +180,7 @@ class NestDataset(torch.utils.data.Dataset):
                 "cut_id": current.id,
                 "manifest": custom.get("manifest"),
                 "line": custom.get("line"),
-                "path": cut_path(current),
+                "path": segment.path if segment else cut_path(current),
                 "offset": segment.offset if segment else current.start,
                 "duration": current.duration,
                 "substitute_for": cut.id if current is not cut else None,
@@ -226,27 +226,25 @@ class NestDataset(torch.utils.data.Dataset):
         cut_ids = [item.cut.id for item in loaded]
         failures = [f for item in loaded for f in item.failures]
 
-        shape = (len(rows), max(r.size for r in rows))
-        lengths = np.array([r.size for r in rows], dtype=np.int64)
-        audio = np.zeros(shape, dtype=np.float32)
-        for i, samples in enumerate(rows):
-            audio[i, : samples.size] = samples
-
         aug_rngs = [self._key("augment", position, batch_key, cid) for cid in cut_ids]
         noise_source = self._noise_source(position, batch_key, cut_ids, failures)
-        overlay, aug_records = augment_batch(audio, lengths, aug_rngs, self.ds.batch_augmentor, cut_ids, noise_source)
+        overlays, aug_records = augment_batch(rows, aug_rngs, self.ds.batch_augmentor, cut_ids, noise_source)
+        overlay_checksum = rows_checksum(overlays)
         spans = _spans(aug_records)
-        overlay_checksum = rows_checksum(
-            [None if aug["mode"] == "skip" else overlay[i, : lengths[i]] for i, aug in enumerate(aug_records)]
-        )
-        audio_t, values_t, lengths_t = _shared_tensors(audio.size, int(sum(n for _, _, n in spans)), len(lengths))
+
+        # the batch is written once, straight into the block that ships it
+        shape = (len(rows), max(r.size for r in rows))
+        audio_t, values_t, lengths_t = _shared_tensors(shape[0] * shape[1], sum(n for _, _, n in spans), len(rows))
         audio_t = audio_t.view(shape)
-        audio_t.numpy()[:] = audio
-        lengths_t.numpy()[:] = lengths
+        audio = audio_t.numpy()
+        for i, samples in enumerate(rows):
+            audio[i, : samples.size] = samples
+            audio[i, samples.size :] = 0.0
+        lengths_t.numpy()[:] = [r.size for r in rows]
         values = values_t.numpy()
         at = 0
         for row, start, n in spans:
-            values[at : at + n] = overlay[row, start : start + n]
+            values[at : at + n] = overlays[row][start : start + n]
             at += n
 
         records = []
