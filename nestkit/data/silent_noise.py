@@ -34,6 +34,7 @@ from nestkit.core import faults
 from nestkit.core.timeouts import call_with_timeout
 from nestkit.data.audio import check_path
 from nestkit.data.loading import file_segment
+from nestkit.data.sample_rules import downmix
 
 WINDOW_S = 0.1  # window of the windowed-power bound: short enough that a segment covers many
 BLOCK_FRAMES = 1 << 16  # frames decoded at a time: memory stays bounded for any file length
@@ -96,7 +97,7 @@ def _measure(
             if channel is not None:
                 mono = block[:, channel]
             elif channels > 1:
-                mono = block.mean(axis=1, dtype=np.float32)  # the slow path's downmix
+                mono = downmix(block)  # as the slow path downmixes
             else:
                 mono = block[:, 0]
             power = mono.astype(np.float64) ** 2  # exact: a float32 squared fits a float64

@@ -18,6 +18,7 @@ import torch
 from nestkit.data.augment import achieved_ratio_db
 from nestkit.data.manifest import CutIndex
 from nestkit.data.pipeline import build_pipeline
+from nestkit.data.sample_rules import downmix
 from nestkit.data.silent_noise import SilenceMemo
 from nestkit.data.synthetic import noise_like, silent_noises, write_wav
 from nestkit.runfolder.quarantine import read_quarantine
@@ -421,3 +422,13 @@ def test_a_silence_proof_holds_for_every_segment_it_covers(tmp_path):
         if decisions[n]:
             assert 10 * math.log10(loudest) <= -80.0, n
     assert decisions[16000] and not decisions[2], decisions  # long segments proven, short ones read
+
+
+def test_the_fast_downmix_is_numpys_channel_mean_bit_for_bit():
+    rng = np.random.default_rng(2)
+    for channels in range(1, 10):
+        frames = (rng.standard_normal((5000, channels)) * 0.3).astype(np.float32)
+        frames[:4] = -0.0  # signed zeros average to +0.0, as numpy's sum starts from +0.0
+        frames[4:8, 0] = np.inf
+        expected = frames.mean(axis=1, dtype=np.float32)
+        assert downmix(frames).tobytes() == expected.tobytes(), channels
