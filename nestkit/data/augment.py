@@ -13,7 +13,8 @@ the differences are deliberate:
 * segment lengths are one multinomial draw instead of `random.choices(..., k=mix_len)` (NeMo's hot
   spot; same distribution), and empty segments are dropped instead of crashing;
 * an utterance the augmentor skips gets no noise at all (NeMo adds the raw, unscaled noise to it);
-* energies are computed for the whole batch at once; no Python loop touches individual samples.
+* energies are BLAS dot products per row; no Python loop touches individual samples, and only the
+  rows that mix get an overlay (a skipped row costs no memory).
 """
 
 from __future__ import annotations
@@ -31,19 +32,17 @@ NoiseSource = Callable[[int, int], tuple[np.ndarray, dict]]
 
 def _draw_row(
     i: int,
-    audio: np.ndarray,
-    audio_len: np.ndarray,
+    rows: list[np.ndarray],
     noise_source: NoiseSource,
     rng: np.random.Generator,
     cfg: AugmentorConfig,
-    out: np.ndarray,
     cut_ids: list[str],
-) -> dict:
-    """Decide row i's overlay and write the unscaled overlay into out[i]; return its record."""
-    batch_size = audio.shape[0]
-    length = int(audio_len[i])
+) -> tuple[dict, np.ndarray | None]:
+    """Decide row i's overlay; return its record and the unscaled overlay (None: skipped)."""
+    batch_size = len(rows)
+    length = rows[i].size
     if rng.random() >= cfg.prob:
-        return {"mode": "skip"}
+        return {"mode": "skip"}, None
     mix_rate = (
         rng.uniform(cfg.min_mix_rate, cfg.max_mix_rate) if cfg.min_mix_rate < cfg.max_mix_rate else cfg.min_mix_rate
     )
@@ -67,22 +66,23 @@ def _draw_row(
         clips, speakers, k = [], [], 0
         for n in seg_lens:
             j = int(chosen[k])
-            other_len = int(audio_len[j])
-            if n > other_len:
-                clips.append(np.resize(audio[j, :other_len], n))
+            other = rows[j]
+            if n > other.size:
+                clips.append(np.resize(other, n))
             else:
-                start = int(rng.integers(0, other_len - n)) if other_len > n else 0
-                clips.append(audio[j, start : start + n])
+                start = int(rng.integers(0, other.size - n)) if other.size > n else 0
+                clips.append(other[start : start + n])
             speakers.append(cut_ids[j])
             k += 1
             if k >= len(chosen):
                 k = int(rng.integers(0, len(chosen)))
     # place the segments in order, each at a random start that leaves room for the rest
+    out = np.zeros(length, np.float32)
     segments = []
     min_start, max_start = 0, length - mix_len
     for clip in clips:
         start = int(rng.integers(min_start, max_start)) if min_start < max_start else min_start
-        out[i, start : start + len(clip)] = clip
+        out[start : start + len(clip)] = clip
         segments.append([start, len(clip)])
         min_start = start + len(clip)
         max_start += len(clip)
@@ -91,30 +91,27 @@ def _draw_row(
         record["noise"] = noise_record
     else:
         record["speakers"] = speakers
-    return record
+    return record, out
 
 
 def augment_batch(
-    audio: np.ndarray,
-    audio_len: np.ndarray,
+    rows: list[np.ndarray],
     rngs: list[np.random.Generator],
     cfg: AugmentorConfig | None,
     cut_ids: list[str],
     noise_source: NoiseSource,
-    out: np.ndarray | None = None,
-) -> tuple[np.ndarray, list[dict]]:
-    """The overlay to add to `audio` (B, T), written into `out` (zeros), and one record per row."""
-    overlay = np.zeros_like(audio) if out is None else out
+) -> tuple[list[np.ndarray | None], list[dict]]:
+    """The overlay to add to each utterance (`rows`: their samples) and one record per row.
+
+    An overlay is as long as its utterance, zero outside its segments; None for a skipped row.
+    """
     if cfg is None:
-        return overlay, [{"mode": "skip"} for _ in range(audio.shape[0])]
-    records = [
-        _draw_row(i, audio, audio_len, noise_source, rngs[i], cfg, overlay, cut_ids) for i in range(audio.shape[0])
-    ]
-    for i, record in enumerate(records):
-        if record["mode"] == "skip":
+        return [None] * len(rows), [{"mode": "skip"} for _ in rows]
+    drawn = [_draw_row(i, rows, noise_source, rngs[i], cfg, cut_ids) for i in range(len(rows))]
+    for (record, mix), speech in zip(drawn, rows):
+        if mix is None:
             continue
-        length = max(int(audio_len[i]), 1)
-        speech, mix = audio[i, :length], overlay[i, :length]
+        length = max(speech.size, 1)
         speech_energy = float(np.dot(speech, speech)) / length
         overlay_energy = float(np.dot(mix, mix)) / length
         if overlay_energy > 0:
@@ -124,7 +121,7 @@ def augment_batch(
             record["note"] = "overlay is silent: nothing added"
         mix *= np.float32(scale)
         record["scale"] = scale
-    return overlay, records
+    return [mix for _, mix in drawn], [record for record, _ in drawn]
 
 
 def achieved_ratio_db(audio: np.ndarray, overlay: np.ndarray, length: int) -> float:

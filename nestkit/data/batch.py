@@ -77,11 +77,6 @@ class NestBatch:
         return self.audio_len
 
     @property
-    def noise_len(self) -> torch.Tensor:
-        """The added noise spans each whole utterance (zeros outside the mixed segments)."""
-        return self.audio_len
-
-    @property
     def audio_seconds(self) -> float:
         return float(self.audio_len.sum()) / self.sample_rate if self.sample_rate else 0.0
 

@@ -32,6 +32,7 @@ from nestkit.data.loading import cut_path, file_segment, load_cut
 from nestkit.data.manifest import CutIndex
 from nestkit.data.noise import NoiseSettings, draw_noise
 from nestkit.data.plan import BatchingConfig
+from nestkit.data.silent_noise import SilenceMemo
 from nestkit.runfolder import worker_status
 from nestkit.runfolder.quarantine import Quarantine
 
@@ -111,6 +112,8 @@ class NestDataset(torch.utils.data.Dataset):
             white_max_db=ds.white_noise_max_db,
             timeout_s=ds.sample_timeout_s or None,
         )
+        # noise files proven silent are not read again (per process; batches are the same without it)
+        self.silence_memo: SilenceMemo | None = SilenceMemo()
         # substitutes come from the cuts the plan may use
         self.substitute_rows = (
             np.flatnonzero(BatchingConfig.from_dataset(ds).keep_mask(index.duration)) if index is not None else None
@@ -180,7 +183,7 @@ class NestDataset(torch.utils.data.Dataset):
                 "cut_id": current.id,
                 "manifest": custom.get("manifest"),
                 "line": custom.get("line"),
-                "path": cut_path(current),
+                "path": segment.path if segment else cut_path(current),
                 "offset": segment.offset if segment else current.start,
                 "duration": current.duration,
                 "substitute_for": cut.id if current is not cut else None,
@@ -203,7 +206,7 @@ class NestDataset(torch.utils.data.Dataset):
 
         def source(row: int, num_samples: int) -> tuple[np.ndarray, dict]:
             rng = self._key("noise", position, batch_key, cut_ids[row])
-            draw = draw_noise(self.noise, num_samples, rng, self.noise_settings)
+            draw = draw_noise(self.noise, num_samples, rng, self.noise_settings, self.silence_memo)
             for failure in draw.failures:
                 failures.append(self._quarantine({"kind": "noise", "for_cut": cut_ids[row], **failure}, position))
             return draw.samples, draw.record()
@@ -227,27 +230,25 @@ class NestDataset(torch.utils.data.Dataset):
         cut_ids = [item.cut.id for item in loaded]
         failures = [f for item in loaded for f in item.failures]
 
-        shape = (len(rows), max(r.size for r in rows))
-        lengths = np.array([r.size for r in rows], dtype=np.int64)
-        audio = np.zeros(shape, dtype=np.float32)
-        for i, samples in enumerate(rows):
-            audio[i, : samples.size] = samples
-
         aug_rngs = [self._key("augment", position, batch_key, cid) for cid in cut_ids]
         noise_source = self._noise_source(position, batch_key, cut_ids, failures)
-        overlay, aug_records = augment_batch(audio, lengths, aug_rngs, self.ds.batch_augmentor, cut_ids, noise_source)
+        overlays, aug_records = augment_batch(rows, aug_rngs, self.ds.batch_augmentor, cut_ids, noise_source)
+        overlay_checksum = rows_checksum(overlays)
         spans = _spans(aug_records)
-        overlay_checksum = rows_checksum(
-            [None if aug["mode"] == "skip" else overlay[i, : lengths[i]] for i, aug in enumerate(aug_records)]
-        )
-        audio_t, values_t, lengths_t = _shared_tensors(audio.size, int(sum(n for _, _, n in spans)), len(lengths))
+
+        # the batch is written once, straight into the block that ships it
+        shape = (len(rows), max(r.size for r in rows))
+        audio_t, values_t, lengths_t = _shared_tensors(shape[0] * shape[1], sum(n for _, _, n in spans), len(rows))
         audio_t = audio_t.view(shape)
-        audio_t.numpy()[:] = audio
-        lengths_t.numpy()[:] = lengths
+        audio = audio_t.numpy()
+        for i, samples in enumerate(rows):
+            audio[i, : samples.size] = samples
+            audio[i, samples.size :] = 0.0
+        lengths_t.numpy()[:] = [r.size for r in rows]
         values = values_t.numpy()
         at = 0
         for row, start, n in spans:
-            values[at : at + n] = overlay[row, start : start + n]
+            values[at : at + n] = overlays[row][start : start + n]
             at += n
 
         records = []

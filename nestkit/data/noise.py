@@ -6,6 +6,8 @@ non-silent one, white noise at an integer level drawn from [-90, -46) dB as the 
 NeMo's defects, fixed: "silent" is judged by energy (RMS in dBFS), not by `sum(samples) > 0`, which
 calls most signed audio with a negative mean silent; a silent file is retried with another file
 rather than replaced by white noise at once; draws never touch global random state.
+A noise file proven silent once (`silent_noise.SilenceMemo`) is not read again: its segments' offsets
+are still drawn, so the draw and its records are exactly those of reading it.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy as np
 from nestkit.core.errors import AudioLoadError, ManifestError
 from nestkit.data.loading import cut_path, load_cut
 from nestkit.data.manifest import CutIndex
+from nestkit.data.silent_noise import SilenceMemo
 
 
 @dataclass(frozen=True)
@@ -72,9 +75,14 @@ def white_noise(num_samples: int, rng: np.random.Generator, settings: NoiseSetti
 
 
 def draw_noise(
-    noise: CutIndex | None, num_samples: int, rng: np.random.Generator, settings: NoiseSettings
+    noise: CutIndex | None,
+    num_samples: int,
+    rng: np.random.Generator,
+    settings: NoiseSettings,
+    memo: SilenceMemo | None = None,
 ) -> NoiseDraw:
-    """A noise for an utterance of `num_samples` samples."""
+    """A noise for an utterance of `num_samples` samples. `memo` skips reading files proven silent
+    (the result is the same with or without it)."""
     if noise is None or len(noise) == 0:
         return NoiseDraw(np.zeros(0, np.float32), None, None, 0.0, "none", None, 0, 0)
     need_s = num_samples / settings.sample_rate
@@ -88,12 +96,21 @@ def draw_noise(
         except ManifestError as exc:
             failures.append({**where, "cut_id": None, "path": None, "category": "manifest", "reason": str(exc)})
             continue
-        tries = settings.max_segments if cut.duration > need_s else 1
+        long = cut.duration > need_s
+        tries = settings.max_segments if long else 1
         try:
-            for _ in range(max(tries, 1)):
+            for attempt in range(max(tries, 1)):
+                # a file proven silent (found so now, after one silent segment, or before) is not
+                # read again; the offsets the remaining tries would draw are drawn all the same
+                if long and memo is not None and _proven_silent(memo, cut, num_samples, settings, attempt > 0):
+                    skipped = max(tries, 1) - attempt
+                    rng.uniform(0.0, cut.duration - need_s, size=skipped)
+                    segments_tried += skipped
+                    memo.reads_skipped += skipped
+                    break
                 segments_tried += 1
-                offset = float(rng.uniform(0.0, cut.duration - need_s)) if cut.duration > need_s else 0.0
-                length = need_s if cut.duration > need_s else None
+                offset = float(rng.uniform(0.0, cut.duration - need_s)) if long else 0.0
+                length = need_s if long else None
                 samples = load_cut(cut, settings.sample_rate, settings.timeout_s, offset, length)[:num_samples]
                 if rms_db(samples) > settings.silence_db:
                     return NoiseDraw(
@@ -113,3 +130,7 @@ def draw_noise(
             failures.append({**where, "cut_id": cut.id, "path": exc.path, "category": exc.category, "reason": str(exc)})
     samples, level_db = white_noise(num_samples, rng, settings)
     return NoiseDraw(samples, None, None, 0.0, "white", level_db, settings.max_files, segments_tried, failures)
+
+
+def _proven_silent(memo: SilenceMemo, cut, num_samples: int, settings: NoiseSettings, prove: bool) -> bool:
+    return memo.proves_silent(cut, num_samples, settings.sample_rate, settings.silence_db, settings.timeout_s, prove)

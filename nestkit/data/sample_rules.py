@@ -109,7 +109,21 @@ def to_mono(block: np.ndarray, channel: int | None) -> np.ndarray:
     """The signal training sees: the channel the cut names, or NeMo's average of all channels."""
     if block.ndim == 1:
         return block
-    return block[:, channel] if channel is not None else block.mean(axis=1, dtype=np.float32)
+    return block[:, channel] if channel is not None else downmix(block)
+
+
+def downmix(frames: np.ndarray) -> np.ndarray:
+    """The average of the channels of (frames, channels) float32 audio, bit for bit what
+    `frames.mean(axis=1, dtype=np.float32)` gives, ~40x faster: numpy reduces each frame's few
+    channels in a slow inner loop. From 8 channels on numpy sums pairwise: then numpy it is."""
+    channels = frames.shape[1]
+    if channels >= 8:
+        return frames.mean(axis=1, dtype=np.float32)
+    total = np.zeros(len(frames), np.float32)  # from +0.0, as numpy's sum: -0.0 channels give +0.0
+    for k in range(channels):
+        total += frames[:, k]
+    total /= np.float32(channels)
+    return total
 
 
 def decode_error(where: str, start: int, wanted: int, decoded: int, rate: int, exc: Exception) -> AudioLoadError:

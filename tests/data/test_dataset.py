@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -15,7 +16,11 @@ import soundfile as sf
 import torch
 
 from nestkit.data.augment import achieved_ratio_db
+from nestkit.data.manifest import CutIndex
 from nestkit.data.pipeline import build_pipeline
+from nestkit.data.sample_rules import downmix
+from nestkit.data.silent_noise import SilenceMemo
+from nestkit.data.synthetic import noise_like, silent_noises, write_wav
 from nestkit.runfolder.quarantine import read_quarantine
 from tests.helpers import data_config, manifest_of, read_jsonl, write_noise, write_speech
 
@@ -310,3 +315,120 @@ def test_batch_moves_and_pins_as_a_unit(corpus):
     moved = batch.to("cpu")
     assert torch.equal(moved.noisy_audio, batch.noisy_audio) and moved.cut_ids == batch.cut_ids
     assert math.isclose(batch.audio_seconds, float(batch.audio_len.sum()) / 16000)
+
+
+# ------------------------------------------------------------------------------------------------
+# noise files proven silent are read once: the batches are those of reading them every time
+
+
+def _silent_noise_corpus(folder: Path) -> tuple[str, str]:
+    """Speech, and a noise manifest of one loud file and five silent or nearly silent ones: digital
+    silence, dither, room tone (provably silent), white noise at -81 dBFS (provable for long
+    segments only) and a silent file with one loud click (silent segments, never provable)."""
+    speech = [(write_speech(folder / f"s{i}.wav", 1.2 + 0.3 * i, seed=i), 1.2 + 0.3 * i) for i in range(10)]
+    noises = [(write_noise(folder / "loud.wav", 6.0, kind="brown"), 6.0)]
+    for name, samples in silent_noises(6.0, seed=3).items():
+        noises.append((write_wav(folder / f"{name}.wav", samples), 6.0))
+    rng = np.random.default_rng(5)
+    white = rng.standard_normal(96000) * 10 ** (-81 / 20)
+    sf.write(str(folder / "threshold.wav"), white.astype(np.float32), 16000, subtype="FLOAT")
+    click = np.zeros(96000, np.float32)
+    click[70000:70050] = 0.5
+    sf.write(str(folder / "click.wav"), click, 16000, subtype="FLOAT")
+    noises += [(str(folder / "threshold.wav"), 6.0), (str(folder / "click.wav"), 6.0)]
+    return manifest_of(folder / "train.json", speech), manifest_of(folder / "noise.json", noises)
+
+
+_WHEN = ("time", "elapsed_ms")  # when a failure was recorded and how long it took: not part of the batch
+
+
+def _noise_outcomes(batches) -> list[tuple]:
+    """What a batch is and what was recorded while building it (the failures are not in the fingerprint)."""
+    return [(b.fingerprint, [{k: v for k, v in f.items() if k not in _WHEN} for f in b.failures]) for b in batches]
+
+
+def test_silent_noise_is_decoded_once_and_batches_stay_the_same(tmp_path):
+    train, noise = _silent_noise_corpus(tmp_path)
+    cfg = data_config(train, noise, batch_size=4, batch_augmentor=ALWAYS_NOISE, noise_max_segments=30)
+    positions = [(e, b) for e in range(3) for b in range(2)]
+
+    slow = build_pipeline(cfg)
+    slow.dataset.silence_memo = None  # every segment read, as before the memo existed
+    expected = _noise_outcomes(slow.batch(b, epoch=e) for e, b in positions)
+    categories = {f["category"] for _, failures in expected for f in failures}
+    assert categories == {"silent_noise"}, "the corpus must make draw_noise meet silent files"
+
+    pipeline = build_pipeline(cfg)
+    memo = pipeline.dataset.silence_memo
+    workers = pipeline.dataloader(num_workers=2)  # forked with an empty memo
+    batches = []
+    for epoch in range(3):
+        pipeline.sampler.set_epoch(epoch)
+        batches += list(itertools.islice(workers, 2))
+    assert _noise_outcomes(batches) == expected, "cold memos in 2 workers"
+    cold = _noise_outcomes(pipeline.batch(b, epoch=e) for e, b in positions)
+    assert cold == expected, "a cold memo in process"
+    assert [Path(p).stem for p in memo.proven()] == ["digital_silence", "dither", "room_tone", "threshold"]
+    skipped_cold = memo.reads_skipped
+    assert skipped_cold > 0
+    warm = _noise_outcomes(pipeline.batch(b, epoch=e) for e, b in positions)
+    assert warm == expected, "a warm memo"
+    assert memo.reads_skipped - skipped_cold > skipped_cold  # warm: not even the first segment is read
+
+    script = (
+        "import json; from tests.helpers import data_config; from nestkit.data.pipeline import build_pipeline\n"
+        f"p = build_pipeline(data_config({train!r}, {noise!r}, batch_size=4, "
+        f"batch_augmentor={ALWAYS_NOISE!r}, noise_max_segments=30))\n"
+        f"print(json.dumps([p.batch(b, epoch=e).fingerprint for e, b in {positions!r}]))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=Path(__file__).parents[2]
+    )
+    assert json.loads(out.stdout) == [fingerprint for fingerprint, _ in expected], "a fresh process"
+
+
+def test_a_silent_noise_file_that_changes_is_read_again(tmp_path):
+    train, noise = _silent_noise_corpus(tmp_path)
+    cfg = data_config(train, noise, batch_size=4, batch_augmentor=ALWAYS_NOISE, noise_max_segments=30)
+    pipeline = build_pipeline(cfg)
+    for b in range(2):
+        pipeline.batch(b)
+    assert len(pipeline.dataset.silence_memo.proven()) == 4
+    # the room tone becomes loud (a file replaced in place): the memo notices, batches follow the file
+    write_wav(tmp_path / "room_tone.wav", noise_like(6.0, 11, "pink"))
+    fresh = build_pipeline(cfg)
+    fresh.dataset.silence_memo = None
+    for b in range(2):
+        after, reference = pipeline.batch(b), fresh.batch(b)
+        assert _noise_outcomes([after]) == _noise_outcomes([reference])
+    used = {r["augment"]["noise"]["cut_id"] for b in range(2) for r in fresh.batch(b).records}
+    assert any(cut_id and cut_id.startswith("room_tone") for cut_id in used)
+    assert "room_tone" not in {Path(p).stem for p in pipeline.dataset.silence_memo.proven()}
+
+
+def test_a_silence_proof_holds_for_every_segment_it_covers(tmp_path):
+    """The bound behind the memo, checked against every segment of a file at the threshold."""
+    train, noise = _silent_noise_corpus(tmp_path)
+    index = CutIndex.build([noise], 16000)
+    cut = next(index.cut(i) for i in range(len(index)) if index.cut(i).id.startswith("threshold"))
+    memo = SilenceMemo()
+    assert memo.proves_silent(cut, 16000, 16000, -80.0, None, prove=True)
+    samples, _ = sf.read(str(tmp_path / "threshold.wav"), dtype="float32")
+    energy = np.concatenate(([0.0], np.cumsum(samples.astype(np.float64) ** 2)))
+    decisions = {}
+    for n in (2, 800, 1600, 1700, 3200, 4000, 9600, 16000, 40000):
+        decisions[n] = memo.proves_silent(cut, n, 16000, -80.0, None, prove=False)
+        loudest = float(np.max(energy[n:] - energy[:-n])) / n
+        if decisions[n]:
+            assert 10 * math.log10(loudest) <= -80.0, n
+    assert decisions[16000] and not decisions[2], decisions  # long segments proven, short ones read
+
+
+def test_the_fast_downmix_is_numpys_channel_mean_bit_for_bit():
+    rng = np.random.default_rng(2)
+    for channels in range(1, 10):
+        frames = (rng.standard_normal((5000, channels)) * 0.3).astype(np.float32)
+        frames[:4] = -0.0  # signed zeros average to +0.0, as numpy's sum starts from +0.0
+        frames[4:8, 0] = np.inf
+        expected = frames.mean(axis=1, dtype=np.float32)
+        assert downmix(frames).tobytes() == expected.tobytes(), channels
