@@ -84,7 +84,7 @@ def _coerce(value: Any, tp: Any, where: str, problems: list[str]) -> Any:
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             return _NO_MATCH
-        return build(tp, value, where, problems)
+        return build(typing.cast(type, tp), value, where, problems)
     if tp is bool:
         return value if isinstance(value, bool) else _NO_MATCH
     if tp is int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -34,7 +35,7 @@ def _resolve_paths(data: Any, cls: type, base: Path) -> None:
             continue
         inner = hints[f.name]
         for option in typing.get_args(inner) or (inner,):
-            if dataclasses.is_dataclass(option):
+            if isinstance(option, type) and dataclasses.is_dataclass(option):
                 _resolve_paths(value, option, base)
 
 
@@ -74,7 +75,7 @@ def config_from_dict(data: dict, source: Optional[str] = None, base_dir: Optiona
     return LoadedConfig(cfg, source, notes)
 
 
-def load_config(path: str | os.PathLike, overrides: list[str] = ()) -> LoadedConfig:
+def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> LoadedConfig:
     """Read a YAML config (NeMo layout or native), apply `dotted.key=value` overrides, validate.
 
     Relative paths inside the YAML are relative to the YAML's folder; relative paths given as
@@ -112,7 +113,7 @@ def load_config(path: str | os.PathLike, overrides: list[str] = ()) -> LoadedCon
         ) from None
     except OmegaConfBaseException as exc:
         raise ConfigError([f"cannot resolve config: {exc}".splitlines()[0]], str(path)) from None
-    return config_from_dict(data, source=str(path))
+    return config_from_dict(typing.cast(dict, data), source=str(path))
 
 
 def yaml_problem(exc: Exception, path: str) -> str:

@@ -88,7 +88,7 @@ def nemo_to_lhotse(
             report.problems.append(f"{manifest}:{line}: {exc}")
         if progress:
             progress(1)
-    ids = {}
+    ids: dict[str, str] = {}  # cut id -> manifest:line
     for cut in cuts:
         if cut.id in ids:
             report.problems.append(

@@ -193,7 +193,7 @@ def _bucketed(order, durations, kept, batching: BatchingConfig, rng: np.random.G
     for members in np.split(by_bucket, splits):
         if len(members) == 0:
             continue
-        bounds = _pack_by_duration(durations[members], batching.batch_duration)
+        bounds = _pack_by_duration(durations[members], float(batching.batch_duration or 0.0))
         lengths = np.diff(bounds)
         count = len(lengths)
         for at in range(0, count, BUCKET_RUN):
@@ -342,8 +342,9 @@ class Deal:
         lo, hi = seq.bounds[self.start], seq.bounds[self.start + self.full_steps * self.step_size]
         for pos in np.flatnonzero(seq.rows[lo:hi] == row) + lo:
             g = int(np.searchsorted(seq.bounds, pos, side="right") - 1)
-            rank, k = self.rank_batch_of(g)
-            found.append((rank, k, int(pos - seq.bounds[g])))
+            place = self.rank_batch_of(g)
+            if place is not None:  # always: g lies in this deal's body
+                found.append((place[0], place[1], int(pos - seq.bounds[g])))
         in_body = self.full_steps * self.step_size
         for piece, rows in enumerate(self.pieces):
             for slot in np.flatnonzero(rows == row):

@@ -99,7 +99,7 @@ class Planner:
         """What the sequences depend on; a resume compares it with the checkpoint's."""
         if self._digest is None:
             durations = np.ascontiguousarray(self.index.duration, dtype=np.float64)
-            self._digest = hashlib.blake2b(memoryview(durations).cast("B"), digest_size=8).hexdigest()
+            self._digest = hashlib.blake2b(durations.view(np.uint8).data, digest_size=8).hexdigest()
         return {
             "format": PLAN_FORMAT,
             "seed": self.seed,
