@@ -173,6 +173,8 @@ def _require_run_folder(path: Path) -> None:
 # What decides which cuts a batch holds and its step: differences elsewhere (watchdog, loggers,
 # checkpoints) leave the batch log comparable.
 DATA_KEYS = ("model.train_ds", "model.sample_rate", "nestkit.seed", "trainer.accumulate_grad_batches")
+# how batches are loaded, not what they hold
+LOADER_KEYS = tuple(f"model.train_ds.{k}" for k in ("num_workers", "pin_memory", "prefetch_factor", "sample_timeout_s"))
 
 
 def _trained_with_another_config(cfg: NestConfig, run_dir: Path) -> list[str]:
@@ -186,7 +188,9 @@ def _trained_with_another_config(cfg: NestConfig, run_dir: Path) -> list[str]:
         return [f"run folder {short_path(run_dir)}: its config.yaml does not load ({exc.problems[0]}); not compared"]
     ours, theirs = _flat(dataclasses.asdict(cfg)), _flat(dataclasses.asdict(trained))
     differing = [
-        key for key in sorted(set(ours) | set(theirs)) if key.startswith(DATA_KEYS) and ours.get(key) != theirs.get(key)
+        key
+        for key in sorted(set(ours) | set(theirs))
+        if key.startswith(DATA_KEYS) and key not in LOADER_KEYS and ours.get(key) != theirs.get(key)
     ]
     if not differing:
         return []

@@ -85,11 +85,12 @@ def test_a_config_other_than_the_runs_is_named_by_its_differing_keys(tmp_path, c
     run = make_run(tmp_path / "runs" / "r", config)
     other = tmp_path / "other.yaml"
     config.model.train_ds.batch_size = 4
-    config.trainer.max_steps = 7  # not a data setting: not named
+    config.trainer.max_steps = 7  # not data settings: not named
+    config.model.train_ds.sample_timeout_s = 5.0
     save_config(config, other)
     target = open_target(other, [], run_dir=run)
     [note] = target.notes
-    assert "model.train_ds.batch_size 2 there, 4 here" in note and "max_steps" not in note
+    assert "(model.train_ds.batch_size 2 there, 4 here)" in note
     assert open_target(run, []).notes == []  # the run folder's own config agrees with itself
 
 
