@@ -72,13 +72,26 @@ def checkpoint_file(path: Path | None, option: str) -> Path | None:
 
 
 def output_file(path: Path, option: str) -> Path:
-    """An output that is a file must not name an existing folder (the write would fail halfway)."""
+    """An output file must not name an existing folder, nor lie below a file (the write would fail
+    after the work is done)."""
     if path.is_dir():
         raise UsageError(f"{option} {path}: a folder (expected the path of a file to write)")
+    _no_file_above(path, option)
+    return path
+
+
+def output_folder(path: Path, option: str) -> Path:
+    """An output folder may be new, but not an existing file nor below one."""
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{option} {path}: a file (expected a folder to write into)")
+    _no_file_above(path, option)
+    return path
+
+
+def _no_file_above(path: Path, option: str) -> None:
     existing = next(p for p in path.absolute().parents if p.exists())  # the root always exists
     if not existing.is_dir():
         raise UsageError(f"{option} {path}: {existing} is a file, not a folder (expected a path in a folder)")
-    return path
 
 
 def positive_seconds(value: float | None) -> float | None:

@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from nestkit.commands.common import choice_option, console, err_console, is_interactive, print_notes
+from nestkit.commands.common import choice_option, console, err_console, is_interactive, output_folder, print_notes
 
 
 def pipeline(
@@ -41,6 +41,8 @@ def pipeline(
     from nestkit.data.stats import DataStats
     from nestkit.tools.runs import config_file_of
 
+    if run_dir is not None:
+        output_folder(run_dir, "--run-dir")
     loaded = load_config(config_file_of(config), overrides or [])
     print_notes(loaded.notes)
     pipe = build_pipeline(loaded.config, split, rank, world_size, run_dir, workers)

@@ -67,12 +67,12 @@ def use_deprecated_config(args: TargetArgs, config: Path | None, command: str) -
     return args
 
 
-def open_run(args: TargetArgs, run_dir: Path | None, json_output: bool):
+def open_run(args: TargetArgs, run_dir: Path | None, world_size: int | None, json_output: bool):
     """Load the target (see nestkit.tools.runs.open_target), show its notes, and say which run folder
     was found when none was named: first on stdout for a table, on stderr when stdout is JSON."""
     from nestkit.tools.runs import open_target
 
-    target = open_target(args.target, args.overrides, run_dir)
+    target = open_target(args.target, args.overrides, run_dir, world_size)
     line = target.announcement()
     if line:
         (err_console if json_output else console).print(escape(line))

@@ -103,13 +103,17 @@ def find_run(cwd: str | os.PathLike | None = None) -> tuple[Path, str]:
 
 
 def open_target(
-    target: str | os.PathLike | None, overrides: list[str], run_dir: str | os.PathLike | None = None
+    target: str | os.PathLike | None,
+    overrides: list[str],
+    run_dir: str | os.PathLike | None = None,
+    world_size: int | None = None,
 ) -> Target:
     """The config to rebuild batches with and the run folder to compare with.
 
     `target`: a training config (YAML), a run folder (its config.yaml is loaded), or None (the run
     is found from the working folder). `overrides` apply on top in every case. `run_dir` names
     the run folder explicitly (default: the target's own, or the config's exp_manager.exp_dir/name).
+    `world_size` (the option) wins over trainer.devices/num_nodes overrides, which win over the logs.
     """
     found, own_run, from_run_folder = None, None, True
     if target is None:
@@ -130,18 +134,21 @@ def open_target(
     result = Target(loaded, chosen, found, notes=list(loaded.notes))
     if chosen is not None and (overrides or not (from_run_folder and chosen == own_run)):
         result.notes += _trained_with_another_config(loaded.config, chosen)
-    if any(o.split("=", 1)[0] in WORLD_KEYS for o in overrides):
-        _world_size_from_overrides(result)
+    if world_size is not None:
+        _ask_world_size(result, world_size, "--world-size")
+    elif any(o.split("=", 1)[0] in WORLD_KEYS for o in overrides):
+        _ask_world_size(result, configured_world_size(loaded.config), "the overrides")
     return result
 
 
-def _world_size_from_overrides(target: Target) -> None:
-    """An override of trainer.devices/num_nodes asks for that world size, over what the logs say."""
-    target.world_size = configured_world_size(target.config)
+def _ask_world_size(target: Target, world_size: int, source: str) -> None:
+    """A world size asked for (an option, or trainer.devices/num_nodes overrides) wins over what the
+    run's logs say; when they differ, the logs describe other batches."""
+    target.world_size = world_size
     logged = logged_ranks(target.run_dir) if target.run_dir is not None else []
-    if logged and max(logged) + 1 != target.world_size:
+    if logged and max(logged) + 1 != world_size:
         target.notes.append(
-            f"world size {target.world_size} from the overrides, but run folder {short_path(target.run_dir)} logged "
+            f"world size {world_size} from {source}, but run folder {short_path(target.run_dir)} logged "
             f"{max(logged) + 1} rank(s): its batch log describes other batches"
         )
 

@@ -72,6 +72,12 @@ def test_numbers_and_words_out_of_range_are_usage_errors(config, words, refused)
         (["export-nemo", "x.ckpt", "-o", "."], "error: --output .: a folder"),
         (["export-nemo", ".", "-o", "x.pt"], "error: checkpoint .: a folder (expected a checkpoint file"),
         (["stacks", "CONFIG"], "error: run CONFIG: a file, not a folder (expected a run folder"),
+        (
+            ["replay-batch", "0", "CONFIG", "--repro-dir", "CONFIG"],
+            "error: --repro-dir CONFIG: a file (expected a folder",
+        ),
+        (["pipeline", "CONFIG", "--run-dir", "TRAIN/q"], "error: --run-dir TRAIN/q: TRAIN is a file, not a folder"),
+        (["lookup", "CONFIG", "--cut", ""], "error: lookup: --cut needs a cut id (got an empty one)"),
     ],
 )
 def test_a_folder_where_a_file_is_expected_and_back(config, words, message):

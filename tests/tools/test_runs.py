@@ -77,8 +77,11 @@ def test_a_target_is_a_config_a_run_folder_or_found(tmp_path, config, monkeypatc
     assert found.announcement() == "run folder runs/r (the most recent under ./runs)"
     assert found.config.model.train_ds.manifest_filepath == config.model.train_ds.manifest_filepath
     # an override of the world size wins over the logs, and says that the logs describe other batches
-    two = open_target(run, ["trainer.devices=3"])
-    assert two.world_size == 3 and "logged 2 rank(s)" in " ".join(two.notes)
+    three = open_target(run, ["trainer.devices=3"])
+    assert three.world_size == 3 and "world size 3 from the overrides" in " ".join(three.notes)
+    asked = open_target(run, ["trainer.devices=3"], world_size=4)
+    assert asked.world_size == 4 and "world size 4 from --world-size, but run folder" in " ".join(asked.notes)
+    assert open_target(run, [], world_size=2).notes == []  # as logged
 
 
 def test_a_config_other_than_the_runs_is_named_by_its_differing_keys(tmp_path, config, monkeypatch):
