@@ -88,6 +88,7 @@ def lookup(
         ranks = session.ranks_at(first) if all_ranks else [rank]
         places = [p for r in ranks for p in session.places_of_step(step, r)]
     else:
+        assert batch is not None  # exactly one of --batch, --step, --cut, --index was given
         first = batch_place(session, batch, epoch, rank)
         ranks = session.ranks_at(first) if all_ranks else [rank]
         places = [first if r == rank else session.place_of_batch(first.epoch, first.batch, r) for r in ranks]

@@ -51,7 +51,7 @@ def pipeline(
     total = plan.num_batches if max_batches is None else min(max_batches, plan.num_batches)
     num_workers = pipe.config.num_workers
     stats = DataStats()
-    first_fingerprints = []
+    first_fingerprints: list[tuple[int, str]] = []
     started = time.perf_counter()
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=err_console, disable=not is_interactive(), transient=True) as progress:

@@ -39,4 +39,5 @@ def match_text(matches: bool | None, logged: dict | None) -> str:
     step = logged.get("step") if logged else None
     if matches:
         return f"[green]matches the training log[/] (step {step})"
-    return f"[red]differs from the training log[/] (step {step} logged {logged['fingerprint']})"
+    fingerprint = logged.get("fingerprint") if logged else None
+    return f"[red]differs from the training log[/] (step {step} logged {fingerprint})"

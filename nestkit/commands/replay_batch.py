@@ -102,6 +102,7 @@ def replay_batch(
                 f"batch {place.batch}; the others are batch(es) {others} of epoch {place.epoch}"
             )
     else:
+        assert words.batch is not None  # BATCH or --step, checked above
         place = batch_place(session, words.batch, epoch, rank)
     report = replay(session, place, forward, checkpoint, repro_dir)
     if output_format == "json":

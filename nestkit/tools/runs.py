@@ -115,17 +115,20 @@ def open_target(
     the run folder explicitly (default: the target's own, or the config's exp_manager.exp_dir/name).
     `world_size` (the option) wins over trainer.devices/num_nodes overrides, which win over the logs.
     """
-    found, own_run, from_run_folder = None, None, True
+    found: str | None = None
+    own_run: Path | None = None  # the run folder the config came from
     if target is None:
         own_run, found = find_run()
+        config_file = config_path(own_run)
     elif Path(target).is_dir():
-        _require_run_folder(Path(target))
         own_run = Path(target)
-    elif not Path(target).exists():
-        raise UsageError(f"target {target}: no such file or folder (expected a training config or a run folder)")
+        config_file = config_file_of(own_run)
+    elif Path(target).exists():
+        config_file = Path(target)
     else:
-        from_run_folder = False
-    loaded = load_config(config_path(own_run) if from_run_folder else Path(target), overrides)
+        raise UsageError(f"target {target}: no such file or folder (expected a training config or a run folder)")
+    from_run_folder = own_run is not None
+    loaded = load_config(config_file, overrides)
     if not from_run_folder and loaded.config.run_dir.is_dir():
         own_run = loaded.config.run_dir
     chosen = Path(run_dir) if run_dir is not None else own_run
