@@ -8,7 +8,7 @@ from rich.markup import escape
 from nestkit.commands import export_nemo, import_manifest, lookup, pipeline, replay_batch, train, validate_manifest
 from nestkit.commands.common import err_console
 from nestkit.commands.stacks import stacks
-from nestkit.core.errors import ConfigError, NestkitError
+from nestkit.core.errors import ConfigError, NestkitError, UsageError
 
 app = typer.Typer(
     name="nestkit",
@@ -18,6 +18,24 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="markdown",
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        import nestkit
+
+        print(f"nestkit {nestkit.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(
+        False, "--version", is_eager=True, callback=_print_version, help="Print nestkit's version and exit."
+    ),
+) -> None:
+    """Debuggable data pipeline and trainer for NEST self-supervised speech pre-training."""
+
 
 # Registration order is the order `nestkit --help` lists the commands in. Command modules import
 # their heavy dependencies (torch, lhotse) inside the command, so `--help` stays fast.
@@ -34,7 +52,7 @@ app.command("export-nemo")(export_nemo.export_nemo)
 def main() -> None:
     try:
         app()
-    except ConfigError as exc:
+    except (ConfigError, UsageError) as exc:  # usage errors: exit 2, as for the command line's own
         err_console.print(f"[bold red]error:[/] {escape(str(exc))}")
         raise SystemExit(2) from None
     except NestkitError as exc:

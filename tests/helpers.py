@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -99,3 +102,13 @@ def _merge(base: dict, update: dict) -> dict:
             _merge(out.get(key, {}), value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
         )
     return out
+
+
+def run_nestkit(
+    *args: str, cwd: Path, env: dict | None = None, python: list[str] | None = None, timeout: int = 400
+) -> subprocess.CompletedProcess:
+    """`nestkit ARGS...` in a fresh process (this tree's code: PYTHONPATH is inherited). `env` values
+    of None remove the variable; `python` replaces the interpreter command line."""
+    merged = {k: v for k, v in {**os.environ, **(env or {})}.items() if v is not None}
+    command = python or [sys.executable, "-m", "nestkit.cli"]
+    return subprocess.run([*command, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=merged)

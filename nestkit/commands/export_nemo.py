@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
-from nestkit.commands.common import console
+from nestkit.commands.common import checkpoint_file, console, output_file
 
 
 def export_nemo(
@@ -24,6 +24,8 @@ def export_nemo(
     """
     from nestkit.model.checkpoint import export_nemo_state_dict, read_state_dict
 
+    checkpoint_file(checkpoint, "checkpoint")
+    output_file(output, "--output")
     state = read_state_dict(checkpoint, trust_pickle=True)
     path = export_nemo_state_dict(state, output)
     import torch

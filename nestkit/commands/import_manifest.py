@@ -8,7 +8,7 @@ import typer
 from rich.markup import escape
 from rich.progress import Progress
 
-from nestkit.commands.common import console, err_console, is_interactive
+from nestkit.commands.common import console, err_console, is_interactive, output_file
 
 
 def import_manifest(
@@ -23,7 +23,9 @@ def import_manifest(
         "--probe/--no-probe",
         help="Read each file's header to record its real sampling rate, length and channels.",
     ),
-    sample_rate: int = typer.Option(16000, help="Nominal rate recorded without --probe (NeMo manifests do not say)."),
+    sample_rate: int = typer.Option(
+        16000, min=1, help="Nominal rate recorded without --probe (NeMo manifests do not say)."
+    ),
 ) -> None:
     """Convert NeMo manifests to a lhotse CutSet (cuts keep their manifest and line).
 
@@ -33,6 +35,7 @@ def import_manifest(
     from nestkit.data.convert import nemo_to_lhotse
     from nestkit.data.manifest import CutIndex
 
+    output_file(output, "--output")
     total = len(CutIndex.build([str(m) for m in manifests], sample_rate))
     with Progress(console=err_console, disable=not is_interactive(), transient=True) as progress:
         task = progress.add_task("converting", total=total)

@@ -12,40 +12,44 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from nestkit.commands.common import console, print_notes
-from nestkit.commands.render import describe_augmentation, match_text, short_path
+from nestkit.commands.common import console, format_option
+from nestkit.commands.render import describe_augmentation, match_text
+from nestkit.commands.targets import TARGET_HELP, TARGET_METAVAR, batch_place, open_run, split_args
+from nestkit.core.errors import UsageError
+from nestkit.core.paths import short_path
 
 
 def lookup(
-    config: Path = typer.Argument(..., help="The training config.", show_default=False),
-    overrides: Optional[list[str]] = typer.Argument(
-        None, help="dotted.key=value overrides, as given to `nestkit train`.", show_default=False
-    ),
-    batch: Optional[int] = typer.Option(None, help="Batch index within the epoch (see --epoch)."),
+    args: Optional[list[str]] = typer.Argument(None, metavar=TARGET_METAVAR, help=TARGET_HELP, show_default=False),
+    batch: Optional[int] = typer.Option(None, min=0, help="Batch index within the epoch (see --epoch)."),
     step: Optional[int] = typer.Option(
-        None, help="Training step instead of --batch/--epoch (what the progress bar shows)."
+        None, min=0, help="Training step instead of --batch/--epoch (what the progress bar shows)."
     ),
     cut: Optional[str] = typer.Option(None, help="Where this cut id lands in --epoch: rank, batch, slot."),
     index: Optional[int] = typer.Option(
-        None, help="The INDEX-th sample (0-based) of --rank's stream: which cut and file."
+        None, min=0, help="The INDEX-th sample (0-based) of --rank's stream: which cut and file."
     ),
-    rank: int = typer.Option(0, help="Rank to show."),
+    rank: int = typer.Option(0, min=0, help="Rank to show."),
     all_ranks: bool = typer.Option(
         False, "--all-ranks", help="Show the batch on every rank, with each rank's batch count."
     ),
     world_size: Optional[int] = typer.Option(
-        None, help="Ranks in the run (default: the run folder's logs, else the config)."
+        None, min=1, help="Ranks in the run (default: the run folder's logs, else the config)."
     ),
-    epoch: int = typer.Option(0, help="Epoch of --batch / --cut."),
+    epoch: Optional[int] = typer.Option(
+        None,
+        min=0,
+        help="Epoch of --batch / --cut (without it, --batch counts from the start of training and --cut looks in epoch 0).",
+    ),
     run_dir: Optional[Path] = typer.Option(
-        None, help="Run folder whose batch logs to compare with (default: the config's)."
+        None, help="Run folder whose batch logs to compare with (default: TARGET's, or the config's exp_dir/name)."
     ),
     load: bool = typer.Option(
         True,
         "--load/--no-load",
         help="Build the batch (reads its audio) to show noise/augmentation decisions and the fingerprint.",
     ),
-    output_format: str = typer.Option("table", "--format", help="table or json."),
+    output_format: str = format_option("table", "json"),
 ) -> None:
     """Name the cuts, files and noise decisions of batch N (or step S), or find a cut or sample index.
 
@@ -54,28 +58,26 @@ def lookup(
     batches in flight while that step runs (Lightning prefetches one, the DataLoader
     num_workers x prefetch_factor more: a hang "at step 71" may be a load for step 72-75).
     """
-    from nestkit.config import load_config
-    from nestkit.tools.lookup import lookup_batch
-    from nestkit.tools.session import DebugSession
-
-    if output_format not in ("table", "json"):
-        raise typer.BadParameter(f"--format: expected table or json, got {output_format!r}")
     chosen = [
         name
         for name, value in (("--batch", batch), ("--step", step), ("--cut", cut), ("--index", index))
         if value is not None
     ]
     if len(chosen) != 1:
-        raise typer.BadParameter(
-            f"give exactly one of --batch, --step, --cut, --index (got {', '.join(chosen) or 'none'})"
+        raise UsageError(
+            f"lookup: give exactly one of --batch, --step, --cut, --index (got {', '.join(chosen) or 'none'})"
         )
-    loaded = load_config(config, overrides or [])
-    print_notes(loaded.notes)
+    if cut is not None and not cut.strip():
+        raise UsageError("lookup: --cut needs a cut id (got an empty one). Cut ids look like <audio stem>-L<line>")
+    target = open_run(split_args(args, "lookup"), run_dir, world_size, output_format == "json")
+    from nestkit.tools.lookup import lookup_batch  # torch and lhotse: after the arguments are known to be usable
+    from nestkit.tools.session import DebugSession
+
     logging.getLogger("nestkit.data").setLevel(logging.ERROR)  # failures are shown under the table
-    session = DebugSession.open(loaded.config, world_size, run_dir)
+    session = DebugSession.open(target.config, target.world_size, target.run_dir)
 
     if cut is not None:
-        _lookup_cut(session, cut, epoch, output_format)
+        _lookup_cut(session, cut, epoch or 0, output_format)
         return
     if index is not None:
         _lookup_sample(session, rank, index, output_format)
@@ -86,9 +88,10 @@ def lookup(
         ranks = session.ranks_at(first) if all_ranks else [rank]
         places = [p for r in ranks for p in session.places_of_step(step, r)]
     else:
-        first = session.place_of_batch(epoch, batch, rank)
+        assert batch is not None  # exactly one of --batch, --step, --cut, --index was given
+        first = batch_place(session, batch, epoch, rank)
         ranks = session.ranks_at(first) if all_ranks else [rank]
-        places = [first if r == rank else session.place_of_batch(epoch, batch, r) for r in ranks]
+        places = [first if r == rank else session.place_of_batch(first.epoch, first.batch, r) for r in ranks]
     results = lookup_batch(session, places, load)
     counts = session.batches_in_epoch(first.epoch)
     if output_format == "json":

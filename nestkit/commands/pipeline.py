@@ -11,22 +11,24 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from nestkit.commands.common import console, err_console, is_interactive, print_notes
+from nestkit.commands.common import choice_option, console, err_console, is_interactive, output_folder, print_notes
 
 
 def pipeline(
     config: Path = typer.Argument(
-        ..., help="Training config (NeMo's nest_fast-conformer.yaml layout or a short native one).", show_default=False
+        ...,
+        help="Training config (NeMo's nest_fast-conformer.yaml layout or a short native one), or a run folder (its config.yaml).",
+        show_default=False,
     ),
     overrides: Optional[list[str]] = typer.Argument(
         None, help="dotted.key=value overrides, e.g. model.train_ds.batch_size=4.", show_default=False
     ),
-    split: str = typer.Option("train", help="train or validation."),
-    epoch: int = typer.Option(0, help="Epoch whose plan to run."),
-    rank: int = typer.Option(0, help="Rank whose batches to build."),
-    world_size: int = typer.Option(1, help="Number of ranks the plan is cut for."),
-    workers: Optional[int] = typer.Option(None, help="DataLoader workers (default: the config's num_workers)."),
-    max_batches: Optional[int] = typer.Option(None, help="Stop after this many batches."),
+    split: str = choice_option("train", "validation", name="--split", help="Which dataset"),
+    epoch: int = typer.Option(0, min=0, help="Epoch whose plan to run."),
+    rank: int = typer.Option(0, min=0, help="Rank whose batches to build."),
+    world_size: int = typer.Option(1, min=1, help="Number of ranks the plan is cut for."),
+    workers: Optional[int] = typer.Option(None, min=0, help="DataLoader workers (default: the config's num_workers)."),
+    max_batches: Optional[int] = typer.Option(None, min=1, help="Stop after this many batches."),
     run_dir: Optional[Path] = typer.Option(None, help="Write the quarantine file here (default: report only)."),
 ) -> None:
     """Build every batch of one epoch for one rank, exactly as training would, and summarise.
@@ -37,8 +39,11 @@ def pipeline(
     from nestkit.config import load_config
     from nestkit.data.pipeline import build_pipeline
     from nestkit.data.stats import DataStats
+    from nestkit.tools.runs import config_file_of
 
-    loaded = load_config(config, overrides or [])
+    if run_dir is not None:
+        output_folder(run_dir, "--run-dir")
+    loaded = load_config(config_file_of(config), overrides or [])
     print_notes(loaded.notes)
     pipe = build_pipeline(loaded.config, split, rank, world_size, run_dir, workers)
     pipe.sampler.set_epoch(epoch)
@@ -46,7 +51,7 @@ def pipeline(
     total = plan.num_batches if max_batches is None else min(max_batches, plan.num_batches)
     num_workers = pipe.config.num_workers
     stats = DataStats()
-    first_fingerprints = []
+    first_fingerprints: list[tuple[int, str]] = []
     started = time.perf_counter()
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=err_console, disable=not is_interactive(), transient=True) as progress:

@@ -2,20 +2,7 @@
 
 from __future__ import annotations
 
-import os
-
 from rich.markup import escape
-
-
-def short_path(path: str | None) -> str:
-    """A path relative to the current folder when it lies below it (tables stay readable)."""
-    if not path:
-        return "-"
-    try:
-        rel = os.path.relpath(path)
-    except ValueError:
-        return path
-    return rel if not rel.startswith("..") else path
 
 
 def describe_augmentation(record: dict) -> str:
@@ -52,4 +39,5 @@ def match_text(matches: bool | None, logged: dict | None) -> str:
     step = logged.get("step") if logged else None
     if matches:
         return f"[green]matches the training log[/] (step {step})"
-    return f"[red]differs from the training log[/] (step {step} logged {logged['fingerprint']})"
+    fingerprint = logged.get("fingerprint") if logged else None
+    return f"[red]differs from the training log[/] (step {step} logged {fingerprint})"

@@ -11,25 +11,49 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from nestkit.commands.common import console, err_console, print_notes
-from nestkit.commands.render import match_text, short_path
+from nestkit.commands.common import (
+    checkpoint_file,
+    console,
+    err_console,
+    format_option,
+    output_folder,
+    positive_seconds,
+)
+from nestkit.commands.render import match_text
+from nestkit.commands.targets import (
+    TARGET_HELP,
+    TARGET_METAVAR,
+    batch_place,
+    open_run,
+    split_args,
+    use_deprecated_config,
+)
+from nestkit.core.errors import UsageError
+from nestkit.core.paths import short_path
 
 
 def replay_batch(
-    batch: Optional[int] = typer.Argument(None, help="Batch index within --epoch (or use --step).", show_default=False),
-    config: Path = typer.Option(..., "--config", help="The training config.", show_default=False),
-    overrides: Optional[list[str]] = typer.Option(None, "--set", help="dotted.key=value override (repeatable)."),
-    step: Optional[int] = typer.Option(None, help="Training step instead of BATCH/--epoch."),
-    rank: int = typer.Option(0, help="Rank whose batch to rebuild."),
-    world_size: Optional[int] = typer.Option(
-        None, help="Ranks in the run (default: the run folder's logs, else the config)."
+    args: Optional[list[str]] = typer.Argument(
+        None,
+        metavar="BATCH " + TARGET_METAVAR,
+        help="BATCH: batch index within --epoch (or use --step). " + TARGET_HELP,
+        show_default=False,
     ),
-    epoch: int = typer.Option(0, help="Epoch of BATCH."),
+    step: Optional[int] = typer.Option(None, min=0, help="Training step instead of BATCH/--epoch."),
+    rank: int = typer.Option(0, min=0, help="Rank whose batch to rebuild."),
+    world_size: Optional[int] = typer.Option(
+        None, min=1, help="Ranks in the run (default: the run folder's logs, else the config)."
+    ),
+    epoch: Optional[int] = typer.Option(
+        None, min=0, help="Epoch of BATCH (without it, BATCH counts from the start of training)."
+    ),
     run_dir: Optional[Path] = typer.Option(
-        None, help="Run folder whose logged fingerprint to compare with (default: the config's)."
+        None,
+        help="Run folder whose logged fingerprint to compare with (default: TARGET's, or the config's exp_dir/name).",
     ),
     timeout: float = typer.Option(
         10.0,
+        callback=positive_seconds,
         help="Seconds each sample may take to load; a slower one is reported as timeout (raise it for slow storage).",
     ),
     forward: bool = typer.Option(
@@ -41,7 +65,11 @@ def replay_batch(
     repro_dir: Path = typer.Option(
         Path("nestkit-repro"), help="Where a repro folder is written for each sample that fails."
     ),
-    output_format: str = typer.Option("table", "--format", help="table or json."),
+    output_format: str = format_option("table", "json"),
+    config: Optional[Path] = typer.Option(
+        None, "--config", help="Deprecated: pass the config as TARGET (`replay-batch 71 CONFIG`).", show_default=False
+    ),
+    overrides: Optional[list[str]] = typer.Option(None, "--set", hidden=True),  # deprecated: overrides go after TARGET
 ) -> None:
     """Rebuild batch N of a rank exactly as training built it, in this process, and time each sample.
 
@@ -49,19 +77,21 @@ def replay_batch(
     fingerprint and whether it matches the run's log; a failing or timed-out sample gets a repro
     folder (one-line manifest, config, command). Exit status 1 when a sample failed.
     """
-    from nestkit.config import load_config
-    from nestkit.tools.replay import replay_batch as replay
+    words = use_deprecated_config(split_args(args, "replay-batch", batch_allowed=True), config, "replay-batch")
+    words.overrides += overrides or []
+    if (words.batch is None) == (step is None):
+        raise UsageError("replay-batch: give BATCH or --step (exactly one)")
+    if checkpoint is not None and not forward:
+        raise UsageError("replay-batch: --checkpoint is used by --forward only; add --forward")
+    checkpoint_file(checkpoint, "--checkpoint")
+    output_folder(repro_dir, "--repro-dir")
+    target = open_run(words, run_dir, world_size, output_format == "json")
+    from nestkit.tools.replay import replay_batch as replay  # torch and lhotse: after the arguments are usable
     from nestkit.tools.session import DebugSession
 
-    if output_format not in ("table", "json"):
-        raise typer.BadParameter(f"--format: expected table or json, got {output_format!r}")
-    if (batch is None) == (step is None):
-        raise typer.BadParameter("give BATCH or --step (exactly one)")
-    loaded = load_config(config, overrides or [])
-    print_notes(loaded.notes)
     # the table reports every failed sample; the dataset's per-sample warnings would repeat it
     logging.getLogger("nestkit.data").setLevel(logging.ERROR)
-    session = DebugSession.open(loaded.config, world_size, run_dir, sample_timeout_s=timeout)
+    session = DebugSession.open(target.config, target.world_size, target.run_dir, sample_timeout_s=timeout)
     if step is not None:
         places = session.places_of_step(step, rank)
         place = places[0]
@@ -72,7 +102,8 @@ def replay_batch(
                 f"batch {place.batch}; the others are batch(es) {others} of epoch {place.epoch}"
             )
     else:
-        place = session.place_of_batch(epoch, batch, rank)
+        assert words.batch is not None  # BATCH or --step, checked above
+        place = batch_place(session, words.batch, epoch, rank)
     report = replay(session, place, forward, checkpoint, repro_dir)
     if output_format == "json":
         print(json.dumps(report.as_dict(), indent=2, default=str))

@@ -11,34 +11,47 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from nestkit.commands.common import console
+from nestkit.commands.common import console, err_console, format_option, positive_seconds
+from nestkit.core.paths import short_path
 
 
 def stacks(
-    run_dir: Path = typer.Argument(..., help="The run folder (exp_manager.exp_dir/name).", show_default=False),
-    output_format: str = typer.Option("table", "--format", help="table, text or json."),
+    run_dir: Optional[Path] = typer.Argument(
+        None,
+        help="The run folder (exp_manager.exp_dir/name); default: the run folder you are in, else the most recent one under ./runs.",
+        show_default=False,
+    ),
+    output_format: str = format_option("table", "text", "json"),
     incident: Optional[int] = typer.Option(
-        None, help="Stall incident number (the folder stall/N under the run folder; default: the latest)."
+        None, min=1, help="Stall incident number (the folder stall/N under the run folder; default: the latest)."
     ),
     dump: bool = typer.Option(
         False,
         "--dump",
         help="Ask a running job for fresh stacks first: every rank's watchdog dumps within a poll interval (the job is not stopped).",
     ),
-    wait: float = typer.Option(20.0, help="With --dump: seconds to wait for the ranks' dumps."),
+    wait: float = typer.Option(
+        20.0, callback=positive_seconds, help="With --dump: seconds to wait for the ranks' dumps."
+    ),
 ) -> None:
     """One report of what every rank and DataLoader worker was doing, with a verdict.
 
     Phase, step, batch, the file each worker reads, where each process is stuck (from the watchdog's stack dumps), and a verdict: data stall,
     collective mismatch, compute stall, slow, healthy.
     """
-    from nestkit.core.errors import NestkitError
+    from nestkit.core.errors import UsageError
+    from nestkit.tools.runs import find_run
+
+    if run_dir is None:
+        run_dir, found = find_run()
+        (err_console if output_format == "json" else console).print(
+            f"run folder {escape(short_path(run_dir))} ({found})"
+        )
+    elif not run_dir.is_dir():
+        problem = "a file, not a folder" if run_dir.exists() else "no such folder"
+        raise UsageError(f"run {run_dir}: {problem} (expected a run folder, exp_manager.exp_dir/name)")
     from nestkit.monitor.stall_report import build_report, render_text
 
-    if output_format not in ("table", "text", "json"):
-        raise typer.BadParameter(f"--format: expected table, text or json, got {output_format!r}")
-    if not run_dir.is_dir():
-        raise NestkitError(f"run {run_dir}: no such folder (expected a run folder, exp_manager.exp_dir/name)")
     if dump:
         incident = _request_dump(run_dir, wait)
     report = build_report(run_dir, incident)
@@ -69,7 +82,7 @@ def _request_dump(run_dir: Path, wait: float) -> int:
     dumped = found.wait_for_dumps(world, wait)
     if len(dumped) < world:
         missing = sorted(set(range(world)) - set(dumped))
-        console.print(
+        err_console.print(  # stdout is the report only: `--format json` must parse
             f"[yellow]note:[/] no dump from rank(s) {', '.join(map(str, missing))} within {wait:g} s "
             "(finished, dead, or its watchdog thread cannot run)"
         )
@@ -81,8 +94,6 @@ def _seconds(value: float | None) -> str:
 
 
 def _print_tables(report) -> None:
-    from nestkit.commands.render import short_path
-
     if report.incident is not None:
         who = f" by rank {report.requested_by}" if report.requested_by is not None else ""
         console.print(f"[bold]incident {report.incident}[/]{who}: {escape(report.reason)}")

@@ -71,6 +71,7 @@ def check(cfg: NestConfig, problems: list[str]) -> None:
     _check_heads(cfg, problems)
     _check_optim(cfg, problems)
     _check_trainer(cfg, problems)
+    _check_exp_manager(cfg, problems)
     _check_nestkit(cfg, problems)
 
 
@@ -193,8 +194,65 @@ def _check_optim(cfg: NestConfig, problems: list[str]) -> None:
         problems.append("model.optim.sched: set warmup_steps or warmup_ratio, not both")
 
 
+# What Lightning 2 accepts for `precision` (NeMo configs say 16, 32 or bf16; nestkit maps them).
+PRECISIONS = ("16", "32", "64", "bf16", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "32-true", "64-true")
+
+
+def _devices_problem(devices) -> str | None:
+    """Lightning's `devices`: a count >= 1, -1 / "auto" (every GPU), a list of GPU ids, or "0,1"."""
+    if isinstance(devices, bool):
+        return "expected a number of devices"
+    if isinstance(devices, int):
+        return None if devices >= 1 or devices == -1 else "expected at least 1, or -1 for every GPU"
+    if isinstance(devices, list):
+        if not devices:
+            return "expected at least one GPU id"
+        if any(isinstance(d, bool) or not isinstance(d, int) or d < 0 for d in devices):
+            return "expected GPU ids >= 0"
+        return "expected each GPU id once" if len(set(devices)) != len(devices) else None
+    text = str(devices).strip()
+    ids = [part.strip() for part in text.split(",") if part.strip()]
+    if text in ("auto", "-1") or (
+        ids and all(i.isdigit() for i in ids) and (len(ids) > 1 or "," in text or int(ids[0]) >= 1)
+    ):
+        return None
+    return "expected a number >= 1, -1 or 'auto' for every GPU, or GPU ids like '0,1'"
+
+
+def _fraction_or_count_problem(value) -> str | None:
+    """Lightning's limit_*_batches and val_check_interval: a count >= 0 (int) or a fraction in [0, 1]."""
+    if isinstance(value, bool):
+        return "expected a count or a fraction"
+    if isinstance(value, int):
+        return None if value >= 0 else "expected a count >= 0"
+    return None if 0.0 <= value <= 1.0 else "expected a fraction in [0, 1] or a whole count"
+
+
 def _check_trainer(cfg: NestConfig, problems: list[str]) -> None:
     t = cfg.trainer
+    devices_problem = _devices_problem(t.devices)
+    if devices_problem:
+        problems.append(f"trainer.devices: {devices_problem} (got {t.devices!r})")
+    if t.num_nodes < 1:
+        problems.append(f"trainer.num_nodes: must be at least 1 (got {t.num_nodes})")
+    if str(t.precision) not in PRECISIONS:
+        problems.append(f"trainer.precision: unknown (expected one of {', '.join(PRECISIONS)}; got {t.precision!r})")
+    if t.gradient_clip_val is not None and t.gradient_clip_val < 0:
+        problems.append(f"trainer.gradient_clip_val: must not be negative, 0 = no clipping (got {t.gradient_clip_val})")
+    if t.log_every_n_steps < 0:
+        problems.append(
+            f"trainer.log_every_n_steps: must not be negative, 0 = no metric logging (got {t.log_every_n_steps})"
+        )
+    interval = t.val_check_interval
+    if interval is not None and (_fraction_or_count_problem(interval) or interval == 0):
+        problems.append(
+            f"trainer.val_check_interval: expected a number of steps >= 1 or a fraction of an epoch in (0, 1] (got {interval})"
+        )
+    for name in ("limit_train_batches", "limit_val_batches"):
+        value = getattr(t, name)
+        problem = _fraction_or_count_problem(value) if value is not None else None
+        if problem:
+            problems.append(f"trainer.{name}: {problem} (got {value})")
     if t.max_steps <= 0 and t.max_epochs <= 0:
         problems.append(
             f"trainer: set max_steps or max_epochs (got max_steps={t.max_steps}, max_epochs={t.max_epochs})"
@@ -204,6 +262,19 @@ def _check_trainer(cfg: NestConfig, problems: list[str]) -> None:
     inits = [n for n in ("init_from", "init_from_nemo_model", "init_from_ptl_ckpt") if getattr(cfg, n)]
     if len(inits) > 1:
         problems.append(f"{' and '.join(inits)}: set only one checkpoint to initialise from")
+
+
+def _check_exp_manager(cfg: NestConfig, problems: list[str]) -> None:
+    ckpt = cfg.exp_manager.checkpoint_callback_params
+    where = "exp_manager.checkpoint_callback_params"
+    if ckpt.every_n_train_steps is not None and ckpt.every_n_train_steps < 0:
+        problems.append(
+            f"{where}.every_n_train_steps: must be a number of steps >= 1, or 0 / null for no periodic checkpoints "
+            f"(got {ckpt.every_n_train_steps})"
+        )
+    for name, meaning in (("save_top_k", "best checkpoints kept"), ("keep_periodic", "periodic checkpoints kept")):
+        if getattr(ckpt, name) < -1:
+            problems.append(f"{where}.{name}: {meaning}, must be >= 0, or -1 for all (got {getattr(ckpt, name)})")
 
 
 def _check_nestkit(cfg: NestConfig, problems: list[str]) -> None:

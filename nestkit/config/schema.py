@@ -340,6 +340,19 @@ class CheckpointConfig:
 
 
 @dataclass
+class MLFlowLoggerConfig:
+    """exp_manager.mlflow_logger_kwargs: NeMo's MLFlowParams keys, passed to Lightning's MLFlowLogger."""
+
+    experiment_name: Optional[str] = None  # default: exp_manager.name (as NeMo)
+    tracking_uri: Optional[str] = None  # default: $MLFLOW_TRACKING_URI, else a file store in save_dir
+    tags: Optional[dict[str, Any]] = None
+    save_dir: Optional[str] = field(default=None, metadata={"path": True})  # default: <run folder>/mlruns
+    prefix: str = ""
+    artifact_location: Optional[str] = None
+    run_id: Optional[str] = None  # continue this MLflow run
+
+
+@dataclass
 class ExpManagerConfig:
     exp_dir: Optional[str] = field(default=None, metadata={"path": True})  # default: ./runs
     name: Optional[str] = None  # follows the top-level name
@@ -349,8 +362,12 @@ class ExpManagerConfig:
     checkpoint_callback_params: CheckpointConfig = field(default_factory=CheckpointConfig)
     resume_if_exists: bool = False
     resume_ignore_no_checkpoint: bool = True
-    create_wandb_logger: bool = _inert(False, "W&B logging is not built in", must_keep_default=True)
-    wandb_logger_kwargs: Optional[dict[str, Any]] = _inert(None, "W&B logging is not built in")
+    # NeMo's logger switches, mapped to Lightning's own loggers (optional extras: `nestkit[wandb]`,
+    # `nestkit[mlflow]`). W&B writes under the run folder unless wandb_logger_kwargs.save_dir says otherwise.
+    create_wandb_logger: bool = False
+    wandb_logger_kwargs: Optional[dict[str, Any]] = None  # passed to WandbLogger / wandb.init (name, project, ...)
+    create_mlflow_logger: bool = False
+    mlflow_logger_kwargs: Optional[MLFlowLoggerConfig] = field(default_factory=lambda: MLFlowLoggerConfig())
     version: Optional[str] = _inert(None, "the run folder is exp_dir/name")
     use_datetime_version: bool = _inert(True, "the run folder is exp_dir/name")
 

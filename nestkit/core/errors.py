@@ -11,6 +11,11 @@ class NestkitError(Exception):
     """Base class: the CLI prints these without a traceback and exits with status 1."""
 
 
+class UsageError(NestkitError):
+    """What the command line asks for cannot be done as asked (a missing target, a wrong value):
+    the CLI prints it on one line and exits with status 2, as for its own usage errors."""
+
+
 class ConfigError(NestkitError):
     """One or more problems in a config; all of them are reported at once."""
 

@@ -1,4 +1,4 @@
-"""The Lightning Trainer nestkit trains with: callbacks, loggers, validation schedule, warnings."""
+"""The Lightning Trainer nestkit trains with: callbacks, validation schedule, warnings (loggers: loggers.py)."""
 
 from __future__ import annotations
 
@@ -14,13 +14,13 @@ from nestkit.core.procs import usable_cores
 from nestkit.runfolder.layout import checkpoints_dir
 from nestkit.training.callbacks import BatchLog, SaveLastOnEnd, StepPrinter
 from nestkit.training.devices import accelerator_and_devices, lightning_precision, world_size
+from nestkit.training.loggers import build_loggers
 
 
 def build_trainer(
     cfg: NestConfig, run_dir: Path, interactive: bool, val_every: int, extra_callbacks: list[Callback] | None = None
 ) -> pl.Trainer:
     from pytorch_lightning.callbacks import RichProgressBar
-    from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
     t = cfg.trainer
     accelerator, devices = accelerator_and_devices(cfg)
@@ -56,12 +56,7 @@ def build_trainer(
             )
         if ckpt.save_last:
             callbacks.append(SaveLastOnEnd(run_dir))
-    loggers = []
-    if cfg.exp_manager.create_csv_logger:
-        # one version folder per start: a resumed run must not overwrite the earlier metrics.csv
-        loggers.append(CSVLogger(save_dir=str(run_dir), name="csv"))
-    if cfg.exp_manager.create_tensorboard_logger:
-        loggers.append(TensorBoardLogger(save_dir=str(run_dir), name="tb", version="", default_hp_metric=False))
+    loggers = build_loggers(cfg, run_dir)
     return pl.Trainer(
         accelerator=accelerator,
         devices=devices,

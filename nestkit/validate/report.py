@@ -8,13 +8,13 @@ in the `file:line: severity: [category] reason` shape that editors and CI log pa
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 import xml.etree.ElementTree as ET
 from collections import defaultdict
 
 import orjson
 
+from nestkit.core.paths import short_path
 from nestkit.validate.categories import ERROR, WARNING, Finding
 from nestkit.validate.validator import Report
 
@@ -36,16 +36,8 @@ def printable(text: str) -> str:
     return _UNPRINTABLE.sub(_escape, text)
 
 
-def display_path(path: str) -> str:
-    """Relative to the working directory when below it (how CI annotations name repository files)."""
-    if path.startswith(("http://", "https://")) or not os.path.isabs(path):
-        return path
-    relative = os.path.relpath(path)
-    return path if relative.startswith("..") else relative
-
-
 def where(finding: Finding) -> str:
-    manifest = printable(display_path(finding.manifest))
+    manifest = printable(short_path(finding.manifest))
     return f"{manifest}:{finding.line}" if finding.line else manifest
 
 
@@ -97,7 +89,7 @@ def as_github(report: Report, strict: bool) -> str:
     lines = []
     for f in report.findings:
         level = "error" if f.severity == ERROR or strict else "warning"
-        properties = [f"file={_escape_property(printable(display_path(f.manifest)))}"]
+        properties = [f"file={_escape_property(printable(short_path(f.manifest)))}"]
         if f.line:
             properties.append(f"line={f.line}")
         properties.append(f"title={_escape_property(f'validate-manifest {f.category}')}")
@@ -119,7 +111,7 @@ def as_junit(report: Report, strict: bool) -> str:
     total_tests = total_failures = 0
     for manifest in report.manifests():
         findings = by_manifest.pop(manifest, [])
-        suite_name = printable(display_path(manifest))
+        suite_name = printable(short_path(manifest))
         suite = ET.SubElement(root, "testsuite", name=suite_name)
         by_line: dict[int, list[Finding]] = defaultdict(list)
         for f in findings:

@@ -138,7 +138,7 @@ def test_stacks_explains_a_folder_without_heartbeats(tmp_path):
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert f"run {tmp_path}: no heartbeats" in " ".join(result.stderr.split())
     missing = nestkit("stacks", str(tmp_path / "nope"), cwd=tmp_path)
-    assert missing.returncode == 1 and "no such folder" in missing.stderr
+    assert missing.returncode == 2 and "no such folder" in missing.stderr  # a usage error, as a missing config is
 
 
 @pytest.mark.slow
