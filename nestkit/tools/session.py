@@ -95,7 +95,17 @@ class DebugSession:
         return self.places_of_step(step, rank)[0]
 
     def place_of_batch(self, epoch: int, batch: int, rank: int) -> Place:
-        return self.layout.place_of_batch(epoch, batch, rank)
+        place = self.layout.place_of_batch(epoch, batch, rank)
+        if self._beyond_run(place.step):
+            raise NestkitError(
+                f"epoch {epoch} batch {batch}: beyond the run (it would be trained at step {place.step}, expected "
+                f"0..{self.cfg.trainer.max_steps - 1}: trainer.max_steps={self.cfg.trainer.max_steps})"
+            )
+        return place
+
+    def _beyond_run(self, step: int) -> bool:
+        max_steps = self.cfg.trainer.max_steps
+        return bool(max_steps and max_steps > 0 and step >= max_steps)
 
     def following(self, place: Place, count: int) -> list[Place]:
         return self.layout.following(place, count)
@@ -160,7 +170,13 @@ class DebugSession:
             raise NestkitError(f"index {index}: must not be negative")
         remaining, epoch = index, 0
         while True:
-            for number, span, plan in self.layout.rank_deals(epoch, rank):
+            deals = self.layout.rank_deals(epoch, rank)
+            if deals and self._beyond_run(deals[0][1].first):
+                raise NestkitError(
+                    f"index {index}: beyond the run (rank {rank} takes fewer samples before "
+                    f"trainer.max_steps={self.cfg.trainer.max_steps})"
+                )
+            for number, span, plan in deals:
                 sizes = np.array([len(plan.batch_rows(rank, k)) for k in range(plan.num_batches)], dtype=np.int64)
                 ends = np.cumsum(sizes)
                 if len(ends) and remaining < ends[-1]:

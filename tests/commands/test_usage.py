@@ -99,3 +99,17 @@ def test_stacks_dump_as_json_keeps_notes_off_stdout(tmp_path):
     report = json.loads(result.stdout)
     assert report["incident"] == 1 and "nestkit stacks --dump" in report["reason"]
     assert "no dump from rank(s) 0 within 0.5 s" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "words, message",
+    [
+        (["--step", "100000000"], "step 100000000: beyond the run (expected 0..5: trainer.max_steps=6)"),
+        (["--epoch", "100000000", "--batch", "0"], "epoch 100000000 batch 0: beyond the run"),
+        (["--index", "1000000000"], "index 1000000000: beyond the run"),
+    ],
+)
+def test_positions_beyond_the_run_end_at_once_in_one_line(config, words, message):
+    """Answered by arithmetic on the plan, not by walking millions of epochs."""
+    result = run_nestkit("lookup", config, *words, "--no-load", cwd=Path(config).parent, timeout=60)
+    assert result.returncode == 1 and message in " ".join(result.stderr.split()), result.stderr
