@@ -44,8 +44,8 @@ def report(
     logging.getLogger("nestkit.data").setLevel(logging.ERROR)  # a rebuilt batch's bad samples are in the report
     out = output if output is not None else run_dir / "report.html"
     result = build_report(run_dir, out, png, incident_batches, data, plain_augmentation, timeout)
-    for straggler in result.stragglers:
-        console.print(f"[yellow]straggler:[/] {escape(straggler.sentence())}")
+    for sentence in result.stragglers:
+        console.print(f"[yellow]straggler:[/] {escape(sentence)}")
     for note in result.notes:
         err_console.print(f"[dim]note: {escape(note)}[/]")
     console.print(f"report: {escape(short_path(str(result.html)))} ({len(result.pictures)} figures)")

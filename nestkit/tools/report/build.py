@@ -16,13 +16,13 @@ from pathlib import Path
 
 from nestkit.config import NestConfig, StragglerConfig
 from nestkit.core.errors import NestkitError
-from nestkit.monitor.stragglers import RankTiming, Straggler, compare, describe_load
+from nestkit.monitor.stragglers import RankTiming, Straggler, describe_load
 from nestkit.runfolder.layout import config_path, is_run_folder
 from nestkit.tools.report import figures
 from nestkit.tools.report.events import Event, all_events
 from nestkit.tools.report.page import Picture, Section, figure, number, paragraph, percent, render, table, text
 from nestkit.tools.report.plotting import png_bytes, require_matplotlib
-from nestkit.tools.report.ranks import RankSteps, rank_steps, timings
+from nestkit.tools.report.ranks import RankSteps, find_stragglers, rank_steps, timing
 from nestkit.tools.report.run_data import RunData, read_run
 
 INCIDENT_BATCHES = 4  # incident batches rebuilt and drawn by default (each loads its audio)
@@ -34,7 +34,7 @@ class ReportResult:
     html: Path
     pngs: list[Path]
     pictures: list[Picture]
-    stragglers: list[Straggler]
+    stragglers: list[str]  # sentences naming each straggler
     notes: list[str] = field(default_factory=list)
 
 
@@ -102,7 +102,7 @@ def summary_section(data: RunData, events: list[Event]) -> Section:
     rows = []
     last = data.last_step
     rows.append(["optimizer steps trained", number(last + 1 if last is not None else None, "steps")])
-    sizes = sorted({s.world_size for s in data.segments}) or sorted({len(data.batches)} - {0})
+    sizes = [s.world_size for s in data.segments] or ([len(data.batches)] if data.batches else [])
     rows.append(["ranks", text(" then ".join(str(s) for s in sizes) if sizes else "-")])
     for name, label in (("train_loss", "train_loss"), ("val_loss", "val_loss"), ("lr", "lr")):
         point = _last(data.series(name))
@@ -147,19 +147,22 @@ def training_section(data: RunData, events: list[Event], pictures: list[Picture]
 
 def ranks_section(
     data: RunData,
-    steps: dict[int, RankSteps],
-    rank_timings: list[RankTiming],
-    found: list[Straggler],
+    timed: list[tuple[RankSteps, RankTiming]],
+    found: list[tuple[int, Straggler]],
     rule: StragglerConfig,
     pictures: list[Picture],
 ) -> Section:
     section = Section("ranks", "Ranks: data wait and compute")
-    if not rank_timings:
+    if not timed:
         section.parts.append(paragraph("No timed steps yet (batch logs without data_wait_s / compute_s).", "note"))
         return section
-    for straggler in found:
-        section.parts.append(paragraph(f"<b>Straggler:</b> {text(straggler.sentence())}.", "callout"))
-    if not found and len(rank_timings) > 1:
+    segments = sorted({group.segment for group, _ in timed})
+    for segment, straggler in found:
+        section.parts.append(
+            paragraph(f"<b>Straggler:</b> {text(straggler_sentence(timed, segment, straggler))}.", "callout")
+        )
+    compared = [s for s in segments if sum(1 for g, _ in timed if g.segment == s) > 1]
+    if compared and not found:
         section.parts.append(
             paragraph(
                 f"No rank is slower than its peers by the run's rule (nestkit.straggler: factor {rule.factor:g}, "
@@ -175,41 +178,44 @@ def ranks_section(
             )
         )
     rows = []
-    for t in rank_timings:
-        s = steps[t.rank]
+    for group, t in timed:
+        key = f"seg{group.segment}.rank{t.rank}"
         files = "<br>".join(text(describe_load(load)) for load in t.slow_loads[:3])
         rows.append(
             [
                 text(t.rank),
-                number(t.steps, f"rank{t.rank}.steps"),
-                number(t.data_wait_s, f"rank{t.rank}.data_wait_s"),
-                number(t.compute_s, f"rank{t.rank}.compute_s"),
-                number(t.peer_wait_s, f"rank{t.rank}.peer_wait_s"),
-                percent(s.share("data_wait_s"), f"rank{t.rank}.data_wait_share"),
-                percent(s.share("compute_s"), f"rank{t.rank}.compute_share"),
+                text(f"{group.span} (segment {group.segment})" if len(segments) > 1 else group.span),
+                number(t.steps, f"{key}.steps"),
+                number(t.data_wait_s, f"{key}.data_wait_s"),
+                number(t.compute_s, f"{key}.compute_s"),
+                number(t.peer_wait_s, f"{key}.peer_wait_s"),
+                percent(group.share("data_wait_s"), f"{key}.data_wait_share"),
+                percent(group.share("compute_s"), f"{key}.compute_share"),
                 files,
             ]
         )
     headers = [
         "rank",
-        "timed steps",
+        "steps",
+        "timed",
         "data wait s",
         "compute s",
         "peer wait s",
         "data wait",
         "compute",
-        "slowest files",
+        "slowest loads",
     ]
-    section.parts.append(table(headers, rows, {1, 2, 3, 4, 5, 6}, "ranks"))
+    section.parts.append(table(headers, rows, {2, 3, 4, 5, 6, 7}, "ranks"))
     section.parts.append(
         paragraph(
             "Seconds are medians per micro-batch; shares are of the rank's summed step time. Data wait: in the "
             "DataLoader's next(); compute: the step itself; peer wait: in collectives, waiting for the other ranks "
-            "(a rank that waits for its peers is waiting for a straggler). Each rank's first step after a start is left out.",
+            "(a rank that waits for its peers is waiting for a straggler). Ranks are compared within a segment of "
+            "the run (a start or a resume); each rank's first step in a segment is left out.",
             "note",
         )
     )
-    fig = figures.step_time_figure(steps)
+    fig = figures.step_time_figure([group for group, _ in timed], len(segments) > 1)
     if fig is not None:
         picture = Picture(
             "step_time",
@@ -220,6 +226,16 @@ def ranks_section(
         pictures.append(picture)
         section.parts.append(figure(picture))
     return section
+
+
+def straggler_sentence(timed: list[tuple[RankSteps, RankTiming]], segment: int, straggler: Straggler) -> str:
+    """The straggler's sentence, prefixed with the steps it covers when the run has several segments."""
+    groups = [g for g, _ in timed if g.segment == segment]
+    if len({g.segment for g, _ in timed}) == 1:
+        return straggler.sentence()
+    first = min(g.steps[0] for g in groups)
+    last = max(g.steps[-1] for g in groups)
+    return f"steps {first}-{last} ({len(groups)} ranks): {straggler.sentence()}"
 
 
 def incidents_section(
@@ -363,7 +379,7 @@ def incident_views(
     context: Context, events: list[Event], limit: int, describe: Callable[[dict], str], notes: list[str]
 ) -> list[tuple[Event, Picture]]:
     """The batch of each stall and anomaly (the first `limit`), rebuilt as training built it and drawn."""
-    from nestkit.tools.report.batch_view import batch_figure, batch_title
+    from nestkit.tools.report.batch_view import batch_figure
 
     wanted = [e for e in events if e.kind in ("stall", "anomaly") and e.batch is not None]
     if not wanted or context.session is None or context.cfg is None:
@@ -383,14 +399,23 @@ def incident_views(
         except NestkitError as exc:
             notes.append(f"{event.kind} at step {event.step}: its batch could not be rebuilt ({exc})")
             continue
-        title = f"{event.title}: " + batch_title(batch, place.step)
+        # a batch's samples, draws and masks depend on its place in the epoch's sequence, not on the rank
+        # that trains it: after a resume on other ranks it is the same batch, trained by another rank
+        title = (
+            f"{event.title} at step {event.step}: rank {rank}'s batch, epoch {epoch} micro-batch {index}; "
+            f"fingerprint {batch.fingerprint}"
+        )
         fig = batch_figure(context.cfg, batch, title, describe)
         name = f"incident-{event.kind.replace(' ', '-')}-{event.number if event.number is not None else len(views) + 1}"
+        later = (
+            f" After the resume it was trained at step {place.step} by rank {place.rank} of {session.layout.world_size_at(place)}."
+            if place.rank != rank
+            else ""
+        )
         caption = (
-            f"The batch of this incident (epoch {epoch}, micro-batch {index}, rank {place.rank}), rebuilt exactly as "
-            f"training built it: log-mel of clean and noisy audio, the frames the step masked, the mixed segments. "
-            f"Hear it: nestkit replay-batch --step {place.step} --rank {place.rank} --config "
-            f"{config_path(session.run_dir)} --audio DIR"
+            f"The batch of this incident, rebuilt exactly as training built it: log-mel of clean and noisy audio, the "
+            f"frames its step masked, the mixed segments.{later} Hear it: nestkit replay-batch --step {place.step} "
+            f"--rank {place.rank} --config {config_path(session.run_dir)} --audio DIR"
         )
         views.append((event, Picture(name, event.title, caption, png_bytes(fig))))
         if len(views) >= limit:
@@ -424,10 +449,10 @@ def build_report(
     context = open_context(run_dir, open_data, timeout_s)
     notes = list(context.notes)
     events = all_events(data)
-    steps = rank_steps(data.batches, {s.start_step for s in data.segments})
-    rank_timings = timings(steps, data.batches, context.resolve)
+    groups = rank_steps(data.batches, [s.start_step for s in data.segments])
+    timed = [(group, timing(group, context.resolve)) for group in groups]
     rule = context.cfg.nestkit.straggler if context.cfg is not None else StragglerConfig()
-    found = compare(rank_timings, rule)
+    found = find_stragglers(timed, rule)
     epochs = {r.get("epoch") for records in data.batches.values() for r in records if r.get("epoch") is not None}
     lengths = context.epoch_lengths(epochs)
     views = incident_views(context, events, incident_batches, describe, notes) if incident_batches > 0 else []
@@ -441,7 +466,7 @@ def build_report(
     sections = [
         summary_section(data, events),
         training_section(data, events, pictures),
-        ranks_section(data, steps, rank_timings, found, rule, pictures),
+        ranks_section(data, timed, found, rule, pictures),
         incidents_section(events, data.last_step, views, pictures),
         data_section(data, where, pictures),
         epochs_section(data, lengths, pictures),
@@ -465,4 +490,5 @@ def build_report(
             path = folder / f"{picture.name}.png"
             path.write_bytes(picture.png)
             pngs.append(path)
-    return ReportResult(out, pngs, pictures, found, notes)
+    said = [straggler_sentence(timed, segment, straggler) for segment, straggler in found]
+    return ReportResult(out, pngs, pictures, said, notes)

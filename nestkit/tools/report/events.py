@@ -118,8 +118,8 @@ def segment_events(data: RunData) -> list[Event]:
                     segment.start_step,
                     None,
                     f"{before.world_size} -> {segment.world_size} ranks",
-                    f"from step {segment.start_step}: {segment.world_size} rank(s) x accumulate {segment.accumulate} "
-                    f"(before: {before.world_size} x {before.accumulate})",
+                    f"from step {segment.start_step}: {before.world_size} -> {segment.world_size} rank(s), "
+                    f"accumulate_grad_batches {before.accumulate} -> {segment.accumulate}",
                     segment.time,
                 )
             )

@@ -70,29 +70,41 @@ def training_figure(data: RunData, events: list[Event], batch_loss: list[tuple[i
     return figure
 
 
-def step_time_figure(steps: dict[int, RankSteps]):
+def step_time_figure(groups: list[RankSteps], by_segment: bool):
     """Left: each rank's step time split into data wait, compute and waits for peers (mean per step).
-    Right: data wait per step over the run, one line per rank."""
-    ranks = [s for _, s in sorted(steps.items()) if s.steps]
-    if not ranks:
+    Right: data wait per step over the run, one line per rank (and segment, when the run has several)."""
+    groups = [g for g in groups if g.records]
+    if not groups:
         return None
-    figure = new_figure(12, 1.6 + 0.45 * len(ranks) + 1.5)
+    figure = new_figure(12, 1.6 + 0.45 * len(groups) + 1.5)
     left, right = figure.subplots(1, 2, width_ratios=(1, 1.3))
-    labels = [f"rank {s.rank}" for s in ranks]
-    at = [0.0] * len(ranks)
+    labels = [f"rank {g.rank}" + (f"\n{g.span}" if by_segment else "") for g in groups]
+    at = [0.0] * len(groups)
     for part, label in (("data_wait_s", "data wait"), ("compute_s", "compute"), ("peer_wait_s", "peer wait")):
-        means = [s.total(part) / len(s.steps) for s in ranks]
+        means = [g.total(part) / len(g.records) for g in groups]
         left.barh(labels, means, left=at, color=COLORS[label], label=label)
         at = [a + m for a, m in zip(at, means)]
-    for y, s in enumerate(ranks):
-        left.text(at[y], y, f"  data {s.share('data_wait_s'):.0%}", va="center", fontsize=8)
+    for y, g in enumerate(groups):
+        left.text(at[y], y, f"  data {g.share('data_wait_s'):.0%}", va="center", fontsize=8)
     left.invert_yaxis()
+    left.tick_params(axis="y", labelsize=8)
     left.set_xlabel("seconds per step (mean)")
     left.set_title("where each rank's step time goes", fontsize=10)
     left.legend(fontsize=8, loc="lower right")
     left.set_xlim(0, max(at) * 1.3 if max(at) > 0 else 1)
-    for s in ranks:
-        right.plot(s.steps, s.data_wait_s, linewidth=1.0, marker=".", markersize=3, label=f"rank {s.rank}")
+    ranks = sorted({g.rank for g in groups})
+    colors = {rank: f"C{i % 10}" for i, rank in enumerate(ranks)}
+    for g in groups:
+        first = g is next(o for o in groups if o.rank == g.rank)
+        right.plot(
+            g.steps,
+            g.values("data_wait_s"),
+            color=colors[g.rank],
+            linewidth=1.0,
+            marker=".",
+            markersize=3,
+            label=f"rank {g.rank}" if first else None,
+        )
     right.set_title("data wait per step", fontsize=10)
     right.set_xlabel("step")
     right.set_ylabel("seconds")
