@@ -96,7 +96,7 @@ class Straggler:
 def describe_load(load: dict) -> str:
     """`/data/a.wav (612 ms, utt7-L3, train.json:3)`."""
     where = [f"{load['ms']:.0f} ms"]
-    if load.get("cut_id") and load.get("cut_id") != load.get("path"):
+    if load.get("path") and load.get("cut_id") and load["cut_id"] != load["path"]:
         where.append(str(load["cut_id"]))
     if load.get("manifest"):
         where.append(f"{os.path.basename(str(load['manifest']))}:{load.get('line')}")

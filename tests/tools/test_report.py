@@ -278,3 +278,23 @@ def test_a_browser_opens_it_from_disk_without_errors_and_every_figure_shows(plan
         assert console_errors(driver) == []
         text = driver.find_element(By.TAG_NAME, "body").text
         assert "Straggler: steps" in text and "(2 ranks): rank 1 waits" in text
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_the_report_needs_only_the_run_folder_and_matplotlib(planted, tmp_path):
+    """The light install plus nestkit[report]: no torch, lhotse or Lightning (shadowed here)."""
+    shadow = tmp_path / "shadow"
+    for name in ("torch", "lhotse", "pytorch_lightning"):
+        (shadow / name).mkdir(parents=True)
+        (shadow / name / "__init__.py").write_text(
+            f"raise ModuleNotFoundError('No module named {name!r}', name={name!r})\n"
+        )
+    path = os.pathsep.join([str(shadow), os.environ.get("PYTHONPATH", ""), str(Path(__file__).parents[2])])
+    out = tmp_path / "light.html"
+    result = _nestkit("report", str(planted["run"]), "-o", str(out), cwd=tmp_path, env={"PYTHONPATH": path})
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert "pip install 'nestkit[train]'" in result.stderr
+    html = out.read_text()
+    assert 'id="fig-training"' in html and 'id="fig-step_time"' in html and 'id="fig-timeline"' in html
+    assert "(2 ranks): rank 1 waits" in html and "incident-stall" not in html

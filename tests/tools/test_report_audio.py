@@ -130,7 +130,7 @@ def test_without_matplotlib_a_one_line_error_names_the_extra(mixed_config, tmp_p
     shadow = tmp_path / "shadow" / "matplotlib"
     shadow.mkdir(parents=True)
     (shadow / "__init__.py").write_text("raise ImportError('matplotlib is not installed here')\n")
-    path = os.pathsep.join([str(shadow.parent), os.environ.get("PYTHONPATH", ""), str(Path.cwd())])
+    path = os.pathsep.join([str(shadow.parent), os.environ.get("PYTHONPATH", ""), str(Path(__file__).parents[2])])
     result = _nestkit(
         "replay-batch",
         "0",

@@ -83,6 +83,11 @@ def open_context(run_dir: Path, open_data: bool, timeout_s: float) -> Context:
 
         world = world_size_of(context.cfg, run_dir, None)
         context.session = DebugSession(context.cfg, world, run_dir, sample_timeout_s=timeout_s)
+    except ImportError as exc:  # the light install: the run folder alone
+        context.notes.append(
+            f"the run's data was not opened: {exc.name or exc} is not installed (pip install 'nestkit[train]'): "
+            "no epoch lengths, files named by cut id, no incident batches"
+        )
     except NestkitError as exc:
         context.notes.append(
             f"the run's data could not be opened ({exc}): no epoch lengths, files named by cut id, no incident batches"
@@ -379,11 +384,10 @@ def incident_views(
     context: Context, events: list[Event], limit: int, describe: Callable[[dict], str], notes: list[str]
 ) -> list[tuple[Event, Picture]]:
     """The batch of each stall and anomaly (the first `limit`), rebuilt as training built it and drawn."""
-    from nestkit.tools.report.batch_view import batch_figure
-
     wanted = [e for e in events if e.kind in ("stall", "anomaly") and e.batch is not None]
     if not wanted or context.session is None or context.cfg is None:
         return []
+    from nestkit.tools.report.batch_view import batch_figure  # torch: only with the run's data opened
     session = context.session
     views = []
     for event in wanted[:limit]:
