@@ -66,7 +66,7 @@ def log_mel(cfg: NestConfig, audio: torch.Tensor, lengths: torch.Tensor) -> tupl
     featurizer = MelFeaturizer(pre).eval()
     with torch.no_grad():
         feats, frames = featurizer(audio, lengths)
-    return feats.numpy(), frames.numpy(), featurizer.hop_length / pre.sample_rate
+    return feats.numpy(), frames.numpy(), featurizer.hop_length / float(pre.sample_rate or 1)
 
 
 def write_batch_audio(batch: NestBatch, out_dir: Path, prefix: str) -> list[Path]:
@@ -135,7 +135,7 @@ def batch_figure(
             )
             mixed = augment.get("segments") if augment.get("mode") != "skip" and augment.get("scale") else None
             for start, length in mixed or []:
-                color = COLORS.get(augment.get("mode"), COLORS["noise"])
+                color = COLORS.get(str(augment.get("mode")), COLORS["noise"])
                 ax.axvspan(start / sample_rate, (start + length) / sample_rate, ymin=0.9, ymax=1.0, color=color)
             if side == 1:
                 for start, end in spans(row_masks):

@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from nestkit.config import NestConfig, StragglerConfig
 from nestkit.core.errors import NestkitError
@@ -24,6 +25,9 @@ from nestkit.tools.report.page import Picture, Section, figure, number, paragrap
 from nestkit.tools.report.plotting import png_bytes, require_matplotlib
 from nestkit.tools.report.ranks import RankSteps, find_stragglers, rank_steps, timing
 from nestkit.tools.report.run_data import RunData, read_run
+
+if TYPE_CHECKING:
+    from nestkit.tools.session import DebugSession
 
 INCIDENT_BATCHES = 4  # incident batches rebuilt and drawn by default (each loads its audio)
 QUARANTINE_ROWS_SHOWN = 200
@@ -43,7 +47,7 @@ class Context:
     """What the run's config opens, when it can: the config and the training data path."""
 
     cfg: NestConfig | None = None
-    session: object | None = None  # nestkit.tools.session.DebugSession
+    session: DebugSession | None = None
     notes: list[str] = field(default_factory=list)
 
     def resolve(self, cut_id: str) -> dict:
@@ -355,10 +359,10 @@ def epochs_section(data: RunData, lengths: dict[int, int], pictures: list[Pictur
     section.parts.append(figure(picture))
     rows = []
     rank = min(data.batches)
-    by_epoch: dict[int, list[dict]] = {}
+    by_epoch: dict[int | None, list[dict]] = {}
     for r in data.batches[rank]:
         by_epoch.setdefault(r.get("epoch"), []).append(r)
-    for epoch, records in sorted(by_epoch.items()):
+    for epoch, records in sorted((e, r) for e, r in by_epoch.items() if e is not None):
         length = lengths.get(epoch)
         consumed = max((r.get("consumed_after") or 0) for r in records)
         rows.append(
@@ -388,10 +392,11 @@ def incident_views(
     if not wanted or context.session is None or context.cfg is None:
         return []
     from nestkit.tools.report.batch_view import batch_figure  # torch: only with the run's data opened
+
     session = context.session
-    views = []
+    views: list[tuple[Event, Picture]] = []
     for event in wanted[:limit]:
-        epoch, index, rank = event.batch
+        epoch, index, rank = event.batch or (0, 0, 0)  # `wanted` has a batch
         try:
             place = session.layout.place_of_index(epoch, index)
             if place is None:
@@ -419,7 +424,7 @@ def incident_views(
         caption = (
             f"The batch of this incident, rebuilt exactly as training built it: log-mel of clean and noisy audio, the "
             f"frames its step masked, the mixed segments.{later} Hear it: nestkit replay-batch --step {place.step} "
-            f"--rank {place.rank} --config {config_path(session.run_dir)} --audio DIR"
+            f"--rank {place.rank} --config {config_path(session.run_dir or '.')} --audio DIR"
         )
         views.append((event, Picture(name, event.title, caption, png_bytes(fig))))
         if len(views) >= limit:
@@ -457,7 +462,7 @@ def build_report(
     timed = [(group, timing(group, context.resolve)) for group in groups]
     rule = context.cfg.nestkit.straggler if context.cfg is not None else StragglerConfig()
     found = find_stragglers(timed, rule)
-    epochs = {r.get("epoch") for records in data.batches.values() for r in records if r.get("epoch") is not None}
+    epochs = {int(r["epoch"]) for records in data.batches.values() for r in records if r.get("epoch") is not None}
     lengths = context.epoch_lengths(epochs)
     views = incident_views(context, events, incident_batches, describe, notes) if incident_batches > 0 else []
 

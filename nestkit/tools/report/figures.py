@@ -150,7 +150,7 @@ def timeline_figure(events: list[Event], last_step: int | None):
         if kind != "bad data":
             for e in mine:
                 ax.annotate(e.title, (e.step, y), xytext=(6, 6), textcoords="offset points", fontsize=8)
-    end = max([last_step or 0, *(e.step for e in placed)])
+    end = max([float(last_step or 0), *(float(e.step) for e in placed if e.step is not None)])
     ax.set_xlim(-0.5, end * 1.08 + 1)
     ax.set_yticks(range(len(lanes)), lanes)
     ax.set_ylim(len(lanes) - 0.4, -0.6)
@@ -168,9 +168,9 @@ def epochs_figure(batches: dict[int, list[dict]], epoch_lengths: dict[int, int])
     steps, position = [], []
     for record in records:
         epoch, consumed = record.get("epoch"), record.get("consumed_after")
-        length = epoch_lengths.get(epoch)
         if epoch is None:
             continue
+        length = epoch_lengths.get(epoch)
         steps.append(record["step"])
         position.append(epoch + (min(consumed, length) / length if consumed is not None and length else 0.0))
     if not steps:

@@ -64,7 +64,9 @@ def text(value) -> str:
     return html.escape("" if value is None else str(value))
 
 
-def table(headers: list[str], rows: list[list[str]], numeric: set[int] = frozenset(), table_id: str = "") -> str:
+def table(
+    headers: list[str], rows: list[list[str]], numeric: frozenset[int] | set[int] = frozenset(), table_id: str = ""
+) -> str:
     """`rows` hold HTML already (escape text with `text()`); columns in `numeric` are right-aligned."""
     head = "".join(f"<th>{text(h)}</th>" for h in headers)
     body = "".join(

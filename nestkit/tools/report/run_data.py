@@ -77,14 +77,15 @@ def read_metrics(files: list[Path]) -> dict[str, list[tuple[int, float]]]:
             for step in [s for s in values if s >= first]:
                 del values[step]
         for row in rows:
-            step = _number(row.get("step"))
-            if step is None:
+            number = _number(row.get("step"))
+            if number is None:
                 continue
+            step = int(number)
             for name, text in row.items():
                 value = _number(text)
                 if name in ("step", "epoch") or value is None:
                     continue
-                merged.setdefault(name, {})[int(step)] = value
+                merged.setdefault(name, {})[step] = value
     return {name: sorted(values.items()) for name, values in sorted(merged.items())}
 
 
