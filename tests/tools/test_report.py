@@ -288,7 +288,7 @@ def test_the_report_needs_only_the_run_folder_and_matplotlib(planted, tmp_path):
     for name in ("torch", "lhotse", "pytorch_lightning"):
         (shadow / name).mkdir(parents=True)
         (shadow / name / "__init__.py").write_text(
-            f"raise ModuleNotFoundError('No module named {name!r}', name={name!r})\n"
+            f'raise ModuleNotFoundError("No module named {name}", name="{name}")\n'
         )
     path = os.pathsep.join([str(shadow), os.environ.get("PYTHONPATH", ""), str(Path(__file__).parents[2])])
     out = tmp_path / "light.html"
