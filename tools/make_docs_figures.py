@@ -50,7 +50,7 @@ def demo_figures(out: Path, work: Path) -> None:
     nestkit("report", str(run), "-o", str(work / "demo.html"), "--png", str(work / "demo"))
     for name in ("training", "step_time", "epochs"):
         shutil.copy(work / "demo" / f"{name}.png", out / f"demo-{name}.png")
-    nestkit("replay-batch", "--step", "71", "--config", str(DEMO_CONFIG), "--audio", str(work / "batch"))
+    nestkit("replay-batch", "--step", "71", str(DEMO_CONFIG), "--audio", str(work / "batch"))
     picture = next((work / "batch").glob("*batch.png"))
     shutil.copy(picture, out / "demo-batch.png")
 

@@ -9,7 +9,8 @@ import typer
 from rich.markup import escape
 
 from nestkit.commands.common import console, err_console
-from nestkit.commands.render import plain_augmentation, short_path
+from nestkit.commands.render import plain_augmentation
+from nestkit.core.paths import short_path
 
 
 def report(

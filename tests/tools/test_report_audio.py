@@ -63,7 +63,7 @@ def _rebuilt(config: str):
 @pytest.mark.slow
 def test_the_wavs_decode_to_the_replayed_tensors_and_the_picture_is_drawn(mixed_config, tmp_path):
     out = tmp_path / "audio"
-    result = _nestkit("replay-batch", str(BATCH), "--config", mixed_config, "--audio", str(out), cwd=tmp_path)
+    result = _nestkit("replay-batch", str(BATCH), mixed_config, "--audio", str(out), cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     assert "9 WAV files" in result.stdout and "picture:" in result.stdout, result.stdout
 

@@ -424,7 +424,7 @@ def incident_views(
         caption = (
             f"The batch of this incident, rebuilt exactly as training built it: log-mel of clean and noisy audio, the "
             f"frames its step masked, the mixed segments.{later} Hear it: nestkit replay-batch --step {place.step} "
-            f"--rank {place.rank} --config {config_path(session.run_dir or '.')} --audio DIR"
+            f"{session.run_dir or config_path('.')} --rank {place.rank} --audio DIR"
         )
         views.append((event, Picture(name, event.title, caption, png_bytes(fig))))
         if len(views) >= limit:
