@@ -5,7 +5,16 @@ from __future__ import annotations
 import typer
 from rich.markup import escape
 
-from nestkit.commands import export_nemo, import_manifest, lookup, pipeline, replay_batch, train, validate_manifest
+from nestkit.commands import (
+    export_nemo,
+    import_manifest,
+    lookup,
+    pipeline,
+    replay_batch,
+    report,
+    train,
+    validate_manifest,
+)
 from nestkit.commands.common import err_console
 from nestkit.commands.stacks import stacks
 from nestkit.core.errors import ConfigError, NestkitError, UsageError
@@ -46,6 +55,7 @@ app.command("train")(train.train)
 app.command("lookup")(lookup.lookup)
 app.command("replay-batch")(replay_batch.replay_batch)
 app.command("stacks")(stacks)
+app.command("report")(report.report)
 app.command("export-nemo")(export_nemo.export_nemo)
 
 

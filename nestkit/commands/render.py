@@ -33,6 +33,13 @@ def describe_augmentation(record: dict) -> str:
     return text
 
 
+def plain_augmentation(record: dict) -> str:
+    """describe_augmentation without console markup (for pictures and HTML)."""
+    from rich.text import Text
+
+    return Text.from_markup(describe_augmentation(record)).plain
+
+
 def match_text(matches: bool | None, logged: dict | None) -> str:
     if matches is None:
         return "[dim]no training log for this batch[/]"

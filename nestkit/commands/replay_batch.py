@@ -19,7 +19,7 @@ from nestkit.commands.common import (
     output_folder,
     positive_seconds,
 )
-from nestkit.commands.render import match_text
+from nestkit.commands.render import match_text, plain_augmentation
 from nestkit.commands.targets import (
     TARGET_HELP,
     TARGET_METAVAR,
@@ -65,6 +65,12 @@ def replay_batch(
     repro_dir: Path = typer.Option(
         Path("nestkit-repro"), help="Where a repro folder is written for each sample that fails."
     ),
+    audio: Optional[Path] = typer.Option(
+        None,
+        "--audio",
+        help="Write per row the clean, noise and noisy audio as WAV into this folder, and one PNG of the batch "
+        "(log-mel of clean and noisy audio, the step's masks, the mixed segments). Needs nestkit[report].",
+    ),
     output_format: str = format_option("table", "json"),
     config: Optional[Path] = typer.Option(
         None, "--config", help="Deprecated: pass the config as TARGET (`replay-batch 71 CONFIG`).", show_default=False
@@ -85,6 +91,11 @@ def replay_batch(
         raise UsageError("replay-batch: --checkpoint is used by --forward only; add --forward")
     checkpoint_file(checkpoint, "--checkpoint")
     output_folder(repro_dir, "--repro-dir")
+    if audio is not None:
+        from nestkit.tools.report.plotting import require_matplotlib
+
+        output_folder(audio, "--audio")
+        require_matplotlib()
     target = open_run(words, run_dir, world_size, output_format == "json")
     from nestkit.tools.replay import replay_batch as replay  # torch and lhotse: after the arguments are usable
     from nestkit.tools.session import DebugSession
@@ -104,7 +115,7 @@ def replay_batch(
     else:
         assert words.batch is not None  # BATCH or --step, checked above
         place = batch_place(session, words.batch, epoch, rank)
-    report = replay(session, place, forward, checkpoint, repro_dir)
+    report = replay(session, place, forward, checkpoint, repro_dir, audio, plain_augmentation)
     if output_format == "json":
         print(json.dumps(report.as_dict(), indent=2, default=str))
     else:
@@ -137,6 +148,13 @@ def _render(report) -> None:
         console.print(f"[red]the batch cannot be built: {escape(report.batch_error)}[/]")
     else:
         console.print(f"fingerprint {report.fingerprint}  " + match_text(report.matches_log, report.logged))
+    if report.audio_files:
+        folder = escape(short_path(str(Path(report.audio_files[0]).parent)))
+        wavs = sum(1 for f in report.audio_files if f.endswith(".wav"))
+        console.print(f"audio: {wavs} WAV files (clean, noise, noisy per row) and the picture in {folder}/")
+        for f in report.audio_files:
+            if f.endswith(".png"):
+                console.print(f"picture: {escape(short_path(f))}")
     for folder in report.repro_dirs:
         console.print(f"repro folder: {escape(folder)}  (run: sh {escape(folder)}/command.sh)")
     f = report.forward

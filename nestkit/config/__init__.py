@@ -31,6 +31,7 @@ from nestkit.config.schema import (
     QuantizerConfig,
     SchedConfig,
     SpecAugmentConfig,
+    StragglerConfig,
     TrainerConfig,
     WatchdogConfig,
 )
@@ -55,6 +56,7 @@ __all__ = [
     "SchedConfig",
     "SpecAugmentConfig",
     "TrainerConfig",
+    "StragglerConfig",
     "WatchdogConfig",
     "config_from_dict",
     "config_to_dict",

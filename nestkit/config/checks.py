@@ -294,6 +294,18 @@ def _check_nestkit(cfg: NestConfig, problems: list[str]) -> None:
             problems.append(f"nestkit.watchdog.{name}: must be positive (got {getattr(w, name)})")
     if w.dump_grace_s < 0:
         problems.append(f"nestkit.watchdog.dump_grace_s: must not be negative seconds (got {w.dump_grace_s})")
+    s = cfg.nestkit.straggler
+    if s.factor <= 1:
+        problems.append(
+            f"nestkit.straggler.factor: must be above 1 (a rank slower than its peers by this factor; got {s.factor})"
+        )
+    if s.min_excess_s < 0:
+        problems.append(f"nestkit.straggler.min_excess_s: must not be negative seconds (got {s.min_excess_s})")
+    for name in ("min_steps", "checks"):
+        if getattr(s, name) < 1:
+            problems.append(f"nestkit.straggler.{name}: must be at least 1 (got {getattr(s, name)})")
+    if s.check_interval_s <= 0:
+        problems.append(f"nestkit.straggler.check_interval_s: must be positive seconds (got {s.check_interval_s})")
     if cfg.nestkit.dataloader_timeout_s < 0:
         problems.append(
             f"nestkit.dataloader_timeout_s: must be >= 0 seconds, 0 = unbounded (got {cfg.nestkit.dataloader_timeout_s})"

@@ -407,11 +407,32 @@ class WatchdogConfig:
 
 
 @dataclass
+class StragglerConfig:
+    """nestkit.straggler: a warning while training when one rank is persistently slower than its peers.
+
+    Every `check_interval_s`, global rank 0 compares the ranks' heartbeats, phase by phase (waiting
+    for data; computing, waits for peers left out): each rank's median seconds per step over its
+    recent steps against the median of its peers. A rank that is `factor` times slower than its
+    peers, and slower by at least `min_excess_s` per step, in `checks` consecutive checks is named,
+    with the phase and, for data waits, its slowest recent files; the warning is printed and kept in
+    the run folder's stragglers.jsonl (`nestkit report` shows it).
+    """
+
+    enabled: bool = True
+    factor: float = 1.5
+    min_excess_s: float = 0.05  # seconds per step: below this a difference is noise, not a straggler
+    min_steps: int = 10  # steps a rank must have trained before it is compared
+    checks: int = 3  # consecutive checks in which the same rank must be slower
+    check_interval_s: float = 10.0
+
+
+@dataclass
 class NestkitConfig:
     seed: int = 0
     dataloader_timeout_s: float = 600.0  # DataLoader `timeout` when num_workers > 0; 0 disables
     log_batches: bool = True  # per-rank log of each step's fingerprint and cut ids
     watchdog: WatchdogConfig = field(default_factory=WatchdogConfig)
+    straggler: StragglerConfig = field(default_factory=StragglerConfig)
 
 
 @dataclass

@@ -8,9 +8,12 @@ NESTKIT_DEBUG_BLOCK_PATH=<substring>
     as a read from a stalled network mount does. The block happens inside the bounded per-sample
     load, so `model.train_ds.sample_timeout_s` still turns it into a quarantined substitute; set
     sample_timeout_s=0 (unbounded) to get a real data stall.
-NESTKIT_DEBUG_SLOW_READ_S=<seconds>
+NESTKIT_DEBUG_SLOW_READ_S=<seconds> | <rank>:<seconds>
     Every audio read first sleeps that long, as on a slow network mount: the data keeps moving, only
-    slowly, which the watchdog must tell apart from a stall.
+    slowly, which the watchdog must tell apart from a stall. With `<rank>:` only the reads of that
+    rank's training loader (its DataLoader workers, or the rank itself with num_workers=0) are
+    slow: a straggler, one rank waiting on its data while its peers wait for it (e.g. `1:0.3`).
+    Reads outside a rank's loader (replay-batch, validate-manifest) are never slowed by a rank rule.
 NESTKIT_DEBUG_STOP_RANK=<rank>:<batches>
     That rank's training data stream ends after <batches> batches, as if its plan were shorter
     (uneven work: the rank finishes while its peers wait for it in the next all-reduce). nestkit's
@@ -29,7 +32,26 @@ SLOW_READ_ENV = "NESTKIT_DEBUG_SLOW_READ_S"
 STOP_RANK_ENV = "NESTKIT_DEBUG_STOP_RANK"
 
 BLOCK_PATH: str | None = os.environ.get(BLOCK_PATH_ENV) or None
-SLOW_READ_S: float = float(os.environ.get(SLOW_READ_ENV) or 0.0)
+
+
+def parse_slow_read(value: str | None) -> tuple[int | None, float]:
+    """(rank or None for every reader, seconds) from NESTKIT_DEBUG_SLOW_READ_S."""
+    if not value:
+        return None, 0.0
+    rank_text, _, seconds_text = value.rpartition(":")
+    try:
+        rank = int(rank_text) if rank_text else None
+        seconds = float(seconds_text)
+    except ValueError:
+        raise NestkitError(
+            f"environment {SLOW_READ_ENV}: malformed (expected <seconds> or <rank>:<seconds>, e.g. 0.3 or 1:0.3, got {value!r})"
+        ) from None
+    if seconds < 0 or (rank is not None and rank < 0):
+        raise NestkitError(f"environment {SLOW_READ_ENV}: negative value (expected >= 0, got {value!r})")
+    return rank, seconds
+
+
+SLOW_READ_RANK, SLOW_READ_S = parse_slow_read(os.environ.get(SLOW_READ_ENV))
 
 _held_pipes: list[int] = []  # write ends kept open, so the read below can never see EOF
 
@@ -43,9 +65,11 @@ def block_forever(path: str) -> None:
     raise AssertionError(f"{path}: the simulated stalled read returned")  # unreachable
 
 
-def slow_read(path: str) -> None:
-    """Sleep SLOW_READ_S seconds before reading `path` (a read from a slow mount)."""
-    time.sleep(SLOW_READ_S)  # NESTKIT_DEBUG_SLOW_READ_S: simulated slow storage
+def slow_read(path: str, rank: int | None = None) -> None:
+    """Sleep SLOW_READ_S seconds before reading `path` (a read from a slow mount), when the rule
+    covers `rank` (the rank whose training loader reads it; None outside a training loader)."""
+    if SLOW_READ_RANK is None or rank == SLOW_READ_RANK:
+        time.sleep(SLOW_READ_S)  # NESTKIT_DEBUG_SLOW_READ_S: simulated slow storage
 
 
 def stop_after(rank: int) -> int | None:

@@ -65,7 +65,7 @@ def _load(cut: Cut, sample_rate: int, offset: float, duration: float | None, req
     if faults.BLOCK_PATH is not None and faults.BLOCK_PATH in cut_path(cut):
         faults.block_forever(cut_path(cut))  # a test hook: see nestkit/core/faults.py
     if faults.SLOW_READ_S:
-        faults.slow_read(cut_path(cut))
+        faults.slow_read(cut_path(cut), worker_status.loader_rank())
     segment = file_segment(cut)
     if segment is not None:
         length = duration if duration else segment.duration

@@ -12,10 +12,12 @@ checkpoint decisions), validation, checkpoint, finished.
 
 from __future__ import annotations
 
+import heapq
 import os
 import socket
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,6 +65,95 @@ class StepTimes:
 
 def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 4)
+
+
+TIMING_WINDOW_STEPS = 50  # steps the per-rank timing summary (and the straggler check) looks back over
+RECENT_LOADS_KEPT = 2048  # per-sample load times kept for naming a rank's slowest files
+SLOW_LOADS_SHOWN = 5
+
+
+@dataclass(frozen=True)
+class StepCost:
+    """Where one micro-batch's wall time went on this rank."""
+
+    data_wait_s: float  # in the DataLoader's next(): waiting for a batch since the previous step began
+    compute_s: float  # step start to step end, less the waits for peers inside it
+    peer_wait_s: float  # in collectives (DDP's buffer broadcast and all-reduce, Lightning's broadcast)
+
+    @property
+    def wall_s(self) -> float:
+        return self.data_wait_s + self.compute_s + self.peer_wait_s
+
+
+class StepTiming:
+    """Data wait, compute and peer wait of a rank's recent steps, and its slowest recent sample loads.
+    The training thread adds a few numbers per step; summaries are made on the heartbeat's thread
+    (deque copies are atomic under the GIL)."""
+
+    def __init__(self, window: int = TIMING_WINDOW_STEPS):
+        self.window: deque[StepCost] = deque(maxlen=window)
+        self.loads: deque[tuple] = deque(maxlen=RECENT_LOADS_KEPT)  # (ms, cut_id, path, manifest, line)
+        self.last: StepCost | None = None
+        self.steps = 0
+        self.totals = [0.0, 0.0, 0.0]  # data wait, compute, peer wait since start (first step included)
+        self.pending_wait = 0.0  # fetch waits since the last step started
+        self.pending_peer = 0.0  # collective waits since the last step ended
+        self._peer_at_start = 0.0
+        self._wait = 0.0  # the running step's data wait
+
+    def start_step(self, records: list[dict], load_ms: list[float] | None) -> float:
+        """A step begins: returns its data wait; notes the batch's per-sample load times."""
+        self._wait, self.pending_wait = self.pending_wait, 0.0
+        self._peer_at_start = self.pending_peer
+        for ms, record in zip(load_ms or (), records):
+            self.loads.append(
+                (ms, record.get("cut_id"), record.get("path"), record.get("manifest"), record.get("line"))
+            )
+        return self._wait
+
+    def end_step(self, step_seconds: float) -> StepCost:
+        in_step_peer = self.pending_peer - self._peer_at_start
+        cost = StepCost(
+            round(self._wait, 6),
+            round(max(0.0, step_seconds - in_step_peer), 6),
+            round(self.pending_peer, 6),
+        )
+        self.pending_peer = self._peer_at_start = 0.0
+        if self.steps:  # the first step (start-up: workers, first fetches, compilation) stays out of the window
+            self.window.append(cost)
+        self.steps += 1
+        self.last = cost
+        for i, value in enumerate((cost.data_wait_s, cost.compute_s, cost.peer_wait_s)):
+            self.totals[i] += value
+        return cost
+
+    def summary(self) -> dict:
+        costs = list(self.window)
+        out: dict = {"steps": self.steps, "window": len(costs)}
+        out["totals"] = dict(zip(("data_wait_s", "compute_s", "peer_wait_s"), (round(t, 4) for t in self.totals)))
+        if costs:
+            for name in ("data_wait_s", "compute_s", "peer_wait_s"):
+                values = sorted(getattr(c, name) for c in costs)
+                out[name] = round(values[len(values) // 2], 5)
+            wall = sum(c.wall_s for c in costs)
+            out["data_wait_share"] = round(sum(c.data_wait_s for c in costs) / wall, 4) if wall > 0 else 0.0
+            out["compute_share"] = round(sum(c.compute_s for c in costs) / wall, 4) if wall > 0 else 0.0
+        out["slow_loads"] = slowest_loads(list(self.loads))
+        return out
+
+
+def slowest_loads(loads: list[tuple], count: int = SLOW_LOADS_SHOWN) -> list[dict]:
+    """The `count` slowest loads, one per file (its slowest), slowest first."""
+    best: dict = {}
+    for entry in loads:
+        key = entry[2] or entry[1]
+        if key not in best or entry[0] > best[key][0]:
+            best[key] = entry
+    top = heapq.nlargest(count, best.values(), key=lambda e: e[0])
+    return [
+        {"ms": ms, "cut_id": cut, "path": path, "manifest": manifest, "line": line}
+        for ms, cut, path, manifest, line in top
+    ]
 
 
 @dataclass
@@ -128,6 +219,7 @@ class Heartbeat:
         self.workers: list[dict] = []  # [{"worker": w, "pid": p}]
         self.collective = CollectiveState()
         self.step_times = StepTimes()
+        self.timing = StepTiming()  # data wait vs compute vs peer wait per step
         self.stall_timeout_s: float | None = None  # set by the watchdog, for the record
         self.timeout_rule = ""
         self._step_started = 0.0
@@ -143,8 +235,11 @@ class Heartbeat:
     # -- training thread ----------------------------------------------------------------------
 
     def set_phase(self, phase: str) -> None:
+        now = time.time()
+        if self.phase == "collective":  # time spent waiting for peers
+            self.timing.pending_peer += now - self.phase_since
         self.phase = phase
-        self.phase_since = time.time()
+        self.phase_since = now
         self.progress_mono = time.monotonic()
 
     def enter_collective(self, op: str) -> None:
@@ -159,11 +254,15 @@ class Heartbeat:
     def mark_fetched(self, position: tuple[int, int] | None, seconds: float) -> None:
         self.received = position
         self._fetch_s = seconds
+        self.timing.pending_wait += seconds
 
-    def mark_step_start(self, step: int, position: tuple[int, int] | None, records: list[dict]) -> None:
+    def mark_step_start(
+        self, step: int, position: tuple[int, int] | None, records: list[dict], load_ms: list[float] | None = None
+    ) -> None:
         self.step = step
         self.position = position
         self.batch_records = records
+        self.timing.start_step(records, load_ms)
         self._step_started = time.monotonic()
         self.set_phase("forward")
 
@@ -171,6 +270,7 @@ class Heartbeat:
         # a step's time is its compute plus the wait for its batch; validation and checkpointing
         # between steps have their own budget and stay out of it
         self.step_times.add(time.monotonic() - self._step_started + self._fetch_s)
+        self.timing.end_step(time.monotonic() - self._step_started)
         self.steps_done += 1
         self.step = next_step  # from here on the rank works towards the next step (fetching its batch)
         self.set_phase("step_end")
@@ -237,6 +337,7 @@ class Heartbeat:
             "workers": self.workers,
             "collective": self.collective.as_dict(),
             "step_time": self.step_times.summary(),
+            "timing": self.timing.summary(),
         }
 
     def write(self) -> dict:

@@ -24,18 +24,20 @@ from pathlib import Path
 
 from pytorch_lightning.callbacks import Callback
 
-from nestkit.config import WatchdogConfig
+from nestkit.config import StragglerConfig, WatchdogConfig
 from nestkit.monitor import collective
 from nestkit.monitor.heartbeat import Heartbeat
 from nestkit.monitor.loader_watch import WatchedDataLoader
+from nestkit.monitor.stragglers import StragglerWatch
 from nestkit.monitor.watchdog import Watchdog
 from nestkit.runfolder import worker_status
 from nestkit.runfolder.heartbeats import FAILED, FINISHED, heartbeat_dir
 
 
 class StallWatch(Callback):
-    def __init__(self, cfg: WatchdogConfig, run_dir: Path):
+    def __init__(self, cfg: WatchdogConfig, run_dir: Path, straggler: StragglerConfig | None = None):
         self.cfg = cfg
+        self.straggler = straggler
         self.run_dir = Path(run_dir)
         self.heartbeat: Heartbeat | None = None
         self.watchdog: Watchdog | None = None
@@ -55,6 +57,8 @@ class StallWatch(Callback):
         hb.start(self.cfg.heartbeat_interval_s)
         # the watchdog thread also runs with enabled=False: it still answers other ranks' incidents
         self.watchdog = Watchdog(hb, self.cfg)
+        if self.straggler is not None and trainer.global_rank == 0 and trainer.world_size > 1:
+            self.watchdog.stragglers = StragglerWatch(self.straggler, self.run_dir, self.watchdog.notify)
         self.watchdog.start()
         self._wrap_save_checkpoint(trainer)
         self.step_start_broadcast = collective.lightning_broadcasts_at_step_start(trainer)
@@ -108,6 +112,7 @@ class StallWatch(Callback):
             trainer.global_step,
             (position.epoch, position.batch) if position is not None else None,
             getattr(batch, "records", []),
+            getattr(batch, "load_ms", None),
         )
         if self.buffer_broadcast:
             self.heartbeat.enter_collective(collective.BUFFER_BROADCAST)

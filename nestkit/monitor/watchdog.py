@@ -83,6 +83,7 @@ class Watchdog:
         self._stop = threading.Event()
         self.aborting = threading.Event()  # set once this rank will exit through abort()
         self._thread: threading.Thread | None = None
+        self.stragglers = None  # a monitor.stragglers.StragglerWatch on global rank zero
 
     # -- thread -------------------------------------------------------------------------------
 
@@ -104,6 +105,8 @@ class Watchdog:
 
     def tick(self) -> None:
         hb = self.heartbeat
+        if self.stragglers is not None:
+            self.stragglers.tick(hb.step)
         timeout, rule = stall_timeout(self.cfg, hb)
         hb.stall_timeout_s, hb.timeout_rule = timeout, rule
         incident = latest_incident(self.run_dir)

@@ -8,6 +8,7 @@ heartbeat/rank<R>.json            per rank, rewritten every second
 heartbeat/<process>.status        per data-loading process: the cut it reads now (memory-mapped)
 stacks/<process>.txt              worker stack dumps (SIGUSR1 -> faulthandler)
 stall/<N>/                        a stall incident: request, every rank's dump, the report
+stragglers.jsonl                  ranks found persistently slower than their peers, while training
 csv/, tb/                         Lightning's loggers
 """
 
@@ -24,6 +25,7 @@ QUARANTINE_DIR = "quarantine"
 HEARTBEAT_DIR = "heartbeat"
 STACKS_DIR = "stacks"
 STALL_DIR = "stall"
+STRAGGLERS_FILE = "stragglers.jsonl"
 
 
 def config_path(run_dir: str | os.PathLike) -> Path:
@@ -64,6 +66,10 @@ def worker_stack_path(run_dir: str | os.PathLike, rank: int, worker: int, role: 
 
 def stall_dir(run_dir: str | os.PathLike) -> Path:
     return Path(run_dir) / STALL_DIR
+
+
+def stragglers_path(run_dir: str | os.PathLike) -> Path:
+    return Path(run_dir) / STRAGGLERS_FILE
 
 
 def process_name(rank: int, worker: int | None, role: str = "") -> str:

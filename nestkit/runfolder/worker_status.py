@@ -151,6 +151,12 @@ def active() -> bool:
     return _slot is not None
 
 
+def loader_rank() -> int | None:
+    """The rank whose training data this process loads (None outside a rank's loader)."""
+    slot = _slot
+    return slot.identity.get("rank") if slot is not None and not slot.identity.get("role") else None
+
+
 # ------------------------------------------------------------------------------------------------
 # Reader side
 

@@ -63,6 +63,7 @@ class ReplayReport:
     batch_error: str | None = None
     forward: ForwardReport | None = None
     repro_dirs: list[str] = field(default_factory=list)
+    audio_files: list[str] = field(default_factory=list)  # --audio: per row clean/noise/noisy WAVs, and the picture
 
     @property
     def matches_log(self) -> bool | None:
@@ -184,13 +185,28 @@ def run_forward(session: DebugSession, batch: NestBatch, place: Place, checkpoin
     )
 
 
+def write_audio_view(session: DebugSession, batch: NestBatch, place: Place, out_dir: Path, describe) -> list[str]:
+    """The batch's WAVs (per row: clean, noise, noisy) and its picture (log-mel, masks, mixed segments)."""
+    from nestkit.tools.report.batch_view import batch_png, batch_title, write_batch_audio
+
+    prefix = f"e{place.epoch}-b{place.index}-rank{place.rank}-"
+    written = [str(p) for p in write_batch_audio(batch, out_dir, prefix)]
+    picture = out_dir / f"{prefix}batch.png"
+    picture.write_bytes(batch_png(session.cfg, batch, batch_title(batch, place.step), describe))
+    return [*written, str(picture)]
+
+
 def replay_batch(
     session: DebugSession,
     place: Place,
     forward: bool = False,
     checkpoint: Path | None = None,
     repro_dir: Path | None = None,
+    audio_dir: Path | None = None,
+    describe=None,
 ) -> ReplayReport:
+    """`audio_dir`: also write the batch's WAVs and picture there; `describe(record)` words a row's
+    augmentation record for the picture's titles."""
     samples = time_samples(session, place)
     batch, batch_error = None, None
     try:
@@ -212,6 +228,8 @@ def replay_batch(
     if repro_dir is not None:
         for sample in report.failed:
             report.repro_dirs.append(str(write_repro(session, place, sample, repro_dir, timeout_s)))
+    if audio_dir is not None and batch is not None:
+        report.audio_files = write_audio_view(session, batch, place, audio_dir, describe or str)
     if forward and batch is not None:
         report.forward = run_forward(session, batch, place, checkpoint)
     return report

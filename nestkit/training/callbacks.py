@@ -46,6 +46,11 @@ class BatchLog(Callback):
             "failures": len(batch.failures),
             "time": round(time.time(), 3),
         }
+        step_cost = getattr(pl_module, "step_cost", None)
+        if step_cost is not None:  # where the step's wall time went on this rank
+            cost = step_cost()
+            record.update(data_wait_s=cost.data_wait_s, compute_s=cost.compute_s, peer_wait_s=cost.peer_wait_s)
+        record["load_ms"] = [round(ms, 1) for ms in batch.load_ms]  # per row, in cut_ids order
         self._log.append(record)
 
     def on_train_end(self, trainer, pl_module):

@@ -32,6 +32,7 @@ from nestkit.data.pipeline import DataPipeline, build_pipeline
 from nestkit.data.sampler import DataPosition, TrainingStream
 from nestkit.model.nest import NestModel
 from nestkit.model.schedule import build_optimizer, build_scheduler
+from nestkit.monitor.heartbeat import StepCost
 from nestkit.monitor.loader_watch import WatchedDataLoader
 from nestkit.monitor.worker_init import worker_init_for
 from nestkit.runfolder.segments import Segment
@@ -155,9 +156,22 @@ class NestLightningModule(pl.LightningModule):
             self.pipelines["train"].dataset.quarantine.adopt(batch.failures)
 
     def on_train_batch_end(self, outputs, batch: NestBatch, batch_idx: int):
-        elapsed = time.perf_counter() - self._step_started
-        if elapsed > 0:
-            self.log("audio_seconds_per_second", batch.audio_seconds / elapsed, batch_size=len(batch))
+        cost = self.step_cost()
+        size = len(batch)
+        self.log("data_wait_s", cost.data_wait_s, batch_size=size)
+        self.log("compute_s", cost.compute_s, batch_size=size)
+        self.log("peer_wait_s", cost.peer_wait_s, batch_size=size)
+        if cost.wall_s > 0:  # over the step's wall time: a run that waits for its data shows it
+            self.log("audio_seconds_per_second", batch.audio_seconds / cost.wall_s, batch_size=size)
+
+    def step_cost(self) -> StepCost:
+        """Where the micro-batch just trained spent its time: the heartbeat's account (it sees the
+        DataLoader waits and the collectives), or this module's own clock when nothing watches."""
+        watch = self.stall_watch
+        heartbeat = getattr(watch, "heartbeat", None)
+        if heartbeat is not None and heartbeat.timing.last is not None:
+            return heartbeat.timing.last
+        return StepCost(0.0, time.perf_counter() - self._step_started, 0.0)
 
     def validation_step(self, batch: NestBatch, batch_idx: int):
         # NeMo's inference_pass masks too; its generator depends on the batch only, so every

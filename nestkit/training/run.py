@@ -109,7 +109,7 @@ def train(cfg: NestConfig, resume: bool | str = False, interactive: bool = False
     if plan.init_from is not None:
         load_nemo_weights(module.model, plan.init_from)
     quiet_lightning()
-    watch = StallWatch(cfg.nestkit.watchdog, run_dir)  # heartbeats and the stall watchdog
+    watch = StallWatch(cfg.nestkit.watchdog, run_dir, cfg.nestkit.straggler)  # heartbeats, stalls, stragglers
     segments = SegmentLog(run_dir, plan.resume_from, cfg.model.train_ds.num_workers)
     trainer = build_trainer(cfg, run_dir, interactive, val_every, [watch, segments])
     try:
