@@ -7,8 +7,12 @@ from nestkit.config.schema import DatasetConfig, NestConfig
 
 
 def _check_dataset(ds: DatasetConfig, where: str, problems: list[str]) -> None:
-    if not ds.manifest_filepath:
-        problems.append(f"{where}.manifest_filepath: required (expected a path or a list of paths, got nothing)")
+    if not ds.manifest_filepath and ds.shar_path is None:
+        problems.append(
+            f"{where}.manifest_filepath: required (expected a path or a list of paths, got nothing), "
+            "unless shar_path names lhotse Shar data"
+        )
+    _check_shards(ds, where, problems)
     if (ds.batch_size is None) == (ds.batch_duration is None):
         problems.append(
             f"{where}: set exactly one of batch_size and batch_duration "
@@ -56,6 +60,62 @@ def _check_dataset(ds: DatasetConfig, where: str, problems: list[str]) -> None:
         for low, high in (("min_num_segments", "max_num_segments"), ("min_num_speakers", "max_num_speakers")):
             if not 1 <= getattr(aug, low) <= getattr(aug, high):
                 problems.append(f"{a}: need 1 <= {low} <= {high} (got {getattr(aug, low)}, {getattr(aug, high)})")
+
+
+def _check_shards(ds: DatasetConfig, where: str, problems: list[str]) -> None:
+    """NeMo's sharded-data keys: what each takes, and which go together."""
+    if ds.is_tarred and ds.tarred_audio_filepaths is None:
+        problems.append(
+            f"{where}.tarred_audio_filepaths: required with is_tarred: true (expected the tars, e.g. "
+            "audio__OP_0..511_CL_.tar, got nothing)"
+        )
+    if ds.tarred_audio_filepaths is not None and not ds.is_tarred:
+        problems.append(
+            f"{where}.is_tarred: must be true when tarred_audio_filepaths is set (got false); NeMo's classic reader "
+            "would read the manifest's own paths and ignore the tars. Set is_tarred: true, or remove the tars"
+        )
+    if ds.shar_path is not None:
+        if ds.is_tarred:
+            problems.append(f"{where}: set shar_path or is_tarred, not both (got both)")
+        problem = _shar_path_problem(ds.shar_path)
+        if problem:
+            problems.append(f"{where}.shar_path: {problem}")
+
+
+def _shar_path_problem(spec) -> str | None:
+    if isinstance(spec, str):
+        return None if spec else "empty (expected a Shar directory)"
+    if isinstance(spec, dict):
+        missing = [k for k in ("cuts", "recording") if k not in spec]
+        bad = [
+            k
+            for k, v in spec.items()
+            if not (isinstance(v, str) or (isinstance(v, list) and all(isinstance(x, str) for x in v)))
+        ]
+        if missing:
+            return f"a mapping needs 'cuts' and 'recording' (got keys {sorted(spec)})"
+        if bad:
+            return f"each field takes a path pattern or a list of paths (got {spec[bad[0]]!r} for {bad[0]})"
+        return None
+    if isinstance(spec, list) and spec:
+        for i, item in enumerate(spec):
+            pair = (
+                isinstance(item, list)
+                and len(item) == 2
+                and isinstance(item[0], str)
+                and isinstance(item[1], (int, float))
+                and not isinstance(item[1], bool)
+                and item[1] > 0
+            )
+            if not (isinstance(item, str) or pair):
+                return f"item {i}: expected a directory or [directory, positive weight] (got {item!r})"
+        if len({isinstance(item, str) for item in spec}) > 1:
+            return "give a weight for every directory or for none (NeMo asserts the same)"
+        return None
+    return (
+        "expected a directory, a list of directories or of [directory, weight], or "
+        f"{{cuts: ..., recording: ...}} (got {spec!r})"
+    )
 
 
 def check(cfg: NestConfig, problems: list[str]) -> None:
@@ -306,6 +366,8 @@ def _check_nestkit(cfg: NestConfig, problems: list[str]) -> None:
             problems.append(f"nestkit.straggler.{name}: must be at least 1 (got {getattr(s, name)})")
     if s.check_interval_s <= 0:
         problems.append(f"nestkit.straggler.check_interval_s: must be positive seconds (got {s.check_interval_s})")
+    if cfg.nestkit.index_cache_dir is not None and not cfg.nestkit.index_cache_dir:
+        problems.append("nestkit.index_cache_dir: empty (expected a folder, or null for beside the data)")
     if cfg.nestkit.dataloader_timeout_s < 0:
         problems.append(
             f"nestkit.dataloader_timeout_s: must be >= 0 seconds, 0 = unbounded (got {cfg.nestkit.dataloader_timeout_s})"

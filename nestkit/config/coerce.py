@@ -45,6 +45,29 @@ def _type_name(tp: Any) -> str:
 
 
 _NO_MATCH = object()
+_OPENERS = ("{", "(", "[", "<", "_OP_")
+_CLOSERS = ("}", ")", "]", ">", "_CL_")
+
+
+def split_list(value: str) -> list[str]:
+    """NeMo's comma-joined list ("a.json,b.json"), leaving commas inside brace patterns alone
+    (`audio_{0,1}.tar`, `audio__OP_0,1_CL_.tar` are one pattern, expanded later as NeMo does)."""
+    parts, depth, start, at = [], 0, 0, 0
+    while at < len(value):
+        opener = next((t for t in _OPENERS if value.startswith(t, at)), None)
+        closer = next((t for t in _CLOSERS if value.startswith(t, at)), None) if opener is None else None
+        if opener:
+            depth, at = depth + 1, at + len(opener)
+            continue
+        if closer:
+            depth, at = max(0, depth - 1), at + len(closer)
+            continue
+        if value[at] == "," and depth == 0:
+            parts.append(value[start:at])
+            start = at + 1
+        at += 1
+    parts.append(value[start:])
+    return [p.strip() for p in parts if p.strip()]
 
 
 def _coerce(value: Any, tp: Any, where: str, problems: list[str]) -> Any:
@@ -74,7 +97,7 @@ def _coerce(value: Any, tp: Any, where: str, problems: list[str]) -> Any:
         (item_tp,) = typing.get_args(tp) or (Any,)
         if isinstance(value, str) and item_tp is str:
             # NeMo allows "a.json,b.json" for manifest lists
-            return [part.strip() for part in value.split(",") if part.strip()]
+            return split_list(value)
         if not isinstance(value, (list, tuple)):
             return _NO_MATCH
         items = [_coerce(v, item_tp, f"{where}[{i}]", problems) for i, v in enumerate(value)]

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from nestkit.config.checks import check
-from nestkit.config.coerce import build, check_inert
+from nestkit.config.coerce import build, check_inert, split_list
 from nestkit.config.derive import derive
 from nestkit.config.schema import NestConfig
 from nestkit.core.errors import ConfigError
@@ -41,13 +41,16 @@ def _resolve_paths(data: Any, cls: type, base: Path) -> None:
 
 def _absolute(value: Any, base: Path) -> Any:
     if isinstance(value, str):
-        if "," in value:  # NeMo's comma-joined manifest lists
-            return ",".join(_absolute(v.strip(), base) for v in value.split(","))
-        if value == "???" or "${" in value or os.path.isabs(value):
-            return value
+        parts = split_list(value)
+        if len(parts) > 1:  # NeMo's comma-joined manifest lists
+            return ",".join(_absolute(v, base) for v in parts)
+        if value == "???" or "${" in value or os.path.isabs(value) or "://" in value:
+            return value  # URLs (shards over HTTP) stay as they are
         return str((base / value).resolve())
     if isinstance(value, (list, tuple)):
         return [_absolute(v, base) for v in value]
+    if isinstance(value, dict):  # shar_path: {field: path pattern}
+        return {k: _absolute(v, base) for k, v in value.items()}
     return value
 
 

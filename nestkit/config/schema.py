@@ -50,6 +50,12 @@ class DatasetConfig:
     """model.train_ds / model.validation_ds."""
 
     manifest_filepath: list[str] = field(default_factory=list, metadata={"path": True})
+    # Sharded corpora, NeMo's keys (see nestkit/data/corpus.py): lhotse Shar (`shar_path`: a directory, a
+    # list of directories or of [directory, weight], or {cuts: pattern, recording: pattern}), or a NeMo
+    # tarred dataset (`is_tarred` + `tarred_audio_filepaths`, with manifest_filepath); paths or http(s) URLs
+    shar_path: Optional[Any] = field(default=None, metadata={"path": True})
+    is_tarred: bool = False
+    tarred_audio_filepaths: Optional[Union[str, list[str]]] = field(default=None, metadata={"path": True})
     noise_manifest: Optional[list[str]] = field(default_factory=list, metadata={"path": True})
     sample_rate: Optional[int] = None  # follows model.sample_rate
     # Batching: a fixed batch_size, or batch_duration (total seconds of audio per batch, lhotse's
@@ -82,8 +88,10 @@ class DatasetConfig:
     concat_sampling_technique: Optional[str] = _inert("temperature", "manifests are joined, not sampled")
     concat_sampling_temperature: Optional[float] = _inert(1.0, "manifests are joined, not sampled")
     concat_sampling_probabilities: Optional[list[float]] = _inert(None, "manifests are joined")
-    is_tarred: bool = _inert(False, "tarred datasets are not supported", must_keep_default=True)
-    tarred_audio_filepaths: Optional[Any] = _inert(None, "tarred datasets are not supported", True)
+    shard_strategy: Optional[str] = _inert("scatter", "every rank reads every shard: the planner deals out batches")
+    shard_manifests: Optional[bool] = _inert(False, "manifests are indexed whole: one shard_id per line suffices")
+    shard_seed: Optional[Any] = _inert("trng", "the planner shuffles cuts by (seed, epoch), not shards")
+    skip_missing_manifest_entries: Optional[bool] = _inert(False, "a member no line names is simply not a cut")
     shuffle_n: Optional[int] = _inert(2048, "the planner shuffles the whole epoch")
     bucketing_strategy: Optional[str] = _inert("synced_randomized", "the planner syncs buckets")
     bucketing_batch_size: Optional[Any] = _inert(None, "use batch_duration", must_keep_default=True)
@@ -431,6 +439,13 @@ class NestkitConfig:
     seed: int = 0
     dataloader_timeout_s: float = 600.0  # DataLoader `timeout` when num_workers > 0; 0 disables
     log_batches: bool = True  # per-rank log of each step's fingerprint and cut ids
+    # The cut index of each corpus (a memory-mapped file every rank shares) is kept beside the data
+    # (<manifest folder>/.nestkit-index/, <shar dir>.nkidx/), or here when set (always used for URLs and
+    # read-only folders when set; else ~/.cache/nestkit)
+    index_cache_dir: Optional[str] = field(default=None, metadata={"path": True})
+    # Train without manifest lines that cannot be used (counted, named, recorded in the quarantine)
+    # instead of refusing to start; `nestkit train --skip-bad-lines` sets it
+    skip_bad_manifest_lines: bool = False
     watchdog: WatchdogConfig = field(default_factory=WatchdogConfig)
     straggler: StragglerConfig = field(default_factory=StragglerConfig)
 

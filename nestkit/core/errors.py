@@ -34,11 +34,35 @@ class ManifestError(NestkitError):
         self.manifest = manifest
         self.line = line
         self.problem = problem
+        self.hint = hint
         # line 0: about the whole file (missing, not a regular file)
         message = f"manifest {manifest}:{line}: {problem}" if line else f"manifest {manifest}: {problem}"
         if hint:
             message += f". {hint}"
         super().__init__(message)
+
+
+class ManifestProblems(ManifestError):
+    """Every unusable line of a corpus's manifests, reported at once (the first one's fields are this
+    error's own `manifest`, `line` and `problem`)."""
+
+    SHOWN = 100  # problems listed in the message; the rest are counted (all of them are in `details`)
+
+    def __init__(self, problems: list[ManifestError], total: int | None = None, details: str = "", hint: str = ""):
+        self.problems = list(problems)
+        self.total = len(self.problems) if total is None else total
+        self.details = details
+        first = self.problems[0]
+        self.manifest, self.line, self.problem, self.hint = first.manifest, first.line, first.problem, first.hint
+        lines = [f"manifests: {self.total} unusable line(s)"] + [f"  - {p}" for p in self.problems[: self.SHOWN]]
+        if self.total > min(len(self.problems), self.SHOWN):
+            lines.append(
+                f"  ... and {self.total - min(len(self.problems), self.SHOWN)} more"
+                + (f" (all in {details})" if details else "")
+            )
+        if hint:
+            lines.append(hint)
+        NestkitError.__init__(self, "\n".join(lines))
 
 
 class AudioLoadError(NestkitError):

@@ -1,4 +1,4 @@
-"""Manifests -> lazy lhotse cuts that remember manifest:line; clear errors on bad lines."""
+"""Manifest lines -> lhotse cuts that remember manifest:line; clear errors on bad lines."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ import pytest
 
 from nestkit.core.errors import ManifestError
 from nestkit.data.audio import read_audio
+from nestkit.data.index import CutIndex
 from nestkit.data.loading import load_cut
-from nestkit.data.manifest import CutIndex, read_cuts
 from tests.helpers import manifest_of, position_coded_wav, write_speech
 
 
-def test_nemo_manifest_is_lazy_and_remembers_its_lines(tmp_path):
-    # the audio files do not exist: reading a manifest must not open audio
+def test_nemo_manifest_opens_no_audio_and_cuts_remember_their_lines(tmp_path):
+    # the audio files do not exist: indexing a manifest must not open audio
     manifest = tmp_path / "sub" / "m.json"
     manifest.parent.mkdir()
     manifest.write_text(
@@ -25,15 +25,14 @@ def test_nemo_manifest_is_lazy_and_remembers_its_lines(tmp_path):
         + json.dumps({"audio_filename": "/abs/y.flac", "duration": 3.5, "offset": 1.25})
         + "\n"
     )
-    cuts = read_cuts(str(manifest))
-    assert cuts.is_lazy
-    first, second = list(cuts)
+    index = CutIndex.build(str(manifest))
+    first, second = index.cut(0), index.cut(1)
     assert first.recording.sources[0].source == str(tmp_path / "sub" / "a" / "x.wav")
     assert (first.custom["manifest"], first.custom["line"]) == (str(manifest), 1)
     assert first.id == "x-L1"
     assert (second.custom["line"], second.start, second.duration) == (3, 1.25, 3.5)
     assert second.recording.sources[0].source == "/abs/y.flac"
-    assert len(cuts) == 2
+    assert len(index) == 2
 
 
 def test_several_manifests_are_joined_in_order(tmp_path):
@@ -43,7 +42,7 @@ def test_several_manifests_are_joined_in_order(tmp_path):
     assert len(index) == 3
     assert list(index.duration) == [1.0, 2.0, 3.0]
     assert [index.where(i) for i in range(3)] == [f"{a}:1", f"{a}:2", f"{b}:1"]
-    assert [c.id for c in read_cuts([a, b])] == [index.cut_id(i) for i in range(3)]
+    assert [index.cut(i).id for i in range(3)] == [index.cut_id(i) for i in range(3)] == ["1-L1", "2-L2", "3-L1"]
 
 
 @pytest.mark.parametrize(
@@ -68,14 +67,14 @@ def test_a_bad_line_names_file_and_line(tmp_path, line, problem):
     assert info.value.line == 2
     assert str(manifest) in str(info.value) and ":2:" in str(info.value)
     assert problem in str(info.value)
-    with pytest.raises(ManifestError):
-        list(read_cuts(str(manifest)))
 
 
 def test_lhotse_manifests_plain_and_gzipped(tmp_path):
     audio = write_speech(tmp_path / "s.wav", 2.0)
     nemo = manifest_of(tmp_path / "n.json", [(audio, 2.0)])
-    lhotse_cuts = read_cuts(nemo).to_eager()
+    from lhotse import CutSet
+
+    lhotse_cuts = CutSet([CutIndex.build(nemo).cut(0)])
     for name in ("c.jsonl", "c.jsonl.gz"):
         path = tmp_path / name
         lhotse_cuts.to_file(str(path))
@@ -101,10 +100,14 @@ def test_offsets_give_exactly_the_right_samples(tmp_path):
         assert np.array_equal(got, samples[start : start + n]), e
 
 
-def test_index_random_access_matches_sequential_reading(corpus):
+def test_index_random_access_matches_the_lines(corpus):
+    from nestkit.data.manifest import FORMAT_NEMO, cut_from_item
+
     index = CutIndex.build(corpus["train"])
-    sequential = list(read_cuts(corpus["train"]))
+    with open(corpus["train"], "rb") as f:
+        lines = [raw for raw in f if raw.strip()]
     for i in (0, len(index) // 2, len(index) - 1):
-        assert index.cut(i).to_dict() == sequential[i].to_dict()
-    assert index.find(sequential[3].id) == 3
+        expected = cut_from_item(json.loads(lines[i]), FORMAT_NEMO, corpus["train"], i + 1, 16000)
+        assert index.cut(i).to_dict() == expected.to_dict()
+    assert index.find(index.cut_id(3)) == 3
     assert index.find("no-such-cut") is None

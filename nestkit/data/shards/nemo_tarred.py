@@ -160,6 +160,22 @@ def shard_id_of(path: str, kind: str = "tar") -> int | None:
     return int(m.group(1)) if m else None
 
 
+def tar_shard_ids(tars: Sequence[str]) -> list[tuple[int, bool]]:
+    """NeMo's shard id of each tar: the number its path carries (True), else its position (False)."""
+    out = []
+    for position, tar in enumerate(tars):
+        sid = shard_id_of(tar, "tar")
+        out.append((position, False) if sid is None else (sid, True))
+    return out
+
+
+def unnamed_shard(tar: str, position: int) -> str:
+    return (
+        f"no shard id in the tar path {tar} (expected a name like audio_{position}.tar, matching "
+        f"{TAR_SHARD_ID.pattern}); taken as shard {position} by its position"
+    )
+
+
 # ------------------------------------------------------------------------------------------------
 # Member names
 
@@ -262,20 +278,9 @@ def read_tarred_dataset(
     tar_paths = expand_nemo_paths(tar_spec)
     findings: list[NemoFinding] = []
     tars: dict[int, str] = {}
-    for position, tar in enumerate(tar_paths):
-        sid = shard_id_of(tar, "tar")
-        if sid is None:
-            findings.append(
-                NemoFinding(
-                    "unknown_shard_id",
-                    f"no shard id in the tar path (expected a name like "
-                    f"audio_{position}.tar, matching {TAR_SHARD_ID.pattern}); taken as shard "
-                    f"{position} by its position",
-                    position,
-                    tar,
-                )
-            )
-            sid = position
+    for position, (tar, (sid, named)) in enumerate(zip(tar_paths, tar_shard_ids(tar_paths))):
+        if not named:
+            findings.append(NemoFinding("unknown_shard_id", unnamed_shard(tar, position), position, tar))
         tars[sid] = tar
     lines: dict[int, list[NemoLine]] = {}
     single = len(manifests) == 1
