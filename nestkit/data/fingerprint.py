@@ -5,7 +5,8 @@ audio and of the added noise with their shapes and lengths). The noisy audio is 
 covered. Training logs it per step and rank; `replay-batch` recomputes it to prove it rebuilt the
 same batch. XXH3 (tens of GB/s) rather than a cryptographic hash keeps this well under a
 millisecond per batch.
-File-system paths are left out, so a corpus moved to another mount keeps its fingerprints.
+File-system paths, manifest lines and file offsets are left out, so a corpus moved to another mount, or
+copied into Shar or NeMo tarred shards, keeps its fingerprints.
 """
 
 from __future__ import annotations
@@ -41,15 +42,23 @@ def _dtype_name(dtype: np.dtype) -> str:
 
 
 _LOCATION_KEYS = ("path", "manifest")
+# Where an utterance's audio sits (its manifest line, its offset in the file) is location too: the same
+# cuts copied into shards (other lines, segments cut out as members) keep their fingerprints. The audio
+# checksum covers the content. (A noise draw's own "offset" is a random decision and stays.)
+_UTTERANCE_LOCATION_KEYS = (*_LOCATION_KEYS, "line", "offset")
 
 
-def _portable(record: dict) -> dict:
-    return {k: _portable(v) if isinstance(v, dict) else v for k, v in record.items() if k not in _LOCATION_KEYS}
+def _portable(record: dict, dropped: tuple[str, ...] = _LOCATION_KEYS) -> dict:
+    return {k: _portable(v) if isinstance(v, dict) else v for k, v in record.items() if k not in dropped}
 
 
 def batch_fingerprint(cut_ids: list[str], records: list[dict], checksums: dict[str, str]) -> str:
     payload = orjson.dumps(
-        {"cut_ids": cut_ids, "records": [_portable(r) for r in records], "checksums": checksums},
+        {
+            "cut_ids": cut_ids,
+            "records": [_portable(r, _UTTERANCE_LOCATION_KEYS) for r in records],
+            "checksums": checksums,
+        },
         option=orjson.OPT_SORT_KEYS | orjson.OPT_SERIALIZE_NUMPY,
     )
     return hashlib.sha256(payload).hexdigest()[:16]

@@ -1,4 +1,8 @@
-"""A cut's samples: mono float32 at the target rate, bounded in time, or an AudioLoadError."""
+"""A cut's samples: mono float32 at the target rate, bounded in time, or an AudioLoadError.
+
+A cut reads a segment of its own file (`file_segment`), a segment of a shard member (`member_segment`: one
+ranged read, local or HTTP, retried within the sample's time bound), or whatever lhotse can load.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,8 @@ from nestkit.core import faults
 from nestkit.core.errors import AudioLoadError
 from nestkit.core.timeouts import CallTimeout, call_with_timeout
 from nestkit.data.audio import check_samples, read_audio, resample
+from nestkit.data.shards.member_audio import load_member_audio, policy_within
+from nestkit.data.shards.tar_index import MEMBER_KEY, MemberAddress
 from nestkit.runfolder import worker_status
 
 if TYPE_CHECKING:  # lhotse (and torch) load lazily: validate-manifest's workers only need file_segment
@@ -47,8 +53,33 @@ def file_segment(cut: Cut) -> FileSegment | None:
     return FileSegment(sources[0].source, cut.start, cut.duration, channel)
 
 
+@dataclass(frozen=True)
+class MemberSegment:
+    """A cut whose audio is a member of a shard: the member's address and the segment of its audio."""
+
+    address: MemberAddress
+    offset: float  # seconds into the member's audio
+    duration: float  # seconds
+
+
+def member_segment(cut: Cut) -> MemberSegment | None:
+    """The shard member a cut reads (set by the cut index for Shar and NeMo tarred rows), or None."""
+    member = (getattr(cut, "custom", None) or {}).get(MEMBER_KEY)
+    if not member:
+        return None
+    return MemberSegment(MemberAddress.from_dict(member), cut.start, cut.duration)
+
+
+def member_where(address: MemberAddress) -> str:
+    """`shard:member`, how messages, quarantine records and stall reports name a cut in a shard."""
+    return f"{address.shard}:{address.name}"
+
+
 def cut_path(cut: Cut) -> str:
-    """What a cut reads, for messages: its file, URL or command (else its recording id)."""
+    """What a cut reads, for messages: `shard:member`, its file, URL or command (else its recording id)."""
+    member = member_segment(cut)
+    if member is not None:
+        return member_where(member.address)
     segment = file_segment(cut)
     if segment is not None:
         return segment.path
@@ -61,11 +92,26 @@ def cut_path(cut: Cut) -> str:
     return recording.id
 
 
-def _load(cut: Cut, sample_rate: int, offset: float, duration: float | None, require_signal: bool) -> np.ndarray:
+def _load(
+    cut: Cut, sample_rate: int, offset: float, duration: float | None, require_signal: bool, timeout_s: float | None
+) -> np.ndarray:
     if faults.BLOCK_PATH is not None and faults.BLOCK_PATH in cut_path(cut):
         faults.block_forever(cut_path(cut))  # a test hook: see nestkit/core/faults.py
     if faults.SLOW_READ_S:
         faults.slow_read(cut_path(cut), worker_status.loader_rank())
+    member = member_segment(cut)
+    if member is not None:  # one ranged read of the member, its retries inside this sample's time
+        length = duration if duration else member.duration
+        return load_member_audio(
+            member.address,
+            sample_rate,
+            member.offset + offset,
+            length,
+            None,  # NeMo's downmix: a Shar member holds just the cut's channels, a tarred one the whole file
+            require_signal,
+            policy_within(timeout_s),
+            where=member_where(member.address),
+        )
     segment = file_segment(cut)
     if segment is not None:
         length = duration if duration else segment.duration
@@ -111,7 +157,7 @@ def load_cut(
         worker_status.loading(cut.id, cut_path(cut), custom.get("manifest"), custom.get("line"))
     try:
         return call_with_timeout(
-            _load, timeout_s, cut, sample_rate, offset, duration, require_signal, what=f"cut {cut.id}"
+            _load, timeout_s, cut, sample_rate, offset, duration, require_signal, timeout_s, what=f"cut {cut.id}"
         )
     except CallTimeout:
         raise AudioLoadError(

@@ -1,7 +1,8 @@
 """One data pipeline per (config, split, rank): the single code path for training, `pipeline`,
 `lookup` and `replay-batch`.
 
-`build_pipeline` reads the manifests into indexes, makes the planner/sampler and the dataset, and
+`build_pipeline` opens the cut indexes of the dataset's corpus and noise (built once, shared by memory
+mapping: `nestkit.data.index`), makes the planner/sampler and the dataset, and
 `DataPipeline.dataloader()` wraps them in a torch DataLoader (batch_size=None: the sampler yields
 whole batches). `DataPipeline.batch(n)` builds batch n in this process, exactly as a worker would.
 """
@@ -17,8 +18,9 @@ import torch
 from nestkit.config import DatasetConfig, NestConfig
 from nestkit.core.errors import ConfigError
 from nestkit.data.batch import NestBatch
+from nestkit.data.corpus import dataset_corpus, manifest_corpus
 from nestkit.data.dataset import NestDataset
-from nestkit.data.manifest import CutIndex
+from nestkit.data.index import CutIndex, open_index
 from nestkit.data.plan import BatchingConfig
 from nestkit.data.sampler import EpochSampler, Planner
 from nestkit.runfolder import worker_status
@@ -108,9 +110,7 @@ def build_pipeline(
     ds = dataset_config(cfg, split)
     if num_workers is not None:
         ds = _replace(ds, num_workers=num_workers)
-    sample_rate = int(ds.sample_rate or cfg.model.sample_rate)
-    index = CutIndex.build(ds.manifest_filepath, sample_rate)
-    noise = CutIndex.build(ds.noise_manifest, sample_rate) if ds.noise_manifest else None
+    index, noise = open_indexes(cfg, ds, split)
     batching = BatchingConfig.from_dataset(ds, source=f"model.{split}_ds")
     if split == "validation":
         batching = _replace(batching, shuffle=False)
@@ -127,6 +127,65 @@ def build_pipeline(
     quarantine = Quarantine(Path(run_dir) if run_dir is not None else None, rank, split)
     dataset = NestDataset(ds, cfg.nestkit.seed, index, noise, quarantine, split)
     return DataPipeline(split, ds, index, noise, sampler, dataset, cfg.nestkit.dataloader_timeout_s)
+
+
+def open_indexes(cfg: NestConfig, ds: DatasetConfig, split: str) -> tuple[CutIndex, CutIndex | None]:
+    """The cut indexes of a dataset section's corpus and of its noise manifests.
+
+    Unusable lines raise ManifestProblems (all of them) unless nestkit.skip_bad_manifest_lines.
+    """
+    where = f"model.{split}_ds" if split == "train" else "model.validation_ds"
+    options = {
+        "sampling_rate": int(ds.sample_rate or cfg.model.sample_rate),
+        "cache_dir": cfg.nestkit.index_cache_dir,
+        "skip_bad": cfg.nestkit.skip_bad_manifest_lines,
+    }
+    index = open_index(dataset_corpus(ds, where), **options)
+    noise = (
+        open_index(manifest_corpus(ds.noise_manifest, f"{where}.noise_manifest"), **options)
+        if ds.noise_manifest
+        else None
+    )
+    return index, noise
+
+
+NOTICE_LINES_SHOWN = 10  # skipped lines named in the start-up notice (all are in the quarantine)
+
+
+def record_skipped_lines(pipeline: DataPipeline, run_dir: str | os.PathLike | None) -> list[str]:
+    """Quarantine records (kind "manifest") for every line the index left out, and the notice that says so.
+
+    Called once per run by global rank 0 when nestkit.skip_bad_manifest_lines lets training start anyway.
+    """
+    notices = []
+    for name, index in (("", pipeline.index), (" noise", pipeline.noise)):
+        if index is None or not index.problem_count:
+            continue
+        problems = index.problems
+        quarantine = Quarantine(run_dir, 0, pipeline.split)
+        for problem in problems:
+            quarantine.write(
+                {
+                    "kind": "manifest",
+                    "split": pipeline.split,
+                    "manifest": problem.manifest,
+                    "line": problem.line,
+                    "cut_id": None,
+                    "category": "bad_line",
+                    "reason": str(problem),
+                    "substitute": None,
+                },
+                announce=False,
+            )
+        quarantine.close()
+        shown = "; ".join(f"{p.manifest}:{p.line} {p.problem}" for p in problems[:NOTICE_LINES_SHOWN])
+        more = f"; and {len(problems) - NOTICE_LINES_SHOWN} more" if len(problems) > NOTICE_LINES_SHOWN else ""
+        where = f", recorded in {quarantine.path}" if quarantine.path is not None else ""
+        notices.append(
+            f"{pipeline.split}{name}: {len(problems)} unusable manifest line(s) left out "
+            f"(nestkit.skip_bad_manifest_lines){where}: {shown}{more}"
+        )
+    return notices
 
 
 def _replace(obj, **changes):

@@ -171,10 +171,14 @@ def _pread_exact(path: str, offset: int, size: int) -> bytes:
         os.close(fd)
 
 
-def _read_local(path: str, offset: int, size: int, policy: RetryPolicy) -> bytes:
+def _read_local(path: str, offset: int, size: int, policy: RetryPolicy, bounded: bool = True) -> bytes:
     _local_stat(path)
     try:
-        data = _bounded_local(_pread_exact, policy, path, path, offset, size)
+        data = (
+            _bounded_local(_pread_exact, policy, path, path, offset, size)
+            if bounded
+            else _pread_exact(path, offset, size)
+        )
     except PermissionError:
         raise ShardReadError("forbidden", path, "permission denied", hint="Make the shard readable") from None
     except OSError as exc:
@@ -432,15 +436,19 @@ def stat_shard(where: str, policy: RetryPolicy = DEFAULT_POLICY) -> ShardStat:
     return ShardStat(st.st_size, st.st_mtime_ns)
 
 
-def read_range(where: str, offset: int, size: int, policy: RetryPolicy = DEFAULT_POLICY) -> bytes:
-    """Exactly `size` bytes at `offset` of a local file or an http(s) URL, or a ShardReadError."""
+def read_range(where: str, offset: int, size: int, policy: RetryPolicy = DEFAULT_POLICY, bounded: bool = True) -> bytes:
+    """Exactly `size` bytes at `offset` of a local file or an http(s) URL, or a ShardReadError.
+
+    `bounded=False` skips the time bound of a local read, for a caller that runs inside a bounded call
+    already (`call_with_timeout` cannot nest: the inner call would wait for the thread running the outer).
+    """
     if offset < 0 or size < 0:
         raise ValueError(f"range at {offset} of {size} bytes")
     if size == 0:
         return b""
     if is_url(where):
         return _read_http(where, offset, size, policy)
-    return _read_local(where, offset, size, policy)
+    return _read_local(where, offset, size, policy, bounded)
 
 
 def read_whole(where: str, policy: RetryPolicy = DEFAULT_POLICY) -> bytes:

@@ -111,6 +111,17 @@ class MemberAddress:
     def __str__(self) -> str:
         return f"{self.shard}[{self.name}]@{self.offset}+{self.size}"
 
+    def as_dict(self) -> dict:
+        """The form a cut carries it in (`cut.custom[MEMBER_KEY]`)."""
+        return {"shard": self.shard, "name": self.name, "offset": self.offset, "size": self.size}
+
+    @staticmethod
+    def from_dict(d: dict) -> MemberAddress:
+        return MemberAddress(d["shard"], d["name"], int(d["offset"]), int(d["size"]))
+
+
+MEMBER_KEY = "member"  # cut.custom[MEMBER_KEY]: the MemberAddress of a cut whose audio is in a shard
+
 
 @dataclass
 class TarIndex:

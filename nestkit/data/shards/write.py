@@ -9,7 +9,9 @@ Shar: `SharWriter(fields={"recording": <format>})`, so lhotse's readers (and NeM
 result as they read any Shar; the audio is each cut's segment at its original rate and channels.
 NeMo tarred: what `convert_to_tarred_audio_dataset.py` writes without `--slice_with_offset`: whole files
 as members named by `converter_member_name`, a file repeated in a shard written once and its further lines
-named `-subN`, lines keeping every key plus `shard_id`, `tarred_audio_manifest.json` and
+named `-subN`, lines keeping every key plus `shard_id` and `cut_id` (the per-file line's cut id, which
+nestkit uses for the tarred line, so batches built from the tars equal those built from the files; NeMo
+keeps unknown keys and ignores them), `tarred_audio_manifest.json` and
 `sharded_manifests/manifest_K.json`. Unlike the converter, no line is dropped to even out shard sizes
 (the last shard is smaller), lines keep manifest order, and member headers carry fixed metadata
 (mtime 0, uid/gid 0) so that the same input gives byte-identical tars.
@@ -31,6 +33,8 @@ from dataclasses import dataclass, field
 from nestkit.core.errors import AudioLoadError, ManifestError, NestkitError
 from nestkit.data.shards.nemo_tarred import SUB_SUFFIX, converter_member_name, sub_name
 from nestkit.data.shards.tar_index import build_index, published_index_path, save_index
+
+CUT_ID_KEY = "cut_id"  # a tarred line's cut id (index_build.tarred_cut_id reads it)
 
 
 @dataclass(frozen=True)
@@ -173,16 +177,32 @@ def write_shar(
             bar.advance(task)
         paths = writer.output_paths
     tars = list(paths.get("recording", [])) if written else []
+    cuts_files = list(paths.get("cuts", [])) if written else []
+    for path in cuts_files:
+        _clear_gzip_time(path)
     return ShardWrite(
         "shar",
         out_dir,
         tars,
-        list(paths.get("cuts", [])) if written else [],
+        cuts_files,
         [_index_beside(t) for t in tars],
         written,
         failures,
         time.perf_counter() - started,
     )
+
+
+GZIP_MTIME = slice(4, 8)  # RFC 1952: the header's modification time, 4 bytes little-endian
+
+
+def _clear_gzip_time(path: str) -> None:
+    """Zero the time lhotse's gzip writer puts in a cuts file's header, so that the same input gives the
+    same bytes (the content is untouched; readers ignore the field; 0 means "no time stamp")."""
+    with open(path, "r+b") as f:
+        head = f.read(10)
+        if head[:2] == b"\x1f\x8b" and len(head) == 10:
+            f.seek(GZIP_MTIME.start)
+            f.write(bytes(GZIP_MTIME.stop - GZIP_MTIME.start))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -259,7 +279,9 @@ def write_nemo_tarred(
                     else:  # the converter's rule: written once per shard, further lines named -subN
                         to_write = sub_name(name, count[name])
                         count[name] += 1
-                    shard_lines.append({**src.item, "audio_filepath": to_write, "shard_id": shard_id})
+                    shard_lines.append(
+                        {**src.item, "audio_filepath": to_write, "shard_id": shard_id, CUT_ID_KEY: src.cut_id}
+                    )
                     bar.advance(task)
             os.replace(tar_path + ".partial", tar_path)  # a crash never leaves a tar that looks whole
             manifest_path = os.path.join(out_dir, "sharded_manifests", f"manifest_{shard_id}.json")
