@@ -28,17 +28,26 @@ def train(
     resume_from: Optional[Path] = typer.Option(
         None, "--resume-from", help="Continue from this checkpoint instead of the run folder's last.ckpt."
     ),
+    skip_bad_lines: bool = typer.Option(
+        False,
+        "--skip-bad-lines",
+        help="Train without manifest lines that cannot be used (counted, named, recorded in the quarantine) "
+        "instead of refusing to start (= nestkit.skip_bad_manifest_lines=true).",
+    ),
 ) -> None:
     """Train the NEST model (Lightning; DDP over trainer.devices / num_nodes, torchrun or SLURM).
 
     The run folder is exp_manager.exp_dir/exp_manager.name (default runs/NAME). Every step's batch
     fingerprint and cut ids are logged per rank under it, for `nestkit lookup` and `replay-batch`.
+    Manifest lines that cannot be used are all listed before anything starts (exit 1), unless
+    --skip-bad-lines.
     """
     from nestkit.config import load_config
     from nestkit.training.devices import is_global_rank_zero as _is_rank_zero
     from nestkit.training.run import train as run_training
 
-    loaded = load_config(config, overrides or [])
+    extra = ["nestkit.skip_bad_manifest_lines=true"] if skip_bad_lines else []
+    loaded = load_config(config, [*(overrides or []), *extra])
     if _is_rank_zero():
         print_notes(loaded.notes)
     cfg = loaded.config

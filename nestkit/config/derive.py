@@ -15,6 +15,7 @@ def derive(cfg: NestConfig) -> None:
         if ds is not None:
             ds.sample_rate = m.sample_rate if ds.sample_rate is None else ds.sample_rate
             ds.noise_manifest = ds.noise_manifest or []
+            ds.manifest_filepath = ds.manifest_filepath or []  # null beside shar_path, as NeMo configs write it
     if enc.feat_in is None:
         enc.feat_in = m.preprocessor.features
     if enc.conv_context_size == "causal":

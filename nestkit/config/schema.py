@@ -49,7 +49,7 @@ class AugmentorConfig:
 class DatasetConfig:
     """model.train_ds / model.validation_ds."""
 
-    manifest_filepath: list[str] = field(default_factory=list, metadata={"path": True})
+    manifest_filepath: Optional[list[str]] = field(default_factory=list, metadata={"path": True})  # null: []
     # Sharded corpora, NeMo's keys (see nestkit/data/corpus.py): lhotse Shar (`shar_path`: a directory, a
     # list of directories or of [directory, weight], or {cuts: pattern, recording: pattern}), or a NeMo
     # tarred dataset (`is_tarred` + `tarred_audio_filepaths`, with manifest_filepath); paths or http(s) URLs

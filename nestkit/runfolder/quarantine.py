@@ -54,10 +54,19 @@ class Quarantine:
             self._writer = JsonlWriter(path)
         return self._writer
 
-    def write(self, record: dict) -> dict:
+    def write(self, record: dict, announce: bool = True) -> dict:
         """Log and persist one record; returns it as stored (with time and rank), marked
-        `unwritten` when the file could not take it yet."""
+        `unwritten` when the file could not take it yet. `announce=False` skips the log line (for
+        records the caller summarises itself, e.g. manifest lines skipped at start)."""
         record = {"time": round(time.time(), 3), "rank": self.rank, **record}
+        if announce:
+            self._announce(record)
+        path = self.path
+        if path is not None and not self._writer_for(path).append(record):
+            return {**record, UNWRITTEN: True}
+        return record
+
+    def _announce(self, record: dict) -> None:
         log.warning(
             "rank %s epoch %s batch %s: %s %s (%s:%s) unusable [%s]: %s%s",
             self.rank,
@@ -71,10 +80,6 @@ class Quarantine:
             record.get("reason"),
             f"; replaced by {record['substitute']}" if record.get("substitute") else "",
         )
-        path = self.path
-        if path is not None and not self._writer_for(path).append(record):
-            return {**record, UNWRITTEN: True}
-        return record
 
     def adopt(self, records: list[dict]) -> None:
         """Write, from the rank's own process, the records a worker could not write."""

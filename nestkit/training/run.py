@@ -81,7 +81,7 @@ def resume_notes(cfg: NestConfig, checkpoint: Path, planner, world: int) -> list
 
 def train(cfg: NestConfig, resume: bool | str = False, interactive: bool = False, notify=print) -> TrainPlan:
     """Train; returns the resolved plan (run folder, checkpoints). Raises NestkitError on bad input."""
-    from nestkit.data.pipeline import build_pipeline
+    from nestkit.data.pipeline import build_pipeline, record_skipped_lines
     from nestkit.model.checkpoint import load_nemo_weights
     from nestkit.training.module import NestLightningModule
 
@@ -92,17 +92,23 @@ def train(cfg: NestConfig, resume: bool | str = False, interactive: bool = False
     # Fail before starting processes: manifests, plan and equal batch counts are checked here.
     accelerator, devices = accelerator_and_devices(cfg)
     world = world_size(devices, cfg.trainer.num_nodes)
-    probe = build_pipeline(cfg, "train", 0, world)
-    val_every, notes = validation_every(cfg, probe.sampler.plan().num_batches)
+    probes = [build_pipeline(cfg, "train", 0, world)]
+    val_every, notes = validation_every(cfg, probes[0].sampler.plan().num_batches)
     if plan.resume_from is not None:
-        notes += resume_notes(cfg, plan.resume_from, probe.planner, world)
+        notes += resume_notes(cfg, plan.resume_from, probes[0].planner, world)
+    if cfg.model.validation_ds is not None:
+        probes.append(build_pipeline(cfg, "validation", 0, world))
+        probes[-1].sampler.plan()
+    for probe in probes:  # corpus layout notes (Shar gaps, stray files, rebuilt indexes), once per run
+        notes += [f"{probe.split}: {n}" for n in probe.index.notices + (probe.noise.notices if probe.noise else [])]
     for note in notes + worker_notes(cfg):
         notify(note)
-    if cfg.model.validation_ds is not None:
-        build_pipeline(cfg, "validation", 0, world).sampler.plan()
     run_dir.mkdir(parents=True, exist_ok=True)
     if is_global_rank_zero():
         save_config(cfg, config_path(run_dir))
+        for probe in probes:  # lines left out with nestkit.skip_bad_manifest_lines: counted, named, recorded
+            for note in record_skipped_lines(probe, run_dir):
+                notify(note)
 
     pl.seed_everything(cfg.nestkit.seed, workers=False, verbose=False)
     module = NestLightningModule(cfg, run_dir)
