@@ -182,14 +182,31 @@ def _lookup_sample(session, rank: int, index: int, output_format: str) -> None:
         "cut_id": planned.cut_id,
         "manifest_line": planned.where,
         "path": planned.path,
+        "shard": planned.shard,
+        "member": planned.member,
+        "member_offset": planned.member_offset,
     }
     if output_format == "json":
         print(json.dumps(result, indent=2))
         return
     console.print(
-        f"sample {index} of rank {rank}: {escape(planned.cut_id)} ({escape(short_path(planned.manifest))}:{planned.line}) {escape(short_path(planned.path))} "
+        f"sample {index} of rank {rank}: {escape(planned.cut_id)} ({escape(short_path(planned.manifest))}:{planned.line}) "
+        f"{escape(_source(planned))}{' ' + _member_bytes(planned) if planned.member else ''} "
         f"-- epoch {place.epoch}, batch {place.batch}, slot {slot}"
     )
+
+
+def _source(cut) -> str:
+    """The file, or for a cut in a shard `shard:member`."""
+    if cut.member is None:
+        return short_path(cut.path)
+    shard = cut.shard if "://" in cut.shard else short_path(cut.shard)
+    return f"{shard}:{cut.member}"
+
+
+def _member_bytes(cut) -> str:
+    """Where a shard member's bytes are in its tar: `@offset+size` (one ranged read)."""
+    return f"@{cut.member_offset}+{cut.member_size}" if cut.member is not None else "-"
 
 
 def _render(result) -> None:
@@ -203,7 +220,9 @@ def _render(result) -> None:
         header += f"  fingerprint {result.fingerprint}  " + match_text(result.matches_log, result.logged)
     console.print(header)
     table = Table(box=None, pad_edge=False, show_edge=False)
-    for column in ("#", "cut", "manifest:line", "path", "offset", "dur", "noise / augmentation"):
+    sharded = any(cut.member is not None for cut in result.planned)  # a column for the members' bytes
+    columns = ("#", "cut", "manifest:line", "path", *(("member bytes",) if sharded else ()), "offset", "dur")
+    for column in (*columns, "noise / augmentation"):
         table.add_column(column, overflow="fold")
     records = result.batch.records if result.batch is not None else [None] * len(result.planned)
     for cut, record in zip(result.planned, records):
@@ -211,7 +230,8 @@ def _render(result) -> None:
             str(cut.slot),
             escape(cut.cut_id),
             escape(f"{short_path(cut.manifest)}:{cut.line}"),
-            escape(short_path(cut.path)),
+            escape(_source(cut)),
+            *((_member_bytes(cut),) if sharded else ()),
             f"{cut.offset:.2f}",
             f"{cut.duration:.2f}",
             describe_augmentation(record) if record else "[dim](not loaded)[/]",

@@ -23,7 +23,11 @@ import torch
 from nestkit.config import save_config
 from nestkit.core.errors import AudioLoadError, NestkitError
 from nestkit.data.batch import NestBatch
+from nestkit.data.index_build import FORMAT_SHAR
 from nestkit.data.loading import load_cut
+from nestkit.data.shards.member_audio import policy_within, read_member
+from nestkit.data.shards.ranged import ShardReadError
+from nestkit.data.shards.tar_index import MemberAddress
 from nestkit.tools.positions import Place, logged
 from nestkit.tools.session import DebugSession
 
@@ -113,15 +117,48 @@ def time_samples(session: DebugSession, place: Place) -> list[SampleReport]:
     return reports
 
 
+def _extract_member(address: MemberAddress, folder: Path, timeout_s: float) -> tuple[Path, str | None]:
+    """The member's bytes as a standalone audio file in `folder` (one ranged read), and why not if not."""
+    target = folder / address.name.replace("/", "_")
+    try:
+        target.write_bytes(read_member(address, policy_within(timeout_s)))
+        return target, None
+    except ShardReadError as err:
+        return target, str(err)
+
+
+def _member_line(item: dict, fmt: str, audio: Path) -> tuple[dict, str]:
+    """The cut's line rewritten to read the extracted member: a NeMo line (tarred) or a lhotse cut (Shar)."""
+    if fmt == FORMAT_SHAR:
+        recording = dict(item.get("recording") or {})
+        channels = ((recording.get("sources") or [{}])[0]).get("channels", [0])
+        recording["sources"] = [{"type": "file", "channels": channels, "source": str(audio)}]
+        return {**item, "recording": recording}, "manifest.jsonl"
+    line = {k: v for k, v in item.items() if k not in ("shard_id", "audio_filename")}
+    return {**line, "audio_filepath": str(audio)}, "manifest.json"
+
+
 def write_repro(session: DebugSession, place: Place, sample: SampleReport, out_dir: Path, timeout_s: float) -> Path:
-    """A folder that replays just this cut: manifest.json (its line), config.yaml, command.sh."""
+    """A folder that replays just this cut: manifest.json (its line), config.yaml, command.sh.
+
+    A cut in a shard gets its member extracted as a standalone audio file (one ranged read), its line
+    rewritten to read that file, and the original line kept beside it (original_line.json).
+    """
     folder = (out_dir / f"{sample.planned_cut}").resolve()  # absolute: the config and command name it
     folder.mkdir(parents=True, exist_ok=True)
     index = session.pipeline.index
     row = index.row_at(sample.manifest, sample.line) if sample.manifest else None
     item = index.item(row) if row is not None else {"audio_filepath": sample.path, "duration": None}
     fmt = index.formats[int(index.source[row])] if row is not None else "nemo"
-    if fmt == "nemo":
+    address = index.member(row) if row is not None else None
+    extracted = None
+    if address is not None:
+        (folder / "original_line.json").write_bytes(index.text(row) + b"\n")
+        audio, extract_error = _extract_member(address, folder, timeout_s)
+        extracted = (address, audio, extract_error)
+        item, name = _member_line(item, fmt, audio)
+        manifest = folder / name
+    elif fmt == "nemo":
         item = {**item, "audio_filepath": sample.path}
         item.pop("audio_filename", None)
         manifest = folder / "manifest.json"
@@ -131,6 +168,7 @@ def write_repro(session: DebugSession, place: Place, sample: SampleReport, out_d
     cfg = copy.deepcopy(session.cfg)
     ds = cfg.model.train_ds
     ds.manifest_filepath = [str(manifest)]
+    ds.shar_path, ds.is_tarred, ds.tarred_audio_filepaths = None, False, None  # the repro reads its own file
     ds.batch_size, ds.batch_duration = 1, None
     ds.shuffle, ds.drop_last = False, False
     ds.min_duration = ds.max_duration = None
@@ -140,11 +178,24 @@ def write_repro(session: DebugSession, place: Place, sample: SampleReport, out_d
     save_config(cfg, folder / "config.yaml")
     command = f"nestkit replay-batch 0 --config {shlex.quote(str(folder / 'config.yaml'))} --world-size 1 --timeout {timeout_s:g}"
     (folder / "command.sh").write_text("#!/bin/sh\n" + command + "\n")
+    member_text = ""
+    if extracted is not None:
+        address, audio, extract_error = extracted
+        member_text = (
+            f"Member: {address.name} of shard {address.shard}, bytes {address.offset}..{address.offset + address.size} "
+            f"({address.size} bytes)\n"
+            + (
+                f"Extracted to: {audio}\n"
+                if extract_error is None
+                else f"Could not be extracted ({extract_error}); the manifest names {audio}, which is missing\n"
+            )
+            + f"Original line: {folder / 'original_line.json'}\n"
+        )
     (folder / "README.txt").write_text(
         f"Repro for cut {sample.planned_cut} ({sample.manifest}:{sample.line}), slot {sample.slot} of "
         f"{place} (step {place.step}) on rank {place.rank} of {session.layout.world_size_at(place)}.\n"
         f"Failure: {sample.status}: {sample.reason}\n"
-        f"Audio: {sample.path}\n\nRun: {command}\n"
+        f"Audio: {sample.path}\n{member_text}\nRun: {command}\n"
     )
     return folder
 

@@ -18,7 +18,7 @@ from lhotse import CutSet
 from nestkit.config import NestConfig
 from nestkit.core.errors import NestkitError
 from nestkit.data.batch import NestBatch
-from nestkit.data.loading import cut_path, file_segment
+from nestkit.data.loading import cut_path, file_segment, member_segment
 from nestkit.data.pipeline import DataPipeline, build_pipeline
 from nestkit.data.sampler import cuts_of
 from nestkit.tools.positions import Place, RunLayout, segments_of, world_size_of
@@ -34,6 +34,11 @@ class PlannedCut:
     offset: float
     duration: float
     repeat: bool
+    # a cut whose audio is a shard member (Shar, NeMo tarred): the tar, the member, its bytes in the tar
+    shard: str | None = None
+    member: str | None = None
+    member_offset: int | None = None
+    member_size: int | None = None
 
     @property
     def where(self) -> str:
@@ -126,6 +131,8 @@ class DebugSession:
         for slot, cut in enumerate(self.cuts(place)):
             custom = cut.custom or {}
             segment = file_segment(cut)
+            member = member_segment(cut)
+            address = member.address if member is not None else None
             out.append(
                 PlannedCut(
                     slot,
@@ -136,6 +143,10 @@ class DebugSession:
                     segment.offset if segment else cut.start,
                     cut.duration,
                     bool(custom.get("plan", {}).get("repeat")),
+                    address.shard if address else None,
+                    address.name if address else None,
+                    address.offset if address else None,
+                    address.size if address else None,
                 )
             )
         return out
