@@ -12,6 +12,7 @@ from nestkit.commands import (
     pipeline,
     replay_batch,
     report,
+    shard,
     train,
     validate_manifest,
 )
@@ -50,6 +51,7 @@ def _options(
 # their heavy dependencies (torch, lhotse) inside the command, so `--help` stays fast.
 app.command("import-manifest")(import_manifest.import_manifest)
 app.command("validate-manifest")(validate_manifest.validate_manifest)
+app.command("shard")(shard.shard)
 app.command("pipeline")(pipeline.pipeline)
 app.command("train")(train.train)
 app.command("lookup")(lookup.lookup)
