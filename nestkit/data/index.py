@@ -5,7 +5,7 @@ A corpus (per-file manifests, lhotse Shar, a NeMo tarred dataset: `nestkit.data.
 `meta.json`, and then opened by every rank and DataLoader worker with `np.memmap`: the pages belong to the
 page cache and are shared, so eight ranks cost one copy, and nothing is parsed again.
 
-Columns (`index_build.COLUMNS`): duration (float64 seconds, what the planner reads), source (the manifest,
+Columns (`index_io.COLUMNS`): duration (float64 seconds, what the planner reads), source (the manifest,
 cuts file or tarred manifest), line (1-based), start/length (the line's bytes, in its manifest or in
 `lines.bin`), id_hash (for `find`); for shards also shard, member_offset, member_size and ext. Rows are in
 source order, lines ascending within a source. A cut is materialised in O(1) by decoding its one line.
@@ -44,7 +44,9 @@ import orjson
 
 from nestkit.core.errors import ConfigError, ManifestError, ManifestProblems
 from nestkit.data.corpus import KIND_SHAR, Corpus, manifest_corpus
-from nestkit.data.index_build import FORMAT_SHAR, FORMAT_TARRED, build_index, id_hash, tarred_cut_id
+from nestkit.data.index_build import build_index
+from nestkit.data.index_io import FORMAT_SHAR, FORMAT_TARRED, id_hash
+from nestkit.data.index_shards import tarred_cut_id
 from nestkit.data.manifest import FORMAT_NEMO, cut_from_item, decode_line, lhotse_cut, nemo_cut_id, nemo_entry
 from nestkit.data.shards.ranged import DEFAULT_POLICY, RetryPolicy, ShardReadError, ShardStat, is_url, stat_shard
 from nestkit.data.shards.tar_index import MEMBER_KEY, MemberAddress, default_cache_dir

@@ -16,6 +16,7 @@ import os
 import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass
+from itertools import repeat
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -254,28 +255,31 @@ def unreadable(path: str, exc: BaseException) -> ManifestError:
 def checked_durations(items: list, fmt: str) -> np.ndarray | None:
     """Durations of decoded lines if every one passes the per-line checks of `fmt`, else None.
 
-    The fast path of indexing (no Python call per check); a chunk that fails goes through
-    `line_duration` line by line, which names each bad line exactly.
+    The fast path of indexing: each check is a C-level pass (map, set, join, numpy) over the whole list,
+    not a Python call per line. A list that fails goes through `line_duration` line by line, which names
+    each bad line exactly.
     """
-    if not all(type(item) is dict for item in items):
+    if not set(map(type, items)) <= {dict}:
         return None
-    raw = [item.get("duration") for item in items]
-    if not all(type(d) in (int, float) for d in raw):
+    raw = list(map(dict.get, items, repeat("duration")))
+    if not set(map(type, raw)) <= {int, float}:  # bool and str are refused here, as by line_duration
         return None
     durations = np.asarray(raw, dtype=np.float64)
     if not (np.isfinite(durations).all() and (durations > 0).all()):
         return None
     if fmt == FORMAT_NEMO:
-        for item in items:
-            path = item.get("audio_filepath", item.get("audio_filename"))
-            offset = item.get("offset")
-            if type(path) is not str or not path or "\0" in path:
+        paths = list(map(dict.get, items, repeat("audio_filepath")))
+        if not set(map(type, paths)) <= {str} or not all(paths) or "\0" in "".join(paths):
+            return None  # audio_filename lines, empty paths or NUL bytes: the per-line parser decides
+        offsets = list(map(dict.get, items, repeat("offset")))
+        kinds = set(map(type, offsets))
+        if not kinds <= {type(None), int, float}:
+            return None
+        if kinds - {type(None)}:
+            values = np.asarray([o for o in offsets if o is not None], dtype=np.float64)
+            if not (np.isfinite(values).all() and (values >= 0).all()):
                 return None
-            if offset is not None and (type(offset) not in (int, float) or not offset >= 0):
-                return None
-            if offset is not None and not math.isfinite(offset):
-                return None
-    elif not all("id" in item for item in items):
+    elif not all(map(dict.__contains__, items, repeat("id"))):
         return None
     return durations
 

@@ -23,7 +23,7 @@ import torch
 from nestkit.config import save_config
 from nestkit.core.errors import AudioLoadError, NestkitError
 from nestkit.data.batch import NestBatch
-from nestkit.data.index_build import FORMAT_SHAR
+from nestkit.data.index_io import FORMAT_SHAR
 from nestkit.data.loading import load_cut
 from nestkit.data.shards.member_audio import policy_within, read_member
 from nestkit.data.shards.ranged import ShardReadError

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from nestkit.core.errors import ManifestError, ManifestProblems
-from nestkit.data import index_build
+from nestkit.data import index_io
 from nestkit.data.corpus import manifest_corpus
 from nestkit.data.index import CutIndex, index_folder, open_index
 from tests.helpers import manifest_of
@@ -89,8 +89,8 @@ def test_chunks_and_batches_do_not_change_the_index(tmp_path, monkeypatch):
     manifest = tmp_path / "m.json"
     manifest.write_text("".join(json.dumps(e) + "\n" + ("\n" if i % 7 == 0 else "") for i, e in enumerate(entries)))
     whole = open_index(manifest_corpus(str(manifest)), skip_bad=True, cache_dir=str(tmp_path / "a"))
-    monkeypatch.setattr(index_build, "CHUNK_BYTES", 97)  # chunks end mid-line: the carry must join them
-    monkeypatch.setattr(index_build, "PARSE_LINES", 4)
+    monkeypatch.setattr(index_io, "CHUNK_BYTES", 97)  # chunks end mid-line: the carry must join them
+    monkeypatch.setattr(index_io, "PARSE_LINES", 4)
     small = open_index(manifest_corpus(str(manifest)), skip_bad=True, cache_dir=str(tmp_path / "b"))
     for column in ("duration", "source", "line", "start", "length"):
         assert np.array_equal(getattr(whole, column), getattr(small, column)), column

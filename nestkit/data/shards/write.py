@@ -34,7 +34,7 @@ from nestkit.core.errors import AudioLoadError, ManifestError, NestkitError
 from nestkit.data.shards.nemo_tarred import SUB_SUFFIX, converter_member_name, sub_name
 from nestkit.data.shards.tar_index import build_index, published_index_path, save_index
 
-CUT_ID_KEY = "cut_id"  # a tarred line's cut id (index_build.tarred_cut_id reads it)
+CUT_ID_KEY = "cut_id"  # a tarred line's cut id (index_shards.tarred_cut_id reads it under the same key)
 
 
 @dataclass(frozen=True)
