@@ -129,15 +129,18 @@ class CutIndex:
     # -- one row ------------------------------------------------------------------------------
 
     def _text(self, src: int) -> bytes | mmap.mmap:
-        if src not in self._texts:
-            source = self.meta["sources"][src]
-            path = os.path.join(self.folder, "lines.bin") if source["text"] == "blob" else source["path"]
+        """The bytes row offsets of source `src` point into: its manifest, or the index's lines.bin (one
+        map shared by every source copied there, e.g. thousands of Shar cuts files)."""
+        source = self.meta["sources"][src]
+        key = -1 if source["text"] == "blob" else src
+        if key not in self._texts:
+            path = os.path.join(self.folder, "lines.bin") if key == -1 else source["path"]
             if os.path.getsize(path) == 0:
-                self._texts[src] = b""
+                self._texts[key] = b""
             else:
                 with open(path, "rb") as f:
-                    self._texts[src] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        return self._texts[src]
+                    self._texts[key] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        return self._texts[key]
 
     def text(self, i: int) -> bytes:
         """The bytes of row i's line."""
@@ -399,6 +402,25 @@ def _build(corpus: Corpus, folder: str, progress: bool | None, policy: RetryPoli
     _publish(tmp, folder)
 
 
+NOT_BUILT = "not built yet"
+
+
+def _open_fresh(
+    folder: str, corpus: Corpus, sampling_rate: int, policy: RetryPolicy
+) -> tuple[CutIndex | None, str | None]:
+    """(the index, None) when the saved one is fresh and readable, else (None, why not)."""
+    meta = _read_meta(folder)
+    if meta is None:
+        return None, NOT_BUILT
+    reason = stale_reason(meta, corpus, policy)
+    if reason is not None:
+        return None, reason
+    try:
+        return CutIndex(folder, meta, sampling_rate), None
+    except (OSError, ValueError, KeyError) as exc:  # a column file lost or cut short
+        return None, f"its files cannot be read ({type(exc).__name__}: {exc})"
+
+
 def open_index(
     corpus: Corpus,
     sampling_rate: int = 16000,
@@ -415,20 +437,18 @@ def open_index(
     """
     notify = notify or (lambda text: print(text, file=sys.stderr))
     folder = index_folder(corpus, cache_dir)
-    meta = _read_meta(folder)
-    reason = stale_reason(meta, corpus, policy) if meta is not None else "not built yet"
-    if reason is not None:
+    index, reason = _open_fresh(folder, corpus, sampling_rate, policy)
+    if index is None:
         with _build_lock(folder, notify):
-            meta = _read_meta(folder)  # another process may have built it while we waited
-            reason = stale_reason(meta, corpus, policy) if meta is not None else "not built yet"
-            if reason is not None:
-                if meta is not None:
+            index, reason = _open_fresh(folder, corpus, sampling_rate, policy)  # built while we waited?
+            if index is None:
+                if reason != NOT_BUILT:
                     notify(f"index of {corpus.key}: {reason}; rebuilding {folder}")
                 _build(corpus, folder, progress, policy, cache_dir)
-                meta = _read_meta(folder)
-    index = CutIndex(folder, meta, sampling_rate)
+                index = CutIndex(folder, _read_meta(folder), sampling_rate)
+    meta = index.meta
     index.notices = list(corpus.notices) + index.notices
-    if reason is not None and reason != "not built yet":
+    if reason is not None and reason != NOT_BUILT:
         index.notices.insert(0, f"index of {corpus.key} rebuilt: {reason}")
     if index.problem_count and not skip_bad:
         kept = [

@@ -204,3 +204,13 @@ def test_a_read_only_folder_sends_the_index_to_the_cache(tmp_path, monkeypatch):
         assert not (folder / ".nestkit-index").exists()
     finally:
         subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_an_index_with_a_damaged_column_file_is_built_again(tmp_path):
+    manifest = manifest_of(tmp_path / "m.json", nemo_lines(30))
+    index = CutIndex.build(manifest)
+    Path(index.folder, "duration.bin").write_bytes(b"\0" * 7)  # cut short
+    heard: list[str] = []
+    again = open_index(manifest_corpus(manifest), notify=heard.append)
+    assert len(again) == 30 and np.allclose(again.duration, [1.0 + i / 100 for i in range(30)])
+    assert any("cannot be read" in h for h in heard)
