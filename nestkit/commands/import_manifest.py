@@ -33,7 +33,7 @@ def import_manifest(
     file is listed and nothing is written while any remains.
     """
     from nestkit.data.convert import nemo_to_lhotse
-    from nestkit.data.manifest import CutIndex
+    from nestkit.data.index import CutIndex
 
     output_file(output, "--output")
     total = len(CutIndex.build([str(m) for m in manifests], sample_rate))

@@ -19,7 +19,8 @@ from lhotse.serialization import SequentialJsonlWriter
 
 from nestkit.core.errors import AudioLoadError, ManifestError, NestkitError
 from nestkit.data.audio import check_path
-from nestkit.data.manifest import FORMAT_NEMO, CutIndex, nemo_cut, nemo_entry
+from nestkit.data.index import CutIndex
+from nestkit.data.manifest import FORMAT_NEMO, nemo_cut, nemo_entry
 
 
 @dataclass
@@ -69,7 +70,7 @@ def nemo_to_lhotse(
     progress: Callable[[int], None] | None = None,
 ) -> ConvertReport:
     """Convert; every bad line or unreadable file is reported, and nothing is written if any is."""
-    index = CutIndex.build(list(manifests), sampling_rate)  # raises on the first malformed line
+    index = CutIndex.build(list(manifests), sampling_rate)  # raises listing every malformed line
     for path, fmt in zip(index.manifests, index.formats):
         if fmt != FORMAT_NEMO:
             raise NestkitError(f"manifest {path}: already a lhotse manifest (expected NeMo JSON lines)")

@@ -123,6 +123,12 @@ class CutIndex:
         return out
 
     @property
+    def cache_dir(self) -> str:
+        """Where results derived from this index may be cached (the planner keeps its epoch sequences
+        here): the index folder itself, so they go when the index is rebuilt."""
+        return self.folder
+
+    @property
     def problems_path(self) -> str:
         return os.path.join(self.folder, "problems.jsonl")
 
