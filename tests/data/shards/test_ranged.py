@@ -158,3 +158,26 @@ def test_watched_walk_ends_when_reads_stop():
     assert time.monotonic() - started < 1.0
     ticks = iter(range(1000))
     assert watched(lambda: time.sleep(0.5) or "done", lambda: next(ticks), "x", 0.2) == "done"  # slow, moving
+
+
+def test_ranged_reads_keep_their_connection_alive(server, blob):
+    """One connection for many member reads (a new TCP connection per sample would double its cost),
+    and a server that closes connections is simply reconnected to."""
+    import threading
+
+    path, data = blob
+    url = server.url(path)
+    result: dict = {}
+
+    def reads(where: str) -> None:  # a thread of its own: connections are kept per thread
+        before = server.stats().get("_connections", 0)
+        for i in range(20):
+            assert read_range(where, 1000 * i, 5000, FAST) == data[1000 * i : 1000 * i + 5000]
+        result[where] = server.stats().get("_connections", 0) - before - 1  # the second /_stats request
+
+    for where in (url, server.url(path, "close")):
+        thread = threading.Thread(target=reads, args=(where,))
+        thread.start()
+        thread.join()
+    assert result[url] == 1
+    assert result[server.url(path, "close")] == 20
