@@ -303,3 +303,26 @@ def test_lhotse_cut_ids_survive_and_index_findings_stay_outside_the_shar_dir(dat
     cut = pipeline.index.cut(row)
     assert cut.custom["member"]["name"] == "utt0005-L5.flac"
     assert np.isclose(cut.duration, pipeline.index.duration[row])
+
+
+def test_nemos_own_yaml_reads_the_tarred_dataset_with_its_own_keys(data):
+    """nest_fast-conformer.yaml as NeMo ships it, with only its tarred-dataset keys filled in."""
+    from nestkit.config import load_config
+
+    fixture = REPO / "tests" / "fixtures" / "nemo_nest_fast_conformer.yaml"
+    last = data["tars"] - 1
+    cfg = load_config(
+        fixture,
+        [
+            f"model.train_ds.manifest_filepath={data['nemo']}/tarred_audio_manifest.json",
+            "model.train_ds.is_tarred=true",
+            f"model.train_ds.tarred_audio_filepaths={data['nemo']}/audio__OP_0..{last}_CL_.tar",
+            "model.train_ds.num_workers=0",
+            "model.train_ds.min_duration=null",
+            "model.validation_ds.manifest_filepath=" + data["validation"],
+        ],
+    ).config
+    pipeline = build_pipeline(cfg)
+    assert pipeline.index.kind == "nemo_tarred" and len(pipeline.index) == data["cuts"]
+    batch = pipeline.batch(0)
+    assert len(batch.cut_ids) == 8 and all(".tar:" in r["path"] for r in batch.records)
