@@ -110,7 +110,7 @@ def shar_corpus(spec: Any, key: str = "shar_path") -> Corpus:
     if isinstance(spec, dict):
         return _shar_fields(spec, key)
     if isinstance(spec, (str, os.PathLike)):
-        entries = [(os.fspath(spec), None)]
+        entries: list[tuple[str, float | None]] = [(os.fspath(spec), None)]
     elif isinstance(spec, (list, tuple)):
         entries = []
         for i, item in enumerate(spec):

@@ -71,7 +71,22 @@ SKIP_HINT = (
 class CutIndex:
     """The rows of an opened index; columns are read-only arrays (memory maps when not empty)."""
 
+    # the columns (index_io.COLUMNS; the shard ones only for Shar and tarred corpora)
+    duration: np.ndarray  # float64 seconds: what the planner reads
+    source: np.ndarray  # int32: index into `manifests`
+    line: np.ndarray  # int32, 1-based
+    start: np.ndarray  # int64: where the line starts in its text (the manifest, or lines.bin)
+    length: np.ndarray  # uint32: the line's bytes
+    id_hash: np.ndarray  # uint64: hash of a cut id written in the line, 0 when it derives from the line
+    shard: np.ndarray  # int32: index into `shards`
+    member_offset: np.ndarray  # int64: the member's data in its tar
+    member_size: np.ndarray  # int64
+    ext: np.ndarray  # uint8: index into `exts` (Shar: the data member is `<cut id>.<ext>`)
+
     def __init__(self, folder: str, meta: dict, sampling_rate: int = 16000):
+        self._attach(folder, meta, sampling_rate)
+
+    def _attach(self, folder: str, meta: dict, sampling_rate: int) -> None:
         self.folder = folder
         self.meta = meta
         self.sampling_rate = sampling_rate
@@ -106,7 +121,7 @@ class CutIndex:
         return {"folder": self.folder, "meta": self.meta, "sampling_rate": self.sampling_rate}
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(state["folder"], state["meta"], state["sampling_rate"])
+        self._attach(state["folder"], state["meta"], state["sampling_rate"])
 
     def __len__(self) -> int:
         return len(self.duration)
@@ -160,7 +175,7 @@ class CutIndex:
 
     def member(self, i: int) -> MemberAddress | None:
         """Where row i's audio is in its shard (None for a cut read from its own file)."""
-        if not hasattr(self, "shard"):
+        if "shard" not in self.meta["columns"]:
             return None
         src = int(self.source[i])
         shard = self.shards[int(self.shard[i])]

@@ -18,6 +18,7 @@ import sys
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any, BinaryIO
 
 import numpy as np
 import orjson
@@ -105,9 +106,9 @@ class Build:
     policy: RetryPolicy
     cache_dir: str | None
     columns: Columns
-    blob: object  # the open lines.bin
+    blob: BinaryIO  # the open lines.bin
     problems: Problems
-    bar: object
+    bar: Any  # a rich Progress, or NoBar
     sources: list[dict] = field(default_factory=list)
     shards: list[dict] = field(default_factory=list)
     exts: list[str] = field(default_factory=list)
@@ -266,7 +267,9 @@ def decode_lines(
     are most of the memory a build needs).
     """
     candidates = np.flatnonzero(lengths > 0)
-    rows, kept, durations = [], [], []
+    rows: list[np.ndarray] = []
+    kept: list = []
+    durations: list[np.ndarray] = []
     for at in range(0, len(candidates), PARSE_LINES):
         batch = candidates[at : at + PARSE_LINES]
         texts = [lines[i] for i in batch]

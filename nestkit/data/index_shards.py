@@ -106,7 +106,7 @@ def _read_shar_part(cuts_path: str, tar: str | None, policy: RetryPolicy, cache_
         try:
             item = decode_line(raw, cuts_path, number)
             duration = line_duration(item, FORMAT_LHOTSE, cuts_path, number)
-            if why_no_tar is not None:
+            if why_no_tar is not None or index is None:
                 raise ManifestError(
                     cuts_path, number, f"no audio: {why_no_tar}", f"Check {tar or 'the Shar directory'}"
                 )
@@ -243,7 +243,7 @@ class _TarIndexes:
 def index_tarred(b: Build) -> None:
     corpus = b.corpus
     tars = _tar_indexes(b)
-    by_id = dict(zip(corpus.shard_ids, corpus.shards))  # the last tar of an id wins, as in NeMo
+    by_id = {sid: str(tar) for sid, tar in zip(corpus.shard_ids, corpus.shards)}  # the last of an id wins, as in NeMo
     shard_number = {tar: i for i, tar in enumerate(corpus.shards)}
     single = len(corpus.manifests) == 1
     for number, (path, file_sid) in enumerate(zip(corpus.manifests, corpus.manifest_shard_ids)):
