@@ -52,6 +52,7 @@ def batch_position(cuts: list[Cut]) -> BatchPosition:
 
 
 _MAX_DRAWS_FOR_UNTRIED = 100  # a pool of nothing but failed cuts must not loop forever
+_MAX_SUBSTITUTE_DRAWS = 10_000  # rejection draws among the index's rows before falling back to the batch
 
 
 def _untried(candidates, tried: set[str]) -> Cut | None:
@@ -114,10 +115,9 @@ class NestDataset(torch.utils.data.Dataset):
         )
         # noise files proven silent are not read again (per process; batches are the same without it)
         self.silence_memo: SilenceMemo | None = SilenceMemo()
-        # substitutes come from the cuts the plan may use
-        self.substitute_rows = (
-            np.flatnonzero(BatchingConfig.from_dataset(ds).keep_mask(index.duration)) if index is not None else None
-        )
+        # substitutes come from the cuts the plan may use; drawn by rejection, not from a list of
+        # kept rows, which would cost every rank 8 bytes per cut (80 MB at 10M cuts)
+        self.batching = BatchingConfig.from_dataset(ds)
 
     def _key(self, purpose: str, position: BatchPosition, batch_key: str, cut_id: str) -> np.random.Generator:
         return generator(self.seed, self.split, purpose, position.epoch, batch_key, cut_id)
@@ -128,14 +128,18 @@ class NestDataset(torch.utils.data.Dataset):
         )
 
     def _substitute_candidates(self, rng: np.random.Generator, batch: list[Cut]):
-        if self.substitute_rows is not None and len(self.substitute_rows):
-            while True:
-                row = int(self.substitute_rows[rng.integers(len(self.substitute_rows))])
+        if self.index is not None and len(self.index):
+            low, high = self.batching.min_duration, self.batching.max_duration
+            for _ in range(_MAX_SUBSTITUTE_DRAWS):
+                row = int(rng.integers(len(self.index)))
+                duration = float(self.index.duration[row])
+                if (low is not None and duration < low) or (high is not None and duration > high):
+                    continue  # the plan never uses it
                 try:
                     yield self.index.cut(row)
                 except ManifestError:
                     continue
-        while True:
+        while True:  # an index with (almost) nothing the plan may use: substitutes from the batch
             yield batch[int(rng.integers(len(batch)))]
 
     def load_utterance(self, cut: Cut, position: BatchPosition, batch_key: str, batch: list[Cut]) -> _Loaded:
