@@ -1,15 +1,24 @@
-"""Heartbeat files: `heartbeat/rank<R>.json`, one per rank, rewritten about every second.
+"""Heartbeat files: `heartbeat/rank<R>.json`, one per rank, rewritten about every second, and its
+pulse `heartbeat/rank<R>.pulse`.
 
 The format is owned here; `nestkit.monitor.heartbeat.Heartbeat` fills it in a training process and
 the watchdog, the node monitor, `nestkit stacks` and the report read it.
+
+The JSON file is the whole record (batches in flight with their cuts). The pulse holds its
+essentials (status, phase, step, position, progress) in a memory-mapped slot whose page is
+reserved when training starts (see `worker_status`): it keeps being updated when the disk is full
+and the JSON file cannot be replaced any more. `read_heartbeats` returns the JSON record brought
+up to date by a newer pulse, so a full disk never makes a live rank look stale, and a stale
+heartbeat always means a rank that stopped running Python.
 """
 
 from __future__ import annotations
 
 import os
 
-from nestkit.runfolder.layout import heartbeat_dir, heartbeat_path, rank_of_file
+from nestkit.runfolder.layout import heartbeat_dir, heartbeat_path, pulse_path, rank_of_file
 from nestkit.runfolder.records import read_json, write_json_atomic
+from nestkit.runfolder.worker_status import StatusSlot, read_slot
 
 FORMAT = "nestkit-heartbeat/1"
 PHASES = (
@@ -26,6 +35,32 @@ PHASES = (
 )
 RUNNING, FINISHED, FAILED, ABORTED = "running", "finished", "failed", "aborted"
 
+# what the pulse carries: small, fixed-size fields only (a slot buffer holds about 2 KB)
+PULSE_FIELDS = (
+    "format",
+    "rank",
+    "world_size",
+    "local_rank",
+    "host",
+    "pid",
+    "pid_start",
+    "started_at",
+    "written_at",
+    "interval_s",
+    "status",
+    "step",
+    "steps_done",
+    "phase",
+    "phase_since",
+    "progress_age_s",
+    "stall_timeout_s",
+    "position",
+    "received",
+    "data_end",
+)
+PULSE_TEXT_LIMIT = 200  # characters of `error` and `timeout_rule` kept in the pulse
+PULSE_WORKERS = 16  # worker pids kept in the pulse
+
 __all__ = [
     "ABORTED",
     "FAILED",
@@ -35,24 +70,83 @@ __all__ = [
     "RUNNING",
     "heartbeat_dir",
     "heartbeat_path",
+    "open_pulse",
+    "pulse_record",
     "read_heartbeats",
     "write_heartbeat",
 ]
 
 
 def read_heartbeats(run_dir: str | os.PathLike) -> dict[int, dict]:
-    """rank -> its latest heartbeat record (ranks whose file is missing or unreadable are left out)."""
+    """rank -> its latest heartbeat record (ranks whose file is missing or unreadable are left out).
+
+    A pulse newer than the JSON file (the disk filled up) updates the record; such a record has
+    `"from_pulse": true` and only the batches in flight that the pulse confirms."""
     beats = {}
-    for path in heartbeat_dir(run_dir).glob("rank*.json"):
+    folder = heartbeat_dir(run_dir)
+    for path in folder.glob("rank*.json"):
         rank = rank_of_file(path)
         if rank is None or "-" in path.stem:
             continue
         record = read_json(path)
         if record is not None and record.get("format") == FORMAT:
             beats[rank] = record
+    for path in folder.glob("rank*.pulse"):
+        rank = rank_of_file(path)
+        if rank is None or "-" in path.stem:
+            continue
+        pulse = read_slot(path)
+        if pulse is None or pulse.get("format") != FORMAT:
+            continue
+        beats[rank] = merge_pulse(beats.get(rank), pulse)
     return dict(sorted(beats.items()))
+
+
+def merge_pulse(record: dict | None, pulse: dict) -> dict:
+    """The JSON record, brought up to date by a newer pulse (or the pulse alone)."""
+    if record is not None and record.get("written_at", 0) >= pulse.get("written_at", 0):
+        return record
+    if record is not None and record.get("pid") != pulse.get("pid"):
+        record = None  # an earlier process's file: nothing in it describes this one
+    merged = {**(record or {}), **pulse, "from_pulse": True}
+    merged.setdefault("workers", [])
+    waiting = pulse.get("waiting")
+    old_waiting = (record or {}).get("waiting_for")
+    if waiting is None:
+        merged["waiting_for"] = None
+    elif old_waiting and (old_waiting["epoch"], old_waiting["batch"]) == (waiting["epoch"], waiting["batch"]):
+        merged["waiting_for"] = old_waiting  # the same batch: its cuts are still right
+    else:
+        merged["waiting_for"] = {**waiting, "state": "loading", "cuts": []}
+    # batches in flight that the JSON file listed and the pulse has not trained yet
+    position = pulse.get("position")
+    trained = (position["epoch"], position["batch"]) if position else None
+    merged["in_flight"] = [
+        b for b in (record or {}).get("in_flight") or [] if trained is None or (b["epoch"], b["batch"]) > trained
+    ]
+    return merged
 
 
 def write_heartbeat(run_dir: str | os.PathLike, rank: int, record: dict) -> bool:
     """Replace rank's heartbeat (atomically); False when the file system refuses the write."""
     return write_json_atomic(heartbeat_path(run_dir, rank), record)
+
+
+def open_pulse(run_dir: str | os.PathLike, rank: int) -> StatusSlot:
+    """The rank's pulse slot, its page reserved now (OSError when it cannot be: a full disk)."""
+    return StatusSlot(pulse_path(run_dir, rank), {})
+
+
+def pulse_record(heartbeat: dict) -> dict:
+    """The pulse's share of a heartbeat record: bounded, so that it always fits its slot."""
+    pulse = {key: heartbeat.get(key) for key in PULSE_FIELDS}
+    for key in ("error", "timeout_rule"):
+        text = heartbeat.get(key)
+        pulse[key] = text[:PULSE_TEXT_LIMIT] if isinstance(text, str) else text
+    waiting = heartbeat.get("waiting_for")
+    pulse["waiting"] = {"epoch": waiting["epoch"], "batch": waiting["batch"]} if waiting else None
+    pulse["workers"] = (heartbeat.get("workers") or [])[:PULSE_WORKERS]
+    data_end = heartbeat.get("data_end")
+    if isinstance(data_end, dict) and isinstance(data_end.get("detail"), str):
+        pulse["data_end"] = {**data_end, "detail": data_end["detail"][:PULSE_TEXT_LIMIT]}
+    return pulse

@@ -5,11 +5,14 @@ checkpoints/                      stepN.ckpt, last.ckpt, best-stepN.ckpt
 batches/rank<R>.jsonl             per trained micro-batch: position, fingerprint, cut ids, loss
 quarantine/rank<R>[-worker<W>].jsonl  unusable samples and noises, one file per writing process
 heartbeat/rank<R>.json            per rank, rewritten every second
+heartbeat/rank<R>.pulse           the same heartbeat's essentials, memory-mapped (works on a full disk)
 heartbeat/<process>.status        per data-loading process: the cut it reads now (memory-mapped)
 stacks/<process>.txt              worker stack dumps (SIGUSR1 -> faulthandler)
-stall/<N>/                        a stall incident: request, every rank's dump, the report
+stall/<N>/                        a stall incident: request, every rank's dump, the report, kills
 stragglers.jsonl                  ranks found persistently slower than their peers, while training
+monitor/node-<host>.json          the node monitor's view of the ranks' processes (from outside them)
 csv/, tb/                         Lightning's loggers
+previous/<time>/                  an earlier run's files, moved aside when a new run starts here
 """
 
 from __future__ import annotations
@@ -26,6 +29,11 @@ HEARTBEAT_DIR = "heartbeat"
 STACKS_DIR = "stacks"
 STALL_DIR = "stall"
 STRAGGLERS_FILE = "stragglers.jsonl"
+MONITOR_DIR = "monitor"
+PREVIOUS_DIR = "previous"
+CSV_DIR, TB_DIR = "csv", "tb"
+# what a run writes besides its checkpoints: a new run in the same folder must not append to these
+RUN_LOGS = (BATCHES_DIR, QUARANTINE_DIR, HEARTBEAT_DIR, STACKS_DIR, STALL_DIR, MONITOR_DIR, CSV_DIR, TB_DIR)
 
 
 def config_path(run_dir: str | os.PathLike) -> Path:
@@ -54,6 +62,22 @@ def heartbeat_dir(run_dir: str | os.PathLike) -> Path:
 
 def heartbeat_path(run_dir: str | os.PathLike, rank: int) -> Path:
     return heartbeat_dir(run_dir) / f"rank{rank}.json"
+
+
+def pulse_path(run_dir: str | os.PathLike, rank: int) -> Path:
+    return heartbeat_dir(run_dir) / f"rank{rank}.pulse"
+
+
+def monitor_dir(run_dir: str | os.PathLike) -> Path:
+    return Path(run_dir) / MONITOR_DIR
+
+
+def node_observation_path(run_dir: str | os.PathLike, host: str) -> Path:
+    return monitor_dir(run_dir) / f"node-{host}.json"
+
+
+def previous_dir(run_dir: str | os.PathLike) -> Path:
+    return Path(run_dir) / PREVIOUS_DIR
 
 
 def stacks_dir(run_dir: str | os.PathLike) -> Path:
@@ -96,3 +120,15 @@ def is_run_folder(path: str | os.PathLike) -> bool:
     return config_path(path).is_file() and any(
         (path / d).is_dir() for d in (BATCHES_DIR, HEARTBEAT_DIR, CHECKPOINTS_DIR)
     )
+
+
+def checkpoint_files(run_dir: str | os.PathLike) -> list[Path]:
+    """Every checkpoint of the run (`*.ckpt` under checkpoints/), by name."""
+    folder = checkpoints_dir(run_dir)
+    return sorted(folder.glob("*.ckpt")) if folder.is_dir() else []
+
+
+def run_logs(run_dir: str | os.PathLike) -> list[str]:
+    """The log folders of a run that are present and not empty (batches, heartbeat, ...)."""
+    path = Path(run_dir)
+    return [name for name in RUN_LOGS if (path / name).is_dir() and any((path / name).iterdir())]

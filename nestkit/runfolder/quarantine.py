@@ -22,6 +22,7 @@ from nestkit.runfolder.records import JsonlWriter, SkippedLine, read_jsonl
 log = logging.getLogger("nestkit.data")
 
 UNWRITTEN = "unwritten"  # set on a batch's copy of a record its worker could not write
+HANDED_TO_THE_RANK = "the record travels with its batch, and the rank's own process writes it"
 
 
 class Quarantine:
@@ -51,7 +52,7 @@ class Quarantine:
 
     def _writer_for(self, path: Path) -> JsonlWriter:
         if self._writer is None or self._writer.path != path:
-            self._writer = JsonlWriter(path)
+            self._writer = JsonlWriter(path) if self._worker is None else JsonlWriter(path, held=HANDED_TO_THE_RANK)
         return self._writer
 
     def write(self, record: dict, announce: bool = True) -> dict:
@@ -62,8 +63,12 @@ class Quarantine:
         if announce:
             self._announce(record)
         path = self.path
-        if path is not None and not self._writer_for(path).append(record):
-            return {**record, UNWRITTEN: True}
+        # The rank's own process keeps a record it cannot write yet and writes it later. A DataLoader
+        # worker does not: its batch carries the record to the rank's process (`adopt`), which keeps
+        # it until its file can take it -- one owner each, so nothing is written twice.
+        keep = self._worker is None and os.getpid() == self._owner_pid
+        if path is not None and not self._writer_for(path).append(record, keep=keep):
+            return record if keep else {**record, UNWRITTEN: True}
         return record
 
     def _announce(self, record: dict) -> None:
@@ -82,7 +87,8 @@ class Quarantine:
         )
 
     def adopt(self, records: list[dict]) -> None:
-        """Write, from the rank's own process, the records a worker could not write."""
+        """Write, from the rank's own process, the records a worker (or this process) could not
+        write; they are kept in memory until the rank's file can take them."""
         if self.run_dir is None:
             return
         writer = self._writer_for(quarantine_path(self.run_dir, self.rank))

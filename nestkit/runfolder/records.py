@@ -12,15 +12,20 @@ they are. So:
   new one; on failure it removes the temporary file and returns False instead of raising.
 * `read_jsonl` returns the records that parse and, separately, the lines that do not (a torn last
   line after a crash, a line cut by a full disk), so that every reader can say what it skipped
-  instead of dying on a JSONDecodeError.
+  instead of dying on a JSONDecodeError (`describe_skipped` says it in one line per file).
+* `touch` and `make_dir` create empty files and folders: they need no data block, so they work on a
+  full tmpfs and usually on a full disk, which is how the watchdog still signals "abort" and
+  "reported" when nothing else can be written.
 """
 
 from __future__ import annotations
 
+import atexit
 import errno
 import os
 import sys
 import threading
+import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -45,7 +50,7 @@ def warn_once(path: str | os.PathLike, what: str, notify: Callable[[str], None] 
     message = f"nestkit: run folder file {path}: {what}"
     try:
         (notify or _stderr)(message)
-    except Exception:  # a closed stderr must not break the caller either
+    except (OSError, ValueError):  # a closed or broken stderr: there is nowhere left to say it
         pass
 
 
@@ -68,20 +73,26 @@ def dumps_line(record: dict) -> bytes:
     return orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS) + b"\n"
 
 
-@dataclass
+HELD_IN_MEMORY = "its records are kept in memory and written when the file can be written again"
+
+
+@dataclass(eq=False)  # identity, not value: writers live in a WeakSet
 class JsonlWriter:
     """Appends JSON lines to one file; this process is the file's only writer."""
 
     path: Path
     notify: Callable[[str], None] | None = None
+    held: str = HELD_IN_MEMORY  # what happens to a record that cannot be written (for the warning)
     pending: deque = field(default_factory=deque, repr=False)
     dropped: int = 0  # records that did not fit in the pending queue
     failures: int = 0
+    _blocked: bool = field(default=False, repr=False)  # the last write failed: records are held
     _fd: int | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:
         self.path = Path(self.path)
+        _open_writers.add(self)
 
     # -- opening -------------------------------------------------------------------------------
 
@@ -124,15 +135,23 @@ class JsonlWriter:
 
     # -- writing -------------------------------------------------------------------------------
 
-    def append(self, record: dict) -> bool:
-        """Write `record` as one line (after any records still pending). True when it is on disk."""
+    def append(self, record: dict, keep: bool = True) -> bool:
+        """Write `record` as one line (after any records still pending). True when it is on disk.
+
+        keep=False: a record that cannot be written now is not kept for later (its caller hands it
+        to another writer, e.g. a DataLoader worker's quarantine record travels with its batch to
+        the rank's process); written twice would be worse than written once, later, elsewhere."""
         line = dumps_line(record)
         with self._lock:
             if len(self.pending) >= MAX_PENDING:
                 self.pending.popleft()
                 self.dropped += 1
             self.pending.append(line)
-            return self._flush_pending()
+            if self._flush_pending():
+                return True
+            if not keep:
+                self.pending.pop()
+            return False
 
     def flush(self) -> bool:
         with self._lock:
@@ -141,8 +160,12 @@ class JsonlWriter:
     def _flush_pending(self) -> bool:
         while self.pending:
             if not self._write_whole(self.pending[0]):
+                self._blocked = True
                 return False
             self.pending.popleft()
+        if self._blocked:
+            self._blocked = False
+            warn_once(self.path, "writable again: the records kept in memory are written, in order", self.notify)
         return True
 
     def _write_whole(self, line: bytes) -> bool:
@@ -159,8 +182,7 @@ class JsonlWriter:
             self._rollback_after_error()
             warn_once(
                 self.path,
-                f"cannot write ({describe_os_error(exc)}); its records are kept in memory "
-                "and written when the file can be written again",
+                f"cannot write ({describe_os_error(exc)}); {self.held}",
                 self.notify,
             )
             return False
@@ -171,7 +193,7 @@ class JsonlWriter:
         if self._fd is not None:
             try:
                 os.close(self._fd)
-            except OSError:
+            except OSError:  # closing after a failed write: the descriptor is dropped either way
                 pass
             self._fd = None
 
@@ -189,9 +211,22 @@ class JsonlWriter:
             if self._fd is not None:
                 try:
                     os.close(self._fd)
-                except OSError:
+                except OSError:  # the records are on disk (or reported lost above)
                     pass
                 self._fd = None
+
+
+_open_writers: weakref.WeakSet[JsonlWriter] = weakref.WeakSet()
+
+
+def flush_all() -> None:
+    """Write what every writer of this process still holds, and say what is lost (before the
+    watchdog ends the process with os._exit, which skips every other clean-up)."""
+    for writer in list(_open_writers):
+        writer.close()
+
+
+atexit.register(flush_all)  # a normal exit writes (or reports) what is still held, too
 
 
 # ------------------------------------------------------------------------------------------------
@@ -212,10 +247,7 @@ def write_json_atomic(path: str | os.PathLike, data: Any, indent: bool = True) -
         os.replace(tmp, path)
         return True
     except (OSError, TypeError) as exc:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
+        _remove_quietly(tmp)
         reason = describe_os_error(exc) if isinstance(exc, OSError) else f"{type(exc).__name__}: {exc}"
         warn_once(path, f"cannot write ({reason}); the previous version stays")
         return False
@@ -223,19 +255,52 @@ def write_json_atomic(path: str | os.PathLike, data: Any, indent: bool = True) -
 
 def write_text(path: str | os.PathLike, text: str) -> bool:
     """A whole text file (stack dumps, reports), written atomically; False when it cannot be."""
+    return write_bytes(path, text.encode("utf-8", errors="replace"))
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> bool:
+    """A whole binary file, written atomically; False (warned once) when it cannot be."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(text)
+        tmp.write_bytes(data)
         os.replace(tmp, path)
         return True
     except OSError as exc:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
+        _remove_quietly(tmp)
         warn_once(path, f"cannot write ({describe_os_error(exc)})")
+        return False
+
+
+def _remove_quietly(path: Path) -> None:
+    """Remove a temporary file left by a failed write (it may not exist: that is fine)."""
+    try:
+        path.unlink()
+    except OSError:  # never created, or already gone
+        pass
+
+
+def touch(path: str | os.PathLike) -> bool:
+    """Create an empty marker file (and its folder). Needs no data block: works on a full file system."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch()
+        return True
+    except OSError as exc:
+        warn_once(path, f"cannot create ({describe_os_error(exc)})")
+        return False
+
+
+def make_dir(path: str | os.PathLike) -> bool:
+    """mkdir -p that says why instead of raising."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        return True
+    except OSError as exc:
+        warn_once(path, f"cannot create the folder ({describe_os_error(exc)})")
         return False
 
 
@@ -302,3 +367,19 @@ def read_jsonl(path: str | os.PathLike) -> JsonlRead:
             continue
         records.append(record)
     return JsonlRead(records, skipped)
+
+
+def describe_skipped(skipped: list[SkippedLine]) -> list[str]:
+    """One sentence per file: which lines a reader skipped and why (for a tool's stderr)."""
+    by_file: dict[str, list[SkippedLine]] = {}
+    for line in skipped:
+        by_file.setdefault(line.path, []).append(line)
+    out = []
+    for path, lines in by_file.items():
+        first = lines[0]
+        more = f" and {len(lines) - 1} more" if len(lines) > 1 else ""
+        out.append(
+            f"{path}: skipped {len(lines)} line(s) that are not whole records "
+            f"(line {first.line}: {first.reason}{more}); the other records were read"
+        )
+    return out

@@ -8,6 +8,9 @@ own process), memory-mapped, so an update is a memcpy into the page cache -- no 
 microsecond -- and stays readable by the watchdog and by `nestkit stacks` even while the worker
 is blocked, and after it is killed.
 
+The page is reserved when the slot is created, so updates need no space: they keep working on a
+full disk (the heartbeat's pulse uses the same record for that reason).
+
 Record layout: two buffers, written alternately, each [sequence u64][length u32][crc32 u32][JSON
 body]; the CRC covers the sequence number and the body. A reader takes the valid buffer with the
 higher sequence number: a record torn by a concurrent write fails its CRC and is skipped, and the
@@ -48,7 +51,10 @@ class StatusSlot:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
-            os.ftruncate(fd, SLOT_SIZE)
+            # reserve the page now: a sparse page is allocated on the first store into the mapping,
+            # and on a full file system that store kills the process with SIGBUS. Reserved, every
+            # later update works however full the disk gets (OSError here: the caller warns).
+            os.posix_fallocate(fd, 0, SLOT_SIZE)
             self._map = mmap.mmap(fd, SLOT_SIZE)
         finally:
             os.close(fd)
@@ -62,6 +68,8 @@ class StatusSlot:
         body = orjson.dumps(record)
         if len(body) > _MAX_BODY:
             body = orjson.dumps({k: v for k, v in record.items() if k not in ("path", "manifest")})
+        if len(body) > _MAX_BODY:  # never a torn or oversized record: the identity alone, marked
+            body = orjson.dumps({**self.identity, "truncated": True, "since": record.get("since")})
         self._seq += 1
         at = _BUFFERS[self._seq % 2]
         self._map[at + _HEADER.size : at + _HEADER.size + len(body)] = body
