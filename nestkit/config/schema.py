@@ -368,8 +368,10 @@ class ExpManagerConfig:
     create_csv_logger: bool = True
     create_checkpoint_callback: bool = True
     checkpoint_callback_params: CheckpointConfig = field(default_factory=CheckpointConfig)
+    # NeMo's semantics and defaults: resume_if_exists acts as `train --resume`; with nothing to resume
+    # that is an error unless resume_ignore_no_checkpoint (then a new run starts; see README, Resume)
     resume_if_exists: bool = False
-    resume_ignore_no_checkpoint: bool = True
+    resume_ignore_no_checkpoint: bool = False
     # NeMo's logger switches, mapped to Lightning's own loggers (optional extras: `nestkit[wandb]`,
     # `nestkit[mlflow]`). W&B writes under the run folder unless wandb_logger_kwargs.save_dir says otherwise.
     create_wandb_logger: bool = False
@@ -412,6 +414,9 @@ class WatchdogConfig:
     heartbeat_interval_s: float = 1.0  # how often each rank rewrites heartbeat/rank<R>.json
     dump_grace_s: float = 15.0  # how long the reporting rank waits for the other ranks' dumps
     py_spy: bool = True  # add `py-spy dump` of each DataLoader worker when py-spy is installed
+    # local rank 0 starts a process that watches this node's ranks from outside (a stopped rank, or
+    # one holding the GIL, cannot report on itself): nestkit.monitor.node_monitor
+    node_monitor: bool = True
 
 
 @dataclass

@@ -3,7 +3,8 @@
 The training thread only assigns a few attributes of a `Heartbeat` (phase, step, position: a
 hundred nanoseconds each); a background thread serialises the state every `heartbeat_interval_s`
 to `<run_dir>/heartbeat/rank<R>.json` (write a temporary file, then `os.replace`, so a reader never
-sees half a file). `nestkit stacks` and the watchdogs of all ranks read these files.
+sees half a file) and its essentials to the memory-mapped pulse `rank<R>.pulse`, which keeps
+working on a full disk. `nestkit stacks`, the node monitor and the watchdogs of all ranks read them.
 
 Phases: startup, fetch (waiting for the DataLoader), forward, backward, collective (backward is
 done, the rank waits for its peers' gradients), optimizer, step_end (callbacks: logging,
@@ -22,9 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nestkit.core.procs import process_start_ticks
-from nestkit.runfolder.heartbeats import FINISHED, FORMAT, RUNNING, write_heartbeat
-from nestkit.runfolder.layout import heartbeat_path
-from nestkit.runfolder.records import warn_once
+from nestkit.runfolder.heartbeats import FINISHED, FORMAT, RUNNING, open_pulse, pulse_record, write_heartbeat
+from nestkit.runfolder.layout import heartbeat_path, pulse_path
+from nestkit.runfolder.records import describe_os_error, warn_once
 
 
 class StepTimes:
@@ -231,6 +232,7 @@ class Heartbeat:
         self._write_lock = threading.Lock()
         self.last_written: float | None = None  # wall time of the last heartbeat that reached the disk
         self.write_failures = 0
+        self._pulse = None  # the memory-mapped slot, opened by start()
 
     # -- training thread ----------------------------------------------------------------------
 
@@ -349,10 +351,20 @@ class Heartbeat:
                 self.last_written = data["written_at"]
             else:
                 self.write_failures += 1
+            if self._pulse is not None:
+                self._pulse.write(pulse_record(data))
             return data
 
     def start(self, interval_s: float) -> None:
         self.interval_s = interval_s
+        try:
+            self._pulse = open_pulse(self.run_dir, self.rank)
+        except OSError as exc:
+            warn_once(
+                pulse_path(self.run_dir, self.rank),
+                f"cannot create the heartbeat's pulse ({describe_os_error(exc)}); "
+                "if the disk fills up, this rank's heartbeat will look stale",
+            )
         self.write()
         self._writer = threading.Thread(target=self._run, args=(interval_s,), name="nestkit-heartbeat", daemon=True)
         self._writer.start()

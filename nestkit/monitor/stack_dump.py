@@ -5,6 +5,7 @@ asked through SIGUSR1, on which `worker_init` registered faulthandler: faulthand
 handler prints every thread's stack even while the worker is blocked in a system call, appending
 to `<run_dir>/stacks/rank<R>-worker<W>.txt`; we read what was appended. py-spy, when installed,
 adds a second view (it may need ptrace permission; its absence or failure is recorded, not fatal).
+Light: no torch, so the node monitor can use it.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import linecache
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -20,8 +22,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from nestkit.monitor.worker_init import DUMP_SIGNAL
 from nestkit.runfolder.layout import worker_stack_path
+
+DUMP_SIGNAL = signal.SIGUSR1  # a DataLoader worker writes its stacks on it (see worker_init)
 
 
 @dataclass
@@ -96,9 +99,17 @@ def parse_faulthandler(text: str) -> list[ThreadStack]:
     return stacks
 
 
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:  # not created (the worker could not make it on a full disk)
+        return 0
+
+
 def signal_worker(pid: int, stack_file: Path, wait_s: float = 3.0) -> str | None:
-    """Ask worker `pid` for its stacks (SIGUSR1 -> faulthandler) and return what it wrote."""
-    before = stack_file.stat().st_size if stack_file.exists() else 0
+    """Ask worker `pid` for its stacks (SIGUSR1 -> faulthandler) and return what it wrote (None:
+    dead, not a nestkit worker, or its stack file could not take the dump)."""
+    before = _size(stack_file)
     try:
         os.kill(pid, DUMP_SIGNAL)
     except OSError:
@@ -107,37 +118,76 @@ def signal_worker(pid: int, stack_file: Path, wait_s: float = 3.0) -> str | None
     text = ""
     while time.monotonic() < deadline:
         time.sleep(0.1)
-        size = stack_file.stat().st_size if stack_file.exists() else 0
-        if size > before:
+        if _size(stack_file) > before:
             time.sleep(0.2)  # let faulthandler finish writing every thread
-            with open(stack_file, "rb") as f:
-                f.seek(before)
-                text = f.read().decode(errors="replace")
+            try:
+                with open(stack_file, "rb") as f:
+                    f.seek(before)
+                    text = f.read().decode(errors="replace")
+            except OSError:
+                text = ""
             break
     return text or None
 
 
-def worker_stacks(run_dir: Path, rank: int, workers: list[dict]) -> dict[int, str | None]:
-    """worker id -> its faulthandler dump (None when it did not answer: dead, or not a nestkit worker)."""
-    return {w["worker"]: signal_worker(w["pid"], worker_stack_path(run_dir, rank, w["worker"])) for w in workers}
+def worker_stacks(run_dir: Path, rank: int, workers: list[dict], wait_s: float = 3.0) -> dict[int, str | None]:
+    """worker id -> its faulthandler dump (None when it did not answer: dead, stopped, or not a
+    nestkit worker). Asked in parallel: a silent worker costs `wait_s` once, not once each."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    if not workers:
+        return {}
+    with ThreadPoolExecutor(max_workers=len(workers), thread_name_prefix="nestkit-stacks") as pool:
+        asked = {
+            w["worker"]: pool.submit(signal_worker, w["pid"], worker_stack_path(run_dir, rank, w["worker"]), wait_s)
+            for w in workers
+        }
+        return {worker: future.result() for worker, future in asked.items()}
 
 
 def py_spy_path() -> str | None:
-    return shutil.which("py-spy")
+    """py-spy on PATH, or installed beside this Python (a virtual environment that is not activated)."""
+    beside = Path(sys.executable).parent / "py-spy"
+    return shutil.which("py-spy") or (str(beside) if beside.is_file() and os.access(beside, os.X_OK) else None)
 
 
-def py_spy(pid: int, timeout_s: float = 20.0) -> str | None:
-    """`py-spy dump --pid` output, an explanation when it fails, or None when py-spy is absent."""
+def py_spy(pid: int, timeout_s: float = 10.0) -> str | None:
+    """`py-spy dump --nonblocking --pid` output, an explanation when it fails, or None when py-spy
+    is absent. Non-blocking: it reads the process's memory without pausing it, so it works on a
+    process that holds the GIL or is stopped, and leaves it exactly as it was."""
     exe = py_spy_path()
     if exe is None:
         return None
+    command = [exe, "dump", "--nonblocking", "--pid", str(pid)]
     try:
-        result = subprocess.run([exe, "dump", "--pid", str(pid)], capture_output=True, text=True, timeout=timeout_s)
+        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired:
         return f"py-spy dump --pid {pid}: no answer within {timeout_s:g} s\n"
+    except OSError as exc:
+        return f"py-spy dump --pid {pid}: cannot run {exe} ({exc.strerror or exc})\n"
     if result.returncode != 0:
         return f"py-spy dump --pid {pid} failed (exit {result.returncode}): {result.stderr.strip()}\n"
     return result.stdout
+
+
+_PY_SPY_THREAD_RE = re.compile(r'^Thread (\S+) \(([^)]*)\)(?:: "(.*)")?')
+_PY_SPY_FRAME_RE = re.compile(r"^\s+(\S.*) \((.*):(\d+)\)$")
+
+
+def parse_py_spy(text: str) -> list[ThreadStack]:
+    """Threads and frames of a `py-spy dump` (innermost first); the thread holding the GIL is `current`."""
+    stacks: list[ThreadStack] = []
+    for line in text.splitlines():
+        head = _PY_SPY_THREAD_RE.match(line)
+        if head:
+            stacks.append(
+                ThreadStack(head.group(3) or head.group(1), head.group(1), [], current="gil" in head.group(2))
+            )
+            continue
+        frame = _PY_SPY_FRAME_RE.match(line)
+        if frame and stacks:
+            stacks[-1].frames.append(Frame(frame.group(2), int(frame.group(3)), frame.group(1)))
+    return stacks
 
 
 def _is_nestkit(path: str) -> bool:

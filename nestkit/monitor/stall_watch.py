@@ -15,23 +15,29 @@
     finished   on_train_end
 
 The training thread only assigns heartbeat attributes; files are written by the heartbeat's thread.
+Local rank 0 also starts the node monitor (`node_monitor`), a separate process that watches this
+node's ranks from outside: what no thread inside a stopped or GIL-bound rank can report.
 """
 
 from __future__ import annotations
 
+import sys
 import threading
 from pathlib import Path
 
 from pytorch_lightning.callbacks import Callback
 
 from nestkit.config import StragglerConfig, WatchdogConfig
-from nestkit.monitor import collective
+from nestkit.monitor import collective, node_monitor
 from nestkit.monitor.heartbeat import Heartbeat
 from nestkit.monitor.loader_watch import WatchedDataLoader
 from nestkit.monitor.stragglers import StragglerWatch
 from nestkit.monitor.watchdog import Watchdog
 from nestkit.runfolder import worker_status
 from nestkit.runfolder.heartbeats import FAILED, FINISHED, heartbeat_dir
+from nestkit.runfolder.records import describe_os_error, warn_once
+
+ERROR_KEPT = 1500  # characters kept from each end of a failed rank's error (a worker's traceback ends in its cause)
 
 
 class StallWatch(Callback):
@@ -42,6 +48,7 @@ class StallWatch(Callback):
         self.heartbeat: Heartbeat | None = None
         self.watchdog: Watchdog | None = None
         self.stream = None
+        self.monitor = None  # the node monitor process (local rank 0 only)
         self.buffer_broadcast = False
         self.step_start_broadcast = False
         self._before_validation = "step_end"
@@ -60,6 +67,8 @@ class StallWatch(Callback):
         if self.straggler is not None and trainer.global_rank == 0 and trainer.world_size > 1:
             self.watchdog.stragglers = StragglerWatch(self.straggler, self.run_dir, self.watchdog.notify)
         self.watchdog.start()
+        if trainer.local_rank == 0 and self.cfg.node_monitor:
+            self.monitor = node_monitor.launch(self.run_dir, self.cfg.heartbeat_interval_s, self.cfg.py_spy)
         self._wrap_save_checkpoint(trainer)
         self.step_start_broadcast = collective.lightning_broadcasts_at_step_start(trainer)
 
@@ -87,9 +96,11 @@ class StallWatch(Callback):
         loader.watch = hb
         loader.on_timeout = lambda message: self.watchdog.declare(message, kind="data_timeout")
         if loader.num_workers == 0:  # the rank loads its own data: it reports what it reads itself
-            worker_status.install(
-                worker_status.slot_path(heartbeat_dir(self.run_dir), hb.rank, None), rank=hb.rank, worker=None
-            )
+            path = worker_status.slot_path(heartbeat_dir(self.run_dir), hb.rank, None)
+            try:
+                worker_status.install(path, rank=hb.rank, worker=None)
+            except OSError as exc:
+                warn_once(path, f"cannot create the rank's status slot ({describe_os_error(exc)})")
 
     def on_fit_start(self, trainer, pl_module) -> None:
         # DDP wraps the model by now
@@ -161,5 +172,49 @@ class StallWatch(Callback):
         if error is None:
             self.heartbeat.stop(FINISHED)
         else:
-            self.heartbeat.stop(FAILED, f"{type(error).__name__}: {error}"[:2000])
+            self.heartbeat.stop(FAILED, _kept(_error_text(error)))
+            self._say_why(error)
         worker_status.uninstall()
+        if self.monitor is not None:  # it also ends by itself once no rank of this node runs
+            node_monitor.stop(self.monitor)
+            self.monitor = None
+
+    def _say_why(self, error: BaseException) -> None:
+        """One verdict line before the traceback, from the rank that can say it: the cause itself, or
+        a rank whose peer died without a word (a dead process prints nothing)."""
+        from nestkit.core.errors import NestkitError
+
+        if self.heartbeat is None or isinstance(error, (KeyboardInterrupt, NestkitError)):
+            return  # a NestkitError is printed whole by the CLI already
+        from nestkit.monitor.stall_report import build_report
+
+        try:
+            verdict = build_report(self.run_dir).verdict
+        except Exception as exc:  # the run folder may be unreadable now: the error itself follows anyway
+            warn_once(self.run_dir, f"no verdict for this failure ({type(exc).__name__}: {exc})")
+            return
+        speaks = self.heartbeat.rank in verdict.culprits or verdict.kind == "died"
+        if speaks and verdict.kind in ("failed", "died", "collective_mismatch", "stopped"):
+            print(
+                f"\nnestkit: {verdict.sentence}.\n(run `nestkit stacks {self.run_dir}` for every rank and worker)\n",
+                file=sys.stderr,
+                flush=True,
+            )
+
+
+def _error_text(error: BaseException) -> str:
+    """`Type: message`, followed by the errors that caused it (torch's "exited unexpectedly" hides
+    the signal that killed the worker in its cause)."""
+    parts = [f"{type(error).__name__}: {error}"]
+    cause = error.__cause__
+    while cause is not None and len(parts) < 4:
+        parts.append(f"caused by {type(cause).__name__}: {cause}")
+        cause = cause.__cause__
+    return "\n".join(parts)
+
+
+def _kept(text: str) -> str:
+    """A long error's head and tail: a DataLoader worker's traceback names its real cause last."""
+    if len(text) <= 2 * ERROR_KEPT:
+        return text
+    return f"{text[:ERROR_KEPT]}\n[...]\n{text[-ERROR_KEPT:]}"

@@ -17,6 +17,12 @@ others, writes the merged report and prints its verdict. Then, with action=abort
 kills its DataLoader workers and exits with STALL_EXIT_CODE; the reporter also kills peers on its
 host that did not exit on their own (a rank whose watchdog thread cannot run). With action=wait
 the job keeps hanging, for py-spy or gdb.
+
+The abort path never depends on the run folder: every write goes through `nestkit.runfolder`
+(which warns once and never raises), the reporter's own dump is used from memory, a verdict that
+cannot be written to report.txt is printed in full to stderr, and the "abort" and "reported"
+signals between ranks are empty marker files, which a full disk still takes. Processes nestkit
+kills are recorded (who, why), so that no later report calls them dead.
 """
 
 from __future__ import annotations
@@ -29,10 +35,10 @@ import threading
 import time
 
 from nestkit.config import WatchdogConfig
-from nestkit.core.procs import parent_pid, process_start_ticks
+from nestkit.core.procs import STOPPED_STATES, ZOMBIE_STATES, parent_pid, process_alive, process_state
 from nestkit.monitor import collective, stack_dump
 from nestkit.monitor.heartbeat import Heartbeat
-from nestkit.runfolder import worker_status
+from nestkit.runfolder import records, worker_status
 from nestkit.runfolder.heartbeats import ABORTED, RUNNING, heartbeat_dir, read_heartbeats
 from nestkit.runfolder.incidents import (
     DUMP,
@@ -43,10 +49,13 @@ from nestkit.runfolder.incidents import (
     latest_incident,
     open_incident,
 )
-from nestkit.runfolder.records import write_json_atomic
 
 STALL_EXIT_CODE = 3
 SLOW_PHASES = ("validation", "checkpoint")
+PEER_EXIT_WAIT_S = 5.0  # after the report, how long the reporter waits for peers to exit by themselves
+FLUSH_BEFORE_EXIT_S = 5.0  # at most this long writing held records before os._exit (a hung mount)
+WORKER_STACK_WAIT_S = 3.0
+PY_SPY_TIMEOUT_S = 5.0
 
 
 def stall_timeout(cfg: WatchdogConfig, heartbeat: Heartbeat) -> tuple[float | None, str]:
@@ -84,6 +93,8 @@ class Watchdog:
         self.aborting = threading.Event()  # set once this rank will exit through abort()
         self._thread: threading.Thread | None = None
         self.stragglers = None  # a monitor.stragglers.StragglerWatch on global rank zero
+        self._errors_said: set[str] = set()
+        self._kills: list[dict] = []  # processes this rank killed, for the incident's record
 
     # -- thread -------------------------------------------------------------------------------
 
@@ -99,9 +110,10 @@ class Watchdog:
             try:
                 self.tick()
             except Exception as exc:  # the watchdog must never be the thing that kills training
-                self.notify(
-                    f"nestkit watchdog (rank {self.heartbeat.rank}): internal error {type(exc).__name__}: {exc}"
-                )
+                said = f"{type(exc).__name__}: {exc}"
+                if said not in self._errors_said:  # once each: a poll every second must not flood the log
+                    self._errors_said.add(said)
+                    self.notify(f"nestkit watchdog (rank {self.heartbeat.rank}): internal error {said}")
 
     def tick(self) -> None:
         hb = self.heartbeat
@@ -147,7 +159,8 @@ class Watchdog:
     # -- incidents ----------------------------------------------------------------------------
 
     def declare(self, reason: str, kind: str = "stall") -> Incident:
-        """Open an incident (or join one opened at the same moment), dump, report, then act."""
+        """Open an incident (or join one opened at the same moment), dump, report, then act.
+        Whatever fails in between (a full disk, a bug), an abort still happens."""
         hb = self.heartbeat
         request = {
             "kind": kind,
@@ -169,21 +182,29 @@ class Watchdog:
         abort = kind != "data_timeout" and self.cfg.action == "abort"  # a data timeout raises instead
         if abort:
             self.aborting.set()
-        headline = f"rank {hb.rank}'s DataLoader timed out" if kind == "data_timeout" else reason
-        self.notify(f"\nnestkit watchdog: {headline}; collecting the stacks of every rank and worker ...")
-        self.dump(incident, reason)
-        if kind == "data_timeout":
-            then = "The DataLoader timeout ends this rank (its error follows)."
-        elif abort:
-            then = f"Aborting the job (exit {STALL_EXIT_CODE}); watchdog.action=wait keeps it for py-spy/gdb."
-        else:
-            then = "Waiting (watchdog.action=wait): attach py-spy or gdb, or stop the job."
-        self.report(incident, then)
-        if abort:
-            # recorded before waiting for the peers: the launcher may kill this process once they exit
-            hb.stop(ABORTED, "stopped by the stall watchdog")
-            self.take_down_peers()
-            self.abort()
+        try:
+            headline = f"rank {hb.rank}'s DataLoader timed out" if kind == "data_timeout" else reason
+            self.notify(f"\nnestkit watchdog: {headline}; collecting the stacks of every rank and worker ...")
+            own = self.dump(incident, reason)
+            if kind == "data_timeout":
+                then = "The DataLoader timeout ends this rank (its error follows)."
+            elif abort:
+                then = f"Aborting the job (exit {STALL_EXIT_CODE}); watchdog.action=wait keeps it for py-spy/gdb."
+            else:
+                then = "Waiting (watchdog.action=wait): attach py-spy or gdb, or stop the job."
+            self.report(incident, then, own)
+        except Exception as exc:  # a bug must not keep a stalled job alive: say it, then end as planned
+            self.notify(
+                f"\nnestkit watchdog (rank {hb.rank}): the stall report failed ({type(exc).__name__}: {exc}). "
+                f"The stall: {reason}."
+            )
+        finally:
+            incident.mark_reported()
+            if abort:
+                # recorded before waiting for the peers: the launcher may kill this process once they exit
+                hb.stop(ABORTED, "stopped by the stall watchdog")
+                self.take_down_peers(incident)
+                self.abort(incident)
         return incident
 
     def answer(self, incident: Incident) -> None:
@@ -195,7 +216,7 @@ class Watchdog:
         self._respond(incident)
 
     def _respond(self, incident: Incident) -> None:
-        request = incident.request() or {}
+        request = incident.request_or_markers()
         if request.get("time", 0) < self.started_at - 5:
             return  # left over from an earlier run into the same folder
         stall = request.get("kind") in ("stall", "data_timeout")
@@ -204,38 +225,44 @@ class Watchdog:
         abort = stall and request.get("action", self.cfg.action) == "abort"
         if abort:
             self.aborting.set()
-        self.dump(incident, request.get("reason", ""))
-        if abort:
-            # stay alive until the reporter has merged the dumps: a rank that exits first may get the
-            # whole job killed by the launcher before the report exists
-            incident.wait_for_report(self.cfg.dump_grace_s + 30)
-            self.abort()
+        try:
+            self.dump(incident, request.get("reason", ""))
+        finally:
+            if abort:
+                # stay alive until the reporter has merged the dumps: a rank that exits first may get the
+                # whole job killed by the launcher before the report exists
+                incident.wait_for_report(self.cfg.dump_grace_s + 30)
+                self.abort(incident)
 
     def dump(self, incident: Incident, reason: str) -> dict:
-        """This rank's part of the incident: stacks, worker stacks and status, collective, heartbeat."""
+        """This rank's part of the incident: stacks, worker stacks and status, collective, heartbeat.
+        Returns it; what the run folder refuses is warned about by file and summarised on stderr."""
         hb = self.heartbeat
         out = incident.rank_dir(hb.rank)
-        out.mkdir(parents=True, exist_ok=True)
+        records.make_dir(out)
         beat = hb.write()
         threads = stack_dump.own_threads()
-        (out / "threads.txt").write_text(
-            stack_dump.format_threads(threads, f"rank {hb.rank} pid {hb.pid} on {hb.host}: {reason}")
+        wrote = records.write_text(
+            out / "threads.txt",
+            stack_dump.format_threads(threads, f"rank {hb.rank} pid {hb.pid} on {hb.host}: {reason}"),
         )
         workers = []
-        dumps = stack_dump.worker_stacks(self.run_dir, hb.rank, hb.workers) if hb.workers else {}
+        dumps = stack_dump.worker_stacks(self.run_dir, hb.rank, hb.workers, WORKER_STACK_WAIT_S) if hb.workers else {}
         for w in hb.workers:
             text = dumps.get(w["worker"])
             entry = {**w, "stack_file": None, "frames": None, "py_spy": None}
             if text:
-                path = out / f"worker{w['worker']}.txt"
-                path.write_text(text)
-                entry["stack_file"] = path.name
+                name = f"worker{w['worker']}.txt"
+                if records.write_text(out / name, text):
+                    entry["stack_file"] = name
                 entry["frames"] = [s.as_dict() for s in stack_dump.parse_faulthandler(text)]
             if self.cfg.py_spy:
-                spy = stack_dump.py_spy(w["pid"])
+                spy = stack_dump.py_spy(w["pid"], PY_SPY_TIMEOUT_S)
                 if spy is not None:
-                    (out / f"worker{w['worker']}.py-spy.txt").write_text(spy)
-                    entry["py_spy"] = f"worker{w['worker']}.py-spy.txt"
+                    name = f"worker{w['worker']}.py-spy.txt"
+                    entry["py_spy"] = name if records.write_text(out / name, spy) else None
+                    if not entry["frames"]:  # the worker did not answer SIGUSR1: py-spy's view instead
+                        entry["frames"] = [s.as_dict() for s in stack_dump.parse_py_spy(spy)]
             workers.append(entry)
         record = {
             "incident": incident.number,
@@ -249,64 +276,146 @@ class Watchdog:
             "collective": collective.collective_state(hb, out),
             "py_spy_available": stack_dump.py_spy_path() is not None,
         }
-        write_json_atomic(out / DUMP, record)  # last: marks this rank's dump complete
+        wrote = records.write_json_atomic(out / DUMP, record) and wrote  # last: marks this rank's dump complete
+        if not wrote:
+            self.notify(
+                f"nestkit watchdog: rank {hb.rank} could not write its stall dump into {out} (see above); "
+                f"it was {_doing(beat)}"
+            )
         return record
 
-    def report(self, incident: Incident, then: str) -> None:
+    def report(self, incident: Incident, then: str, own_dump: dict | None = None) -> None:
         """Merge every rank's dump into report.json/report.txt and print the verdict; `then` says
-        what happens next."""
+        what happens next. When the report cannot be written, it is printed in full."""
         from nestkit.monitor.stall_report import build_report, render_text
 
-        incident.wait_for_dumps(self.heartbeat.world_size, self.cfg.dump_grace_s)
-        report = build_report(self.run_dir, incident.number)
-        (incident.path / REPORT_TEXT).write_text(render_text(report))
-        write_json_atomic(incident.path / REPORT_JSON, report.as_dict())
-        self.notify(
-            f"\nnestkit watchdog: {report.verdict.sentence}.\n"
-            f"Stacks, worker status and heartbeats of every rank: {incident.path} "
-            f"(run `nestkit stacks {self.run_dir}`). {then}\n"
-        )
+        incident.wait_for_dumps(self.heartbeat.world_size, self.cfg.dump_grace_s, self._silent_ranks)
+        own = {self.heartbeat.rank: own_dump} if own_dump is not None else {}
+        report = build_report(self.run_dir, incident.number, own_dumps=own)
+        text = render_text(report)
+        saved = records.write_text(incident.path / REPORT_TEXT, text)
+        saved = records.write_json_atomic(incident.path / REPORT_JSON, report.as_dict()) and saved
+        if saved:
+            where = (
+                f"Stacks, worker status and heartbeats of every rank: {incident.path} "
+                f"(run `nestkit stacks {self.run_dir}`)."
+            )
+        else:
+            where = f"The report could not be saved under {incident.path} (see above); here it is in full:\n\n{text}\n"
+        self.notify(f"\nnestkit watchdog: {report.verdict.sentence}.\n{where}{' ' if saved else ''}{then}\n")
+
+    def _silent_ranks(self) -> set[int]:
+        """Ranks on this host that will never dump: their process is stopped or gone."""
+        silent = set()
+        for rank, beat in read_heartbeats(self.run_dir).items():
+            if rank == self.heartbeat.rank or beat.get("host") != self.heartbeat.host:
+                continue
+            gone = beat.get("status") != RUNNING or not process_alive(beat["pid"], beat.get("pid_start"))
+            if gone or process_state(beat["pid"]) in STOPPED_STATES + ZOMBIE_STATES:
+                silent.add(rank)
+        return silent
 
     # -- abort --------------------------------------------------------------------------------
 
-    def abort(self) -> None:
+    def abort(self, incident: Incident | None = None) -> None:
         """Kill this rank's DataLoader workers and exit at once (Python cleanup could block on them)."""
         hb = self.heartbeat
         if hb.status != ABORTED:
             hb.stop(ABORTED, "stopped by the stall watchdog")
-        for child in multiprocessing.active_children():  # DataLoader workers, training and validation
+        children = multiprocessing.active_children()  # DataLoader workers, training and validation
+        worker_of = {w["pid"]: w["worker"] for w in hb.workers}
+        for child in children:
+            self._kills.append(
+                {
+                    "pid": child.pid,
+                    "rank": hb.rank,
+                    "worker": worker_of.get(child.pid, child.name),
+                    "reason": "the job ends: its rank aborts after the stall report",
+                    "time": time.time(),
+                }
+            )
+        if incident is not None and children:
+            incident.record_kills(hb.rank, self._kills)
+        for child in children:
             _kill(child.pid)
+        _bounded(records.flush_all, FLUSH_BEFORE_EXIT_S)  # batch log and quarantine records still held
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(STALL_EXIT_CODE)
 
-    def take_down_peers(self, wait_s: float = 5.0) -> None:
+    def take_down_peers(self, incident: Incident | None = None, wait_s: float = PEER_EXIT_WAIT_S) -> None:
         """Peers on this host still running after the report: kill them and their workers (their
-        own watchdog could not act, e.g. a C call holding the GIL)."""
+        own watchdog could not act: a stopped process, a C call holding the GIL)."""
         deadline = time.monotonic() + wait_s
-        while time.monotonic() < deadline:
-            peers = [
-                b
-                for r, b in read_heartbeats(self.run_dir).items()
-                if r != self.heartbeat.rank
-                and b.get("host") == self.heartbeat.host
-                and b.get("status") == RUNNING
-                and b.get("started_at", 0) >= self.started_at - 600
-            ]
-            if not peers:
-                return
+        while True:
+            peers = self._running_peers()
+            if not peers or time.monotonic() >= deadline:
+                break
             time.sleep(0.5)
+        if not peers:
+            return
         for beat in peers:
-            if process_start_ticks(beat["pid"]) != beat.get("pid_start"):
-                continue  # gone, or the pid now names another process
+            state = process_state(beat["pid"])
+            if state in STOPPED_STATES:
+                why = f"frozen (process stopped, state {state}): it could not answer the incident"
+            else:
+                why = f"did not exit within {wait_s:g} s of the report (state {state}: its watchdog could not run)"
             for w in beat.get("workers", []):
                 if parent_pid(w["pid"]) == beat["pid"]:
-                    _kill(w["pid"])
-            _kill(beat["pid"])
+                    self._kills.append(
+                        {
+                            "pid": w["pid"],
+                            "rank": beat["rank"],
+                            "worker": w["worker"],
+                            "reason": "its rank was taken down",
+                            "time": time.time(),
+                        }
+                    )
+            self._kills.append(
+                {"pid": beat["pid"], "rank": beat["rank"], "worker": None, "reason": why, "time": time.time()}
+            )
+        if incident is not None:
+            incident.record_kills(self.heartbeat.rank, self._kills)  # before the kills: the record outlives them
+        for kill in self._kills:
+            if kill["rank"] != self.heartbeat.rank:
+                _kill(kill["pid"])
+        self.notify(
+            "nestkit watchdog: killed "
+            + "; ".join(f"rank {b['rank']} (pid {b['pid']})" for b in peers)
+            + " on this host: it did not exit by itself after the report"
+        )
+
+    def _running_peers(self) -> list[dict]:
+        """Peers on this host whose process still runs and whose heartbeat says it is training."""
+        return [
+            b
+            for r, b in read_heartbeats(self.run_dir).items()
+            if r != self.heartbeat.rank
+            and b.get("host") == self.heartbeat.host
+            and b.get("status") == RUNNING
+            and b.get("started_at", 0) >= self.started_at - 600
+            and process_alive(b["pid"], b.get("pid_start"))
+            and process_state(b["pid"]) not in ZOMBIE_STATES
+        ]
+
+
+def _doing(beat: dict) -> str:
+    """`in phase collective at step 6 for 12 s` from a heartbeat record."""
+    held = time.time() - (beat.get("phase_since") or time.time())
+    return f"in phase {beat.get('phase')} at step {beat.get('step')} for {held:.0f} s"
+
+
+def _bounded(function, seconds: float) -> None:
+    """Run `function` in a daemon thread for at most `seconds` (a write to a hung mount never returns)."""
+    thread = threading.Thread(target=function, name="nestkit-flush", daemon=True)
+    thread.start()
+    thread.join(seconds)
 
 
 def _kill(pid: int) -> None:
     try:
         os.kill(pid, signal.SIGKILL)
-    except OSError:
+    except ProcessLookupError:  # already gone
         pass
+    except OSError as exc:
+        print(f"nestkit watchdog: cannot kill process {pid} ({exc.strerror or exc})", file=sys.stderr, flush=True)

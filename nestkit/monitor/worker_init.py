@@ -15,14 +15,12 @@ from __future__ import annotations
 import faulthandler
 import functools
 import os
-import signal
 
 from nestkit.data.pipeline import init_loading_worker
+from nestkit.monitor.stack_dump import DUMP_SIGNAL
 from nestkit.runfolder import worker_status
 from nestkit.runfolder.layout import heartbeat_dir, worker_stack_path
 from nestkit.runfolder.records import describe_os_error, warn_once
-
-DUMP_SIGNAL = signal.SIGUSR1
 
 _dump_files: list = []  # kept open for the worker's lifetime: faulthandler writes to the fd
 
