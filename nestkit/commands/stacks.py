@@ -112,9 +112,12 @@ def _print_tables(report) -> None:
         elif r.data_end:
             waiting = f"nothing: data ended after batch {(r.data_end.get('after') or {}).get('batch')}"
         batch = f"{r.position['epoch']}/{r.position['batch']}" if r.position else "-"
+        status = r.shown_status
+        if r.stale and r.condition is None:
+            status += f" (heartbeat {_seconds(r.heartbeat_age_s)} old)"
         ranks.add_row(
             str(r.rank),
-            r.status,
+            f"[bold red]{status}[/]" if r.condition else escape(status),
             r.phase or "-",
             _seconds(r.phase_seconds),
             str(r.step),
@@ -133,10 +136,11 @@ def _print_tables(report) -> None:
                 manifest = f", {short_path(w.manifest)}:{w.line}" if w.manifest else ""
                 reading = f"{short_path(w.path)} (cut {w.cut_id}{manifest})"
             stuck = w.state != "idle" and (w.seconds or 0) > 5
+            state = f"{w.state}, process {w.process}" if w.process else str(w.state)
             loaders.add_row(
                 str(r.rank),
                 f"{w.name} ({w.pid})",
-                f"[bold red]{w.state}[/]" if stuck else str(w.state),
+                f"[bold red]{escape(state)}[/]" if stuck or w.process else escape(state),
                 _seconds(w.seconds),
                 str(w.batch["batch"]) if w.batch else "-",
                 escape(reading),
@@ -150,3 +154,5 @@ def _print_tables(report) -> None:
         )
     color = {"healthy": "green", "finished": "green", "slow": "yellow"}.get(report.verdict.kind, "red")
     console.print(f"[bold {color}]verdict:[/] {escape(report.verdict.sentence)}")
+    for line in report.afterwards:
+        console.print(f"afterwards: {escape(line)}")

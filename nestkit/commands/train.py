@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from rich.markup import escape
 
-from nestkit.commands.common import console, is_interactive, print_notes
+from nestkit.commands.common import console, err_console, is_interactive, print_notes
 
 
 def train(
@@ -23,7 +23,9 @@ def train(
     resume: bool = typer.Option(
         False,
         "--resume",
-        help="Continue the run in the run folder from its last checkpoint: same step, same data position.",
+        help="Continue the run in the run folder from its last checkpoint (checked first; a damaged last.ckpt "
+        "falls back to the newest intact stepN.ckpt, said so): same step, same data position. Refused when "
+        "there is nothing to resume, unless --fresh.",
     ),
     resume_from: Optional[Path] = typer.Option(
         None, "--resume-from", help="Continue from this checkpoint instead of the run folder's last.ckpt."
@@ -34,6 +36,12 @@ def train(
         help="Train without manifest lines that cannot be used (counted, named, recorded in the quarantine) "
         "instead of refusing to start (= nestkit.skip_bad_manifest_lines=true).",
     ),
+    fresh: bool = typer.Option(
+        False,
+        "--fresh",
+        help="Start a new run in a folder that holds an earlier run: its files move to previous/<time>/. "
+        "With --resume: only when there is nothing to resume.",
+    ),
 ) -> None:
     """Train the NEST model (Lightning; DDP over trainer.devices / num_nodes, torchrun or SLURM).
 
@@ -41,6 +49,8 @@ def train(
     fingerprint and cut ids are logged per rank under it, for `nestkit lookup` and `replay-batch`.
     Manifest lines that cannot be used are all listed before anything starts (exit 1), unless
     --skip-bad-lines.
+    A folder that holds an earlier run (its logs or checkpoints) is never appended to by a new run:
+    pass --resume to continue it, or --fresh to start over (the earlier files move aside).
     """
     from nestkit.config import load_config
     from nestkit.training.devices import is_global_rank_zero as _is_rank_zero
@@ -59,6 +69,8 @@ def train(
         resume=str(resume_from) if resume_from else resume,
         interactive=is_interactive(),
         notify=lambda n: notify([n]),
+        fresh=fresh,
+        warn=lambda text: err_console.print(f"[yellow]{escape(text)}[/]"),
     )
     if _is_rank_zero():
         console.print(

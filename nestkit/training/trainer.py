@@ -18,7 +18,12 @@ from nestkit.training.loggers import build_loggers
 
 
 def build_trainer(
-    cfg: NestConfig, run_dir: Path, interactive: bool, val_every: int, extra_callbacks: list[Callback] | None = None
+    cfg: NestConfig,
+    run_dir: Path,
+    interactive: bool,
+    val_every: int,
+    extra_callbacks: list[Callback] | None = None,
+    plugins: list | None = None,
 ) -> pl.Trainer:
     from pytorch_lightning.callbacks import RichProgressBar
 
@@ -84,6 +89,7 @@ def build_trainer(
         enable_model_summary=False,
         logger=loggers or False,
         callbacks=[c for c in callbacks if c is not None],
+        plugins=plugins or None,
         default_root_dir=str(run_dir),
     )
 
