@@ -27,6 +27,8 @@ from nestkit.runfolder.heartbeats import FINISHED, FORMAT, RUNNING, open_pulse, 
 from nestkit.runfolder.layout import heartbeat_path, pulse_path
 from nestkit.runfolder.records import describe_os_error, warn_once
 
+PULSE_INTERVAL_S = 0.2  # the pulse's refresh (the JSON file keeps heartbeat_interval_s)
+
 
 class StepTimes:
     """The last `size` step durations in a fixed ring (no allocation per step)."""
@@ -308,16 +310,8 @@ class Heartbeat:
         stream = self.stream
         data_end = getattr(stream, "data_end", None) if stream is not None else None
         return {
-            "format": FORMAT,
-            "rank": self.rank,
-            "world_size": self.world_size,
-            "local_rank": self.local_rank,
-            "host": self.host,
-            "pid": self.pid,
-            "pid_start": self.pid_start,
-            "started_at": self.started_at,
+            **self._identity(),
             "written_at": time.time(),
-            "interval_s": self.interval_s,
             "status": self.status,
             "error": self.error,
             "step": self.step,
@@ -370,11 +364,72 @@ class Heartbeat:
         self._writer.start()
 
     def _run(self, interval_s: float) -> None:
-        while not self._stop.wait(interval_s):
+        # the pulse is refreshed more often than the file: when a rank freezes, its pulse names the
+        # step and phase it froze in, not those of up to a second before
+        every = min(PULSE_INTERVAL_S, interval_s)
+        next_full = time.monotonic() + interval_s
+        while not self._stop.wait(every):
             try:
-                self.write()
+                if time.monotonic() >= next_full:
+                    next_full += interval_s
+                    self.write()
+                else:
+                    self.write_pulse()
             except Exception as exc:  # a bug in a snapshot must not kill training; say it once
                 warn_once(self.path, f"heartbeat snapshot failed ({type(exc).__name__}: {exc})")
+
+    def write_pulse(self) -> None:
+        """Refresh the pulse only: scalar fields, no cut lists (a few microseconds)."""
+        if self._pulse is None:
+            return
+        with self._write_lock:
+            now = time.time()
+            self._pulse.write(
+                pulse_record(
+                    {
+                        **self._identity(),
+                        "written_at": now,
+                        "status": self.status,
+                        "error": self.error,
+                        "step": self.step,
+                        "steps_done": self.steps_done,
+                        "phase": self.phase,
+                        "phase_since": self.phase_since,
+                        "progress_age_s": round(time.monotonic() - self.progress_mono, 3),
+                        "stall_timeout_s": self.stall_timeout_s,
+                        "timeout_rule": self.timeout_rule,
+                        "position": _pos(self.position),
+                        "received": _pos(self.received),
+                        "waiting_for": self._waiting_position() if self.phase in ("fetch", "startup") else None,
+                        "data_end": getattr(self.stream, "data_end", None),
+                        "workers": self.workers,
+                    }
+                )
+            )
+
+    def _waiting_position(self) -> dict | None:
+        """The oldest batch handed to the DataLoader and not received yet (no cut summaries)."""
+        stream = self.stream
+        if stream is None:
+            return None
+        for epoch, batch, _ in stream.handed_out_snapshot():
+            key = (epoch, batch)
+            if (self.position is None or key > self.position) and (self.received is None or key > self.received):
+                return {"epoch": epoch, "batch": batch}
+        return None
+
+    def _identity(self) -> dict:
+        return {
+            "format": FORMAT,
+            "rank": self.rank,
+            "world_size": self.world_size,
+            "local_rank": self.local_rank,
+            "host": self.host,
+            "pid": self.pid,
+            "pid_start": self.pid_start,
+            "started_at": self.started_at,
+            "interval_s": self.interval_s,
+        }
 
     def stop(self, status: str, error: str | None = None) -> None:
         self._stop.set()

@@ -110,7 +110,7 @@ class NodeMonitor:
         self.run_dir = Path(run_dir)
         self.host = socket.gethostname()
         self.parent = parent
-        self.parent_start = start_ticks(parent)
+        self.parent_start = process_start_ticks(parent) if parent is not None else None
         self.interval_s = interval_s
         self.started_after = started_after
         self.use_py_spy = use_py_spy and py_spy_path() is not None
@@ -220,18 +220,20 @@ class NodeMonitor:
         }
 
     def job_over(self) -> bool:
-        """No rank of this node is running: all heartbeats ended, or all rank processes and the
-        process that started the monitor are gone."""
-        if self.beats and all(b.get("status") != RUNNING for b in self.beats.values()):
-            return True
-        ranks_gone = all(not seen["alive"] for seen in self.ranks.values())
-        parent_gone = self.parent is None or start_ticks(self.parent) != self.parent_start
-        return parent_gone and ranks_gone
+        """No rank of this node is running: each heartbeat ended or its process is gone (killed
+        ranks never write "ended"), or -- before any heartbeat -- the process that started the
+        monitor is gone."""
+        if self.beats:
+            return all(
+                b.get("status") != RUNNING or not self.ranks.get(r, {}).get("alive", True)
+                for r, b in self.beats.items()
+            )
+        return self.parent is None or not _same_process(self.parent, self.parent_start)
 
 
-def start_ticks(pid: int | None) -> int | None:
-    """The start time of `pid` (None when it is gone): with the pid it names one process."""
-    return process_start_ticks(pid) if pid is not None else None
+def _same_process(pid: int, start: int | None) -> bool:
+    """`pid` still names the process that started at `start` and has not exited (a zombie has)."""
+    return start is not None and process_start_ticks(pid) == start and process_state(pid) not in ZOMBIE_STATES
 
 
 def run(monitor: NodeMonitor, stop_event: threading.Event) -> None:

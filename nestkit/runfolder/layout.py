@@ -129,6 +129,11 @@ def checkpoint_files(run_dir: str | os.PathLike) -> list[Path]:
 
 
 def run_logs(run_dir: str | os.PathLike) -> list[str]:
-    """The log folders of a run that are present and not empty (batches, heartbeat, ...)."""
+    """The log folders of a run that hold any of its files (batches, heartbeat, ...); hidden files
+    (a writer's leftover temporary file) do not count."""
     path = Path(run_dir)
-    return [name for name in RUN_LOGS if (path / name).is_dir() and any((path / name).iterdir())]
+    return [
+        name
+        for name in RUN_LOGS
+        if (path / name).is_dir() and any(not p.name.startswith(".") for p in (path / name).iterdir())
+    ]

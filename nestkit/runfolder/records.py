@@ -12,7 +12,7 @@ they are. So:
   new one; on failure it removes the temporary file and returns False instead of raising.
 * `read_jsonl` returns the records that parse and, separately, the lines that do not (a torn last
   line after a crash, a line cut by a full disk), so that every reader can say what it skipped
-  instead of dying on a JSONDecodeError (`describe_skipped` says it in one line per file).
+  instead of dying on a JSONDecodeError (`report_skipped` says so, once per file).
 * `touch` and `make_dir` create empty files and folders: they need no data block, so they work on a
   full tmpfs and usually on a full disk, which is how the watchdog still signals "abort" and
   "reported" when nothing else can be written.
@@ -126,11 +126,14 @@ class JsonlWriter:
             warn_once(
                 self.path,
                 "its last line was torn by an earlier writer; ended it so new records start on their own line",
+                self.notify,
             )
             return
         os.ftruncate(fd, keep)
         warn_once(
-            self.path, f"removed a torn last line ({size - keep} bytes without a newline) left by an earlier writer"
+            self.path,
+            f"removed a torn last line ({size - keep} bytes without a newline) left by an earlier writer",
+            self.notify,
         )
 
     # -- writing -------------------------------------------------------------------------------
@@ -369,17 +372,17 @@ def read_jsonl(path: str | os.PathLike) -> JsonlRead:
     return JsonlRead(records, skipped)
 
 
-def describe_skipped(skipped: list[SkippedLine]) -> list[str]:
-    """One sentence per file: which lines a reader skipped and why (for a tool's stderr)."""
+def report_skipped(skipped: list[SkippedLine], notify: Callable[[str], None] | None = None) -> None:
+    """Say once per file (stderr by default) which lines a reader skipped and why."""
     by_file: dict[str, list[SkippedLine]] = {}
     for line in skipped:
         by_file.setdefault(line.path, []).append(line)
-    out = []
     for path, lines in by_file.items():
         first = lines[0]
         more = f" and {len(lines) - 1} more" if len(lines) > 1 else ""
-        out.append(
-            f"{path}: skipped {len(lines)} line(s) that are not whole records "
-            f"(line {first.line}: {first.reason}{more}); the other records were read"
+        warn_once(
+            path,
+            f"skipped {len(lines)} line(s) that are not whole records (line {first.line}: {first.reason}{more}); "
+            "the other records were read",
+            notify,
         )
-    return out

@@ -11,6 +11,7 @@ from nestkit.config import NestConfig
 from nestkit.core.errors import NestkitError
 from nestkit.data.layout import Place, RunLayout, segments_of
 from nestkit.runfolder.batch_log import logged_ranks, read_batch_log
+from nestkit.runfolder.records import report_skipped
 from nestkit.training.devices import ALL_DEVICES, configured_world_size
 
 LIGHTNING_PREFETCH = 1  # Lightning fetches the next batch before running the current step
@@ -50,7 +51,10 @@ def logged(run_dir: Path | None, place: Place) -> dict | None:
     if run_dir is None:
         return None
     found = None
-    for record in read_batch_log(run_dir, place.rank):
+    skipped: list = []
+    records = read_batch_log(run_dir, place.rank, skipped)
+    report_skipped(skipped)  # a torn last line (a crash, a full disk): one line on stderr, not a traceback
+    for record in records:
         if (
             record.get("epoch") == place.epoch
             and record.get("index") == place.index
@@ -58,7 +62,7 @@ def logged(run_dir: Path | None, place: Place) -> dict | None:
         ):
             found = record
     if found is None:  # a log written before segments existed: match by position only
-        for record in read_batch_log(run_dir, place.rank):
+        for record in records:
             if record.get("epoch") == place.epoch and record.get("batch") == place.batch:
                 found = record
     return found
