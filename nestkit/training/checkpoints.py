@@ -27,6 +27,7 @@ from nestkit.runfolder.layout import checkpoints_dir
 from nestkit.runfolder.records import describe_os_error
 from nestkit.training.module import DATA_POSITION_KEY
 
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive
 PERIODIC = re.compile(r"^step(\d+)\.ckpt$")  # ModelCheckpoint's every-N-steps files (trainer.py names them)
 
 
@@ -84,7 +85,8 @@ def _first_line(exc: BaseException) -> str:
 
 
 def check_checkpoint(path: str | os.PathLike) -> str | None:
-    """What is wrong with `path` as a checkpoint to resume from, in a few words; None when nothing is."""
+    """What is wrong with `path` as a checkpoint to resume from, in a few words that follow "<file>
+    is" (truncated, empty, damaged, unreadable, missing its ...); None when nothing is."""
     import pickle
     import zipfile
 
@@ -93,30 +95,37 @@ def check_checkpoint(path: str | os.PathLike) -> str | None:
     path = Path(path)
     try:
         size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(4)
     except FileNotFoundError:
         return "no such file"
     except OSError as exc:
-        return f"cannot be read ({describe_os_error(exc)})"
+        return f"unreadable ({describe_os_error(exc)})"
     if size == 0:
         return "empty (0 bytes: a save that never wrote, e.g. on a full disk)"
+    whole_zip = zipfile.is_zipfile(path)  # its end (the zip's central directory) is there
     try:
-        is_zip = zipfile.is_zipfile(path)
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=is_zip)
-    except (RuntimeError, EOFError, ValueError, KeyError, AttributeError, ImportError, pickle.UnpicklingError) as exc:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=whole_zip)
+    except (
+        OSError,  # torch seeks past the end of a short file: EINVAL
+        RuntimeError,
+        EOFError,
+        ValueError,
+        KeyError,
+        AttributeError,
+        ImportError,
+        pickle.UnpicklingError,
+    ) as exc:
         detail = _first_line(exc)
-        if not is_zip:
-            with open(path, "rb") as f:
-                head = f.read(4)
-            if head[:2] == b"PK" or "central directory" in detail:
-                return f"truncated ({size:,} bytes; the end of its zip archive is missing: {detail})"
+        if head == ZIP_MAGIC and not whole_zip:
+            return f"truncated ({size:,} bytes; the end of its zip archive is missing: {detail})"
+        if head != ZIP_MAGIC:
             return f"not a torch checkpoint ({size:,} bytes; torch.load: {detail})"
         return f"damaged ({size:,} bytes; torch.load: {detail})"
-    except OSError as exc:
-        return f"cannot be read ({describe_os_error(exc)})"
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        return f"holds no state_dict (expected a Lightning checkpoint, got {type(checkpoint).__name__})"
+        return f"missing its state_dict (expected a Lightning checkpoint, got {type(checkpoint).__name__})"
     if DATA_POSITION_KEY not in checkpoint:
-        return f"holds no data position (expected the key {DATA_POSITION_KEY!r} that `nestkit train` saves)"
+        return f"missing its data position (expected the key {DATA_POSITION_KEY!r} that `nestkit train` saves)"
     return None
 
 
