@@ -20,7 +20,7 @@ demo-data: $(VENV)/.installed
 
 demo: demo-data
 	$(BIN)/nestkit validate-manifest manifests/demo/train.json manifests/demo/validation.json --noise manifests/demo/noise.json
-	$(BIN)/nestkit train manifests/demo/config.yaml --resume
+	$(BIN)/nestkit train manifests/demo/config.yaml --resume --fresh
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest

@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 
 from nestkit.monitor.heartbeat import Heartbeat
+from nestkit.runfolder.records import write_bytes
 
 ALL_REDUCE = "all-reduce"  # DDP's gradient all-reduce, inside backward
 BUFFER_BROADCAST = "buffer broadcast"  # DDP's broadcast of rank 0's buffers, before each forward
@@ -103,8 +104,8 @@ def collective_state(heartbeat: Heartbeat, out_dir: Path) -> dict:
         else:
             try:
                 path = out_dir / "nccl_trace.pkl"
-                path.write_bytes(dump())
-                info["nccl_flight_recorder"] = str(path)
+                saved = write_bytes(path, dump())  # a full disk is warned about by file name
+                info["nccl_flight_recorder"] = str(path) if saved else f"not saved: {path} could not be written"
             except Exception as exc:  # the recorder is off unless TORCH_NCCL_TRACE_BUFFER_SIZE > 0
                 info["nccl_flight_recorder"] = (
                     f"unavailable ({type(exc).__name__}: {exc}); set TORCH_NCCL_TRACE_BUFFER_SIZE=2000"

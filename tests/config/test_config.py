@@ -32,6 +32,14 @@ def test_defaults_are_nemos_nest_fast_conformer():
     assert (m.masking.block_size, m.masking.mask_prob) == (40, 0.01)
     assert (m.encoder.d_model, m.encoder.n_layers, m.encoder.subsampling_factor) == (512, 17, 8)
     assert m.train_ds.batch_augmentor.prob == 0.5 and m.train_ds.drop_last is False
+    # NeMo's exp_manager defaults: nothing to resume is an error unless resume_ignore_no_checkpoint
+    assert (cfg.exp_manager.resume_if_exists, cfg.exp_manager.resume_ignore_no_checkpoint) == (False, False)
+
+
+def test_the_node_monitor_can_be_turned_off_and_takes_only_a_boolean():
+    assert config_from_dict({"nestkit": {"watchdog": {"node_monitor": False}}}).config.nestkit.watchdog.node_monitor is False
+    with pytest.raises(ConfigError, match=r"nestkit.watchdog.node_monitor: wrong type"):
+        config_from_dict({"nestkit": {"watchdog": {"node_monitor": "sometimes"}}})
 
 
 def test_derived_fields_follow_the_fields_they_depend_on():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -11,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from nestkit.config import load_config
 from nestkit.core.procs import process_start_ticks
@@ -179,3 +181,36 @@ def test_dump_asks_a_live_hanging_job_for_fresh_stacks_and_wait_keeps_it_alive(t
         os.killpg(job.pid, signal.SIGKILL)  # the launcher, rank 1 and every DataLoader worker: one session
         job.wait()
         log.close()
+
+
+class _FullDiskDataset(torch.utils.data.Dataset):
+    """Its worker raises what a write to a full disk raises, naming the file."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, index):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), self.path)
+
+
+def test_a_worker_that_hit_a_full_disk_is_named_with_its_file_and_the_cause(tmp_path):
+    """torch wraps a worker's exception as "Caught OSError in DataLoader worker process 0" and puts
+    the real line last: the verdict says which worker, which file, and that the disk is full."""
+    from nestkit.monitor.stall_watch import _error_text, _kept
+
+    full = str(tmp_path / "quarantine" / "rank1-worker0.jsonl")
+    loader = torch.utils.data.DataLoader(_FullDiskDataset(full), num_workers=1, batch_size=None)
+    with pytest.raises(OSError) as raised:  # torch re-raises the worker's exception type in the rank
+        next(iter(loader))
+    beat(tmp_path, 0, "collective", 7, idle=5)
+    failing = beat(tmp_path, 1, "fetch", 7)
+    failing.stop(FAILED, _kept(_error_text(raised.value)))
+    found = verdict(tmp_path)
+    assert found.kind == "failed" and found.culprits == [1], found
+    assert found.sentence == (
+        f"failed: rank 1 failed at step 7 (DataLoader worker 0 raised OSError: [Errno 28] No space left on device: "
+        f"'{full}' -- the file system is full)"
+    )
