@@ -23,7 +23,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nestkit.core.procs import process_start_ticks
-from nestkit.runfolder.heartbeats import FINISHED, FORMAT, RUNNING, open_pulse, pulse_record, write_heartbeat
+from nestkit.runfolder.heartbeats import (
+    FINISHED,
+    FORMAT,
+    RUNNING,
+    open_phase_mark,
+    open_pulse,
+    pulse_record,
+    write_heartbeat,
+)
 from nestkit.runfolder.layout import heartbeat_path, pulse_path
 from nestkit.runfolder.records import describe_os_error, warn_once
 
@@ -235,6 +243,7 @@ class Heartbeat:
         self.last_written: float | None = None  # wall time of the last heartbeat that reached the disk
         self.write_failures = 0
         self._pulse = None  # the memory-mapped slot, opened by start()
+        self._mark = None  # the memory-mapped phase mark, opened by start()
 
     # -- training thread ----------------------------------------------------------------------
 
@@ -245,6 +254,9 @@ class Heartbeat:
         self.phase = phase
         self.phase_since = now
         self.progress_mono = time.monotonic()
+        mark = self._mark
+        if mark is not None:  # outside readers see the phase a frozen rank froze in, not a second before
+            mark.write(self.step, phase, self.phase_since, self.phase_since)
 
     def enter_collective(self, op: str) -> None:
         """The rank has nothing to do until its peers join `op`."""
@@ -254,6 +266,9 @@ class Heartbeat:
     def mark_progress(self) -> None:
         """Progress inside a phase (a validation batch): the phase's stall clock restarts."""
         self.progress_mono = time.monotonic()
+        mark = self._mark
+        if mark is not None:
+            mark.write(self.step, self.phase, self.phase_since, time.time())
 
     def mark_fetched(self, position: tuple[int, int] | None, seconds: float) -> None:
         self.received = position
@@ -353,6 +368,7 @@ class Heartbeat:
         self.interval_s = interval_s
         try:
             self._pulse = open_pulse(self.run_dir, self.rank)
+            self._mark = open_phase_mark(self.run_dir, self.rank)
         except OSError as exc:
             warn_once(
                 pulse_path(self.run_dir, self.rank),

@@ -7,16 +7,23 @@ the watchdog, the node monitor, `nestkit stacks` and the report read it.
 The JSON file is the whole record (batches in flight with their cuts). The pulse holds its
 essentials (status, phase, step, position, progress) in a memory-mapped slot whose page is
 reserved when training starts (see `worker_status`): it keeps being updated when the disk is full
-and the JSON file cannot be replaced any more. `read_heartbeats` returns the JSON record brought
-up to date by a newer pulse, so a full disk never makes a live rank look stale, and a stale
-heartbeat always means a rank that stopped running Python.
+and the JSON file cannot be replaced any more. The phase mark `heartbeat/rank<R>.phase` holds
+only the step, phase and progress time, and the training thread rewrites it at every phase change
+(a seqlock over a reserved page: about a microsecond), so a rank that freezes is known to have
+frozen in exactly that step and phase. `read_heartbeats` returns the JSON record brought up to
+date by a newer pulse and the phase mark, so a full disk never makes a live rank look stale, and a
+stale heartbeat always means a rank that stopped running Python.
 """
 
 from __future__ import annotations
 
+import mmap
 import os
+import struct
+import threading
+import time
 
-from nestkit.runfolder.layout import heartbeat_dir, heartbeat_path, pulse_path, rank_of_file
+from nestkit.runfolder.layout import heartbeat_dir, heartbeat_path, phase_mark_path, pulse_path, rank_of_file
 from nestkit.runfolder.records import read_json, write_json_atomic
 from nestkit.runfolder.worker_status import StatusSlot, read_slot
 
@@ -34,6 +41,7 @@ PHASES = (
     "finished",
 )
 RUNNING, FINISHED, FAILED, ABORTED = "running", "finished", "failed", "aborted"
+PHASE_INDEX = {phase: i for i, phase in enumerate(PHASES)}
 
 # what the pulse carries: small, fixed-size fields only (a slot buffer holds about 2 KB)
 PULSE_FIELDS = (
@@ -99,7 +107,21 @@ def read_heartbeats(run_dir: str | os.PathLike) -> dict[int, dict]:
         if pulse is None or pulse.get("format") != FORMAT:
             continue
         beats[rank] = merge_pulse(beats.get(rank), pulse)
+    for rank, beat in beats.items():
+        mark = read_phase_mark(phase_mark_path(run_dir, rank))
+        if mark is not None and mark["pid"] == beat.get("pid") and beat.get("status") == RUNNING:
+            beats[rank] = merge_phase_mark(beat, mark)
     return dict(sorted(beats.items()))
+
+
+def merge_phase_mark(beat: dict, mark: dict) -> dict:
+    """The record with the step and phase the training thread last entered (newer than any file)."""
+    merged = {**beat, "step": mark["step"], "phase": mark["phase"], "phase_since": mark["phase_since"]}
+    # progress_age_s is "as of written_at": the views add the time since
+    merged["progress_age_s"] = round(beat.get("written_at", mark["progress"]) - mark["progress"], 3)
+    if mark["phase"] not in ("fetch", "startup"):
+        merged["waiting_for"] = None
+    return merged
 
 
 def merge_pulse(record: dict | None, pulse: dict) -> dict:
@@ -150,3 +172,67 @@ def pulse_record(heartbeat: dict) -> dict:
     if isinstance(data_end, dict) and isinstance(data_end.get("detail"), str):
         pulse["data_end"] = {**data_end, "detail": data_end["detail"][:PULSE_TEXT_LIMIT]}
     return pulse
+
+
+# ------------------------------------------------------------------------------------------------
+# The phase mark: a seqlock over one reserved page
+
+_MARK_SEQ = struct.Struct("<Q")
+_MARK_FIELDS = struct.Struct("<qIIdd")  # step, phase index, pid, phase_since, last progress (wall times)
+_MARK_SIZE = _MARK_SEQ.size + _MARK_FIELDS.size
+MARK_PAGE = 4096
+
+
+class PhaseMark:
+    """The writer: the training thread (and DDP's comm hook thread), at every phase change."""
+
+    def __init__(self, path, pid: int):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.posix_fallocate(fd, 0, MARK_PAGE)  # reserved: a full disk can never SIGBUS a store
+            self._map = mmap.mmap(fd, MARK_PAGE)
+        finally:
+            os.close(fd)
+        self._pid = pid
+        self._seq = 0
+        self._lock = threading.Lock()  # two writer threads: the training thread and DDP's hook
+
+    def write(self, step: int, phase: str, since: float, progress: float) -> None:
+        with self._lock:
+            self._seq += 1  # odd: being written
+            _MARK_SEQ.pack_into(self._map, 0, self._seq)
+            _MARK_FIELDS.pack_into(
+                self._map, _MARK_SEQ.size, step, PHASE_INDEX.get(phase, 0), self._pid, since, progress
+            )
+            self._seq += 1
+            _MARK_SEQ.pack_into(self._map, 0, self._seq)
+
+
+def open_phase_mark(run_dir: str | os.PathLike, rank: int) -> PhaseMark:
+    """The rank's phase mark, its page reserved now (OSError when it cannot be: a full disk)."""
+    return PhaseMark(phase_mark_path(run_dir, rank), os.getpid())
+
+
+def read_phase_mark(path, tries: int = 100) -> dict | None:
+    """{step, phase, pid, phase_since, progress} as last written, or None (absent, never written)."""
+    try:
+        with open(path, "rb") as f:
+            for _ in range(tries):
+                f.seek(0)
+                page = f.read(_MARK_SIZE)
+                f.seek(0)
+                again = f.read(_MARK_SEQ.size)
+                if len(page) < _MARK_SIZE:
+                    return None
+                (seq,) = _MARK_SEQ.unpack_from(page)
+                if seq == 0:
+                    return None
+                if seq % 2 == 0 and again == page[: _MARK_SEQ.size]:  # not being written, not rewritten since
+                    step, index, pid, since, progress = _MARK_FIELDS.unpack_from(page, _MARK_SEQ.size)
+                    phase = PHASES[index] if index < len(PHASES) else "startup"
+                    return {"step": step, "phase": phase, "pid": pid, "phase_since": since, "progress": progress}
+                time.sleep(0.0001)
+    except OSError:
+        return None
+    return None

@@ -6,6 +6,7 @@ batches/rank<R>.jsonl             per trained micro-batch: position, fingerprint
 quarantine/rank<R>[-worker<W>].jsonl  unusable samples and noises, one file per writing process
 heartbeat/rank<R>.json            per rank, rewritten every second
 heartbeat/rank<R>.pulse           the same heartbeat's essentials, memory-mapped (works on a full disk)
+heartbeat/rank<R>.phase           its step and phase, rewritten at every phase change (memory-mapped)
 heartbeat/<process>.status        per data-loading process: the cut it reads now (memory-mapped)
 stacks/<process>.txt              worker stack dumps (SIGUSR1 -> faulthandler)
 stall/<N>/                        a stall incident: request, every rank's dump, the report, kills
@@ -66,6 +67,10 @@ def heartbeat_path(run_dir: str | os.PathLike, rank: int) -> Path:
 
 def pulse_path(run_dir: str | os.PathLike, rank: int) -> Path:
     return heartbeat_dir(run_dir) / f"rank{rank}.pulse"
+
+
+def phase_mark_path(run_dir: str | os.PathLike, rank: int) -> Path:
+    return heartbeat_dir(run_dir) / f"rank{rank}.phase"
 
 
 def monitor_dir(run_dir: str | os.PathLike) -> Path:
