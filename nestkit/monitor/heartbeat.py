@@ -256,7 +256,7 @@ class Heartbeat:
         self.progress_mono = time.monotonic()
         mark = self._mark
         if mark is not None:  # outside readers see the phase a frozen rank froze in, not a second before
-            mark.write(self.step, phase, self.phase_since, self.phase_since)
+            mark.write(self.step, self.position, phase, self.phase_since, self.phase_since, self.collective.op)
 
     def enter_collective(self, op: str) -> None:
         """The rank has nothing to do until its peers join `op`."""
@@ -268,7 +268,7 @@ class Heartbeat:
         self.progress_mono = time.monotonic()
         mark = self._mark
         if mark is not None:
-            mark.write(self.step, self.phase, self.phase_since, time.time())
+            mark.write(self.step, self.position, self.phase, self.phase_since, time.time(), self.collective.op)
 
     def mark_fetched(self, position: tuple[int, int] | None, seconds: float) -> None:
         self.received = position

@@ -116,7 +116,16 @@ def read_heartbeats(run_dir: str | os.PathLike) -> dict[int, dict]:
 
 def merge_phase_mark(beat: dict, mark: dict) -> dict:
     """The record with the step and phase the training thread last entered (newer than any file)."""
-    merged = {**beat, "step": mark["step"], "phase": mark["phase"], "phase_since": mark["phase_since"]}
+    position = mark["position"]
+    merged = {
+        **beat,
+        "step": mark["step"],
+        "position": {"epoch": position[0], "batch": position[1]} if position else beat.get("position"),
+        "phase": mark["phase"],
+        "phase_since": mark["phase_since"],
+    }
+    if mark["phase"] == "collective":
+        merged["collective"] = {**(beat.get("collective") or {}), "op": mark["op"]}
     # progress_age_s is "as of written_at": the views add the time since
     merged["progress_age_s"] = round(beat.get("written_at", mark["progress"]) - mark["progress"], 3)
     if mark["phase"] not in ("fetch", "startup"):
@@ -178,7 +187,9 @@ def pulse_record(heartbeat: dict) -> dict:
 # The phase mark: a seqlock over one reserved page
 
 _MARK_SEQ = struct.Struct("<Q")
-_MARK_FIELDS = struct.Struct("<qIIdd")  # step, phase index, pid, phase_since, last progress (wall times)
+# step, epoch and batch in training (-1: none), phase index, pid, phase_since and last progress
+# (wall times), the collective it waits in (utf-8, padded)
+_MARK_FIELDS = struct.Struct("<qiiIIdd24s")
 _MARK_SIZE = _MARK_SEQ.size + _MARK_FIELDS.size
 MARK_PAGE = 4096
 
@@ -198,13 +209,15 @@ class PhaseMark:
         self._seq = 0
         self._lock = threading.Lock()  # two writer threads: the training thread and DDP's hook
 
-    def write(self, step: int, phase: str, since: float, progress: float) -> None:
+    def write(
+        self, step: int, position: tuple[int, int] | None, phase: str, since: float, progress: float, op: str | None
+    ) -> None:
+        epoch, batch = position if position is not None else (-1, -1)
+        fields = (step, epoch, batch, PHASE_INDEX.get(phase, 0), self._pid, since, progress, (op or "").encode()[:24])
         with self._lock:
             self._seq += 1  # odd: being written
             _MARK_SEQ.pack_into(self._map, 0, self._seq)
-            _MARK_FIELDS.pack_into(
-                self._map, _MARK_SEQ.size, step, PHASE_INDEX.get(phase, 0), self._pid, since, progress
-            )
+            _MARK_FIELDS.pack_into(self._map, _MARK_SEQ.size, *fields)
             self._seq += 1
             _MARK_SEQ.pack_into(self._map, 0, self._seq)
 
@@ -229,9 +242,16 @@ def read_phase_mark(path, tries: int = 100) -> dict | None:
                 if seq == 0:
                     return None
                 if seq % 2 == 0 and again == page[: _MARK_SEQ.size]:  # not being written, not rewritten since
-                    step, index, pid, since, progress = _MARK_FIELDS.unpack_from(page, _MARK_SEQ.size)
-                    phase = PHASES[index] if index < len(PHASES) else "startup"
-                    return {"step": step, "phase": phase, "pid": pid, "phase_since": since, "progress": progress}
+                    step, epoch, batch, index, pid, since, progress, op = _MARK_FIELDS.unpack_from(page, _MARK_SEQ.size)
+                    return {
+                        "step": step,
+                        "position": (epoch, batch) if epoch >= 0 else None,
+                        "phase": PHASES[index] if index < len(PHASES) else "startup",
+                        "pid": pid,
+                        "phase_since": since,
+                        "progress": progress,
+                        "op": op.rstrip(b"\0").decode(errors="replace") or None,
+                    }
                 time.sleep(0.0001)
     except OSError:
         return None
