@@ -191,7 +191,8 @@ def parse_py_spy(text: str) -> list[ThreadStack]:
 
 
 def _is_nestkit(path: str) -> bool:
-    return "/nestkit/" in path and "/site-packages/" not in path
+    """nestkit's own code: an absolute path (faulthandler, our dumps) or py-spy's short one."""
+    return ("/nestkit/" in path or path.startswith("nestkit/")) and "site-packages/" not in path
 
 
 def _is_entry_point(path: str) -> bool:
@@ -233,7 +234,7 @@ def _short(frame: Frame) -> str:
             path = path.split(marker, 1)[1]
             break
     else:
-        if _is_nestkit(path):
+        if _is_nestkit(path) and "/nestkit/" in path:
             path = "nestkit/" + path.rsplit("/nestkit/", 1)[1]
         elif "/lib/python3" in path:
             path = path.rsplit("/", 1)[1]

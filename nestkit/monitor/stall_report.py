@@ -63,14 +63,21 @@ def _from_dict(data: dict) -> StallReport | None:
 
 
 def _kills_after(run_dir: Path, incident: int) -> list[str]:
-    lines = []
+    """What nestkit killed after the report: each rank by name and reason, the workers in one line."""
+    lines, workers = [], {}
     for pid, kill in sorted(read_kills(run_dir).items()):
         if kill.get("incident") != incident:
             continue
-        what = (
-            f"rank {kill['rank']}" if kill.get("worker") is None else f"rank {kill['rank']}'s worker {kill['worker']}"
+        if kill.get("worker") is None:
+            lines.append(
+                f"rank {kill.get('by_rank')}'s watchdog killed rank {kill['rank']} (pid {pid}): {kill.get('reason')}"
+            )
+        else:
+            workers.setdefault(kill.get("by_rank"), []).append(f"{kill['rank']}/{kill['worker']} (pid {pid})")
+    for by_rank, killed in sorted(workers.items(), key=lambda item: str(item[0])):
+        lines.append(
+            f"rank {by_rank}'s watchdog killed DataLoader workers (rank/worker) {', '.join(killed)} as the job ended"
         )
-        lines.append(f"rank {kill.get('by_rank')}'s watchdog killed {what} (pid {pid}): {kill.get('reason')}")
     return lines
 
 
