@@ -94,6 +94,8 @@ def _seconds(value: float | None) -> str:
 
 
 def _print_tables(report) -> None:
+    from nestkit.monitor.verdicts import error_gist
+
     if report.incident is not None:
         who = f" by rank {report.requested_by}" if report.requested_by is not None else ""
         console.print(f"[bold]incident {report.incident}[/]{who}: {escape(report.reason)}")
@@ -123,7 +125,7 @@ def _print_tables(report) -> None:
             str(r.step),
             batch,
             escape(waiting),
-            escape(r.frame or (r.error if r.status == "failed" else None) or "-"),
+            escape(r.frame or (error_gist(r.error) if r.status == "failed" else None) or "-"),
         )
     console.print(ranks)
     loaders = Table(title="data loading processes", title_justify="left")

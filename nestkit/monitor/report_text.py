@@ -50,7 +50,8 @@ def render_text(report) -> str:
             cuts = ", ".join(
                 f"{c['cut_id']} ({c['path']}, {c.get('manifest')}:{c.get('line')})" for c in r.waiting_for["cuts"]
             )
-            lines.append(f"  waiting for epoch {r.waiting_for['epoch']} batch {r.waiting_for['batch']}: {cuts or '?'}")
+            cuts = cuts or "its cuts are not recorded (the heartbeat file could not be rewritten)"
+            lines.append(f"  waiting for epoch {r.waiting_for['epoch']} batch {r.waiting_for['batch']}: {cuts}")
         if r.in_flight:
             lines.append(
                 "  in flight: " + ", ".join(f"batch {batch_name(b, r.position)} ({b['state']})" for b in r.in_flight)

@@ -20,6 +20,7 @@ Pure functions of the views: no file is read here.
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass, field
 
 from nestkit.monitor.views import DEAD, FROZEN, KILLED, MISSING, UNRESPONSIVE, LoaderView, RankView
@@ -178,11 +179,15 @@ def _failure(rank: RankView, first: bool = False) -> str:
 
 
 def _death(rank: RankView) -> str:
-    when = f", its last heartbeat {rank.heartbeat_age_s:.0f} s old" if rank.heartbeat_age_s else ""
+    last = f", last heard of at {_clock(rank.written_at)}" if rank.written_at else ""
     return (
-        f"rank {rank.rank} died in {rank.phase} at step {rank.step} (process {rank.pid} is gone without a word{when}: "
+        f"rank {rank.rank} died in {rank.phase} at step {rank.step} (process {rank.pid} is gone without a word{last}: "
         "killed from outside, by the OOM killer, or a crash in native code)"
     )
+
+
+def _clock(wall: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(wall))
 
 
 def _killed(rank: RankView) -> str:

@@ -204,6 +204,8 @@ def loader_views(
     same_host: bool = False,
     observed: dict | None = None,
 ) -> list[LoaderView]:
+    """Views of a rank's loading processes. `rank_pid` None: the rank no longer runs (its workers
+    ended with it, so their absence says nothing)."""
     by_pid = {w["pid"]: w for w in workers}
     views = []
     for slot in slots:
@@ -223,9 +225,9 @@ def loader_views(
                 batch=slot.get("batch"),
                 frame=key_frame(stacks_of(worker.get("frames"))),
                 stack_file=worker.get("stack_file"),
-                process=_worker_process(
-                    pid, rank_pid, same_host and slot.get("slot") != "main", (observed or {}).get(str(pid))
-                ),
+                process=None
+                if rank_pid is None or slot.get("slot") == "main"
+                else _worker_process(pid, rank_pid, same_host, (observed or {}).get(str(pid))),
             )
         )
     return views
@@ -326,7 +328,13 @@ def rank_view(
         dumped=dump is not None,
         ended_at=written_at if status != RUNNING else None,
         loaders=loader_views(
-            slots, (dump or {}).get("workers") or [], ref, pid, same_host, ((node or {}).get("workers") or {})
+            slots,
+            (dump or {}).get("workers") or [],
+            ref,
+            # a rank that runs: its workers' absence means something; after its end, or at its dump: as recorded
+            pid if status == RUNNING and condition is None and dump is None else None,
+            same_host,
+            (node or {}).get("workers") or {},
         ),
         written_at=written_at,
         heartbeat_age_s=age,
