@@ -278,6 +278,7 @@ class Watchdog:
         }
         wrote = records.write_json_atomic(out / DUMP, record) and wrote  # last: marks this rank's dump complete
         if not wrote:
+            incident.mark_dump_refused(hb.rank)  # the reporter need not wait for files that cannot come
             self.notify(
                 f"nestkit watchdog: rank {hb.rank} could not write its stall dump into {out} (see above); "
                 f"it was {_doing(beat)}"

@@ -33,6 +33,7 @@ REPORT_JSON = "report.json"
 REPORT_TEXT = "report.txt"
 ABORT_MARKER = "abort"  # empty: the incident ends the job (readable when request.json is not)
 REPORTED_MARKER = "reported"  # empty: the reporter is done, with or without a report file
+DUMP_REFUSED_MARKER = "dump-refused"  # empty, in rank<R>/: it dumped, but the disk refused the files
 KILLS = "kills-rank{rank}.json"
 
 
@@ -87,7 +88,12 @@ class Incident:
         }
 
     def dumped_ranks(self) -> list[int]:
-        return sorted(int(p.parent.name[4:]) for p in self.path.glob(f"rank*/{DUMP}") if p.parent.name[4:].isdigit())
+        """Ranks that answered: their dump.json, or the empty marker of a dump the disk refused."""
+        answered = [*self.path.glob(f"rank*/{DUMP}"), *self.path.glob(f"rank*/{DUMP_REFUSED_MARKER}")]
+        return sorted({int(p.parent.name[4:]) for p in answered if p.parent.name[4:].isdigit()})
+
+    def mark_dump_refused(self, rank: int) -> bool:
+        return touch(self.rank_dir(rank) / DUMP_REFUSED_MARKER)
 
     def wait_for_dumps(self, world_size: int, timeout_s: float, needless=lambda: set()) -> list[int]:
         """Wait until every rank dumped, or `timeout_s`; `needless()` names ranks not worth waiting
