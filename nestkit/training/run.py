@@ -60,7 +60,11 @@ class TrainPlan:
 
 
 def _listed(names: list[str]) -> str:
-    return ", ".join(f"{n}/" for n in names)
+    """`batches/, heartbeat/ and config.yaml` (folders with a slash)."""
+    shown = [name if name == CONFIG_FILE else f"{name}/" for name in names]
+    if len(shown) < 2:
+        return "".join(shown)
+    return f"{', '.join(shown[:-1])} and {shown[-1]}"
 
 
 def _resumable(run_dir: Path, explicit: Path | None) -> tuple[Path | None, list[str], list[str]]:
@@ -118,8 +122,6 @@ def resolve(cfg: NestConfig, resume: bool | str = False, fresh: bool = False, ra
         if not fresh:
             raise NestkitError(_earlier_run(run_dir, logs, checkpoints))
         move = [*logs, *([CHECKPOINTS_DIR] if checkpoints else []), CONFIG_FILE]
-    if move:
-        warnings.append(f"run {run_dir}: starting a new run; the earlier run's {_listed(move)} move to previous/")
 
     init = cfg.init_from or cfg.init_from_nemo_model or cfg.init_from_ptl_ckpt
     init_from = Path(init) if init and resume_from is None else None
@@ -221,7 +223,7 @@ def train(
             warn(text)
         if plan.move_aside:
             moved_to = move_aside(run_dir, plan.move_aside)
-            warn(f"moved the earlier run's files to {moved_to}")
+            warn(f"starting a new run in {run_dir}: the earlier run's {_listed(plan.move_aside)} moved to {moved_to}")
     run_dir.mkdir(parents=True, exist_ok=True)
     if rank_zero:
         save_config(cfg, config_path(run_dir))
