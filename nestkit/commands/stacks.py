@@ -154,7 +154,7 @@ def _print_tables(report) -> None:
         console.print(
             f"stacks: {escape(short_path(str(Path(report.run_dir) / 'stall' / str(report.incident))))}/rank<R>/threads.txt, worker<W>.txt"
         )
-    color = {"healthy": "green", "finished": "green", "slow": "yellow"}.get(report.verdict.kind, "red")
-    console.print(f"[bold {color}]verdict:[/] {escape(report.verdict.sentence)}")
     for line in report.afterwards:
         console.print(f"afterwards: {escape(line)}")
+    color = {"healthy": "green", "finished": "green", "slow": "yellow"}.get(report.verdict.kind, "red")
+    console.print(f"[bold {color}]verdict:[/] {escape(report.verdict.sentence)}")

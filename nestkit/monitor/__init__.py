@@ -1,2 +1,3 @@
-"""Runtime monitoring inside training processes: heartbeats, the stall watchdog, the watched
-DataLoader, DDP's collective phase, stack dumps, and the stall report's verdict."""
+"""Runtime monitoring of training processes: heartbeats, the stall watchdog, the watched
+DataLoader, DDP's collective phase, stack dumps, the node monitor (the ranks seen from outside), and
+the stall report (views of the run folder, verdict rules, text)."""

@@ -3,8 +3,11 @@
 The training thread only assigns a few attributes of a `Heartbeat` (phase, step, position: a
 hundred nanoseconds each); a background thread serialises the state every `heartbeat_interval_s`
 to `<run_dir>/heartbeat/rank<R>.json` (write a temporary file, then `os.replace`, so a reader never
-sees half a file) and its essentials to the memory-mapped pulse `rank<R>.pulse`, which keeps
-working on a full disk. `nestkit stacks`, the node monitor and the watchdogs of all ranks read them.
+sees half a file) and its essentials to the memory-mapped pulse `rank<R>.pulse` (every 0.2 s), which
+keeps working on a full disk; at each phase change the training thread itself rewrites the phase
+mark `rank<R>.phase` (step, batch, phase, collective: about 3 us), so a rank that freezes is known
+to have frozen in exactly that phase. `nestkit stacks`, the node monitor and the watchdogs of all
+ranks read them.
 
 Phases: startup, fetch (waiting for the DataLoader), forward, backward, collective (backward is
 done, the rank waits for its peers' gradients), optimizer, step_end (callbacks: logging,

@@ -78,6 +78,7 @@ def render_text(report) -> str:
             lines.append(
                 f"  {w.name} pid {w.pid}{process}: {what}{batch}{held}" + (f" at {w.frame}" if w.frame else "")
             )
-    lines += ["", f"verdict: {report.verdict.sentence}"]
+    lines.append("")
     lines += [f"afterwards: {line}" for line in getattr(report, "afterwards", [])]
+    lines.append(f"verdict: {report.verdict.sentence}")  # last: `nestkit stacks ... | tail -1`
     return "\n".join(lines) + "\n"

@@ -91,15 +91,19 @@ def _saved_dumps(run_dir: Path, incident: Incident) -> dict[int, dict]:
 
 
 def build_report(
-    run_dir: str | os.PathLike, incident: int | None = None, own_dumps: dict[int, dict] | None = None
+    run_dir: str | os.PathLike,
+    incident: int | None = None,
+    own_dumps: dict[int, dict] | None = None,
+    live: bool = False,
 ) -> StallReport:
-    """The report of incident `incident` (default: the latest one, if any) or of the run as it is.
-    `own_dumps` are dumps held in memory (the reporting rank's own, when the disk refused it)."""
+    """The report of incident `incident` (default: the latest one, if any) or of the run as it is
+    (`live`: whatever incidents there were). `own_dumps` are dumps held in memory (the reporting
+    rank's own, when the disk refused it)."""
     run_dir = Path(run_dir)
     beats = read_heartbeats(run_dir)
     numbers = incident_numbers(run_dir)
     note = ""
-    if incident is None and numbers:
+    if incident is None and numbers and not live:
         if beats and all(b.get("status") == FINISHED for b in beats.values()):
             # the run went on after its stall(s) (watchdog.action=wait) and finished: show the end
             note = f"; earlier incident(s) {', '.join(map(str, numbers))}: see --incident N"

@@ -14,7 +14,8 @@
     checkpoint Trainer.save_checkpoint, wrapped    (including its closing barrier)
     finished   on_train_end
 
-The training thread only assigns heartbeat attributes; files are written by the heartbeat's thread.
+The training thread assigns heartbeat attributes and rewrites the phase mark; files are written by
+the heartbeat's thread.
 Local rank 0 also starts the node monitor (`node_monitor`), a separate process that watches this
 node's ranks from outside: what no thread inside a stopped or GIL-bound rank can report.
 """
@@ -186,10 +187,12 @@ class StallWatch(Callback):
 
         if self.heartbeat is None or isinstance(error, (KeyboardInterrupt, NestkitError)):
             return  # a NestkitError is printed whole by the CLI already
+        if self.watchdog is not None and self.watchdog.aborting.is_set():
+            return  # the watchdog has printed its verdict
         from nestkit.monitor.stall_report import build_report
 
         try:
-            verdict = build_report(self.run_dir).verdict
+            verdict = build_report(self.run_dir, live=True).verdict
         except Exception as exc:  # the run folder may be unreadable now: the error itself follows anyway
             warn_once(self.run_dir, f"no verdict for this failure ({type(exc).__name__}: {exc})")
             return
