@@ -48,6 +48,7 @@ from nestkit.runfolder.records import describe_os_error, warn_once
 PY_SPY_REFRESH_S = 15.0  # while a rank stays stopped or stale, its py-spy stack is retaken this often
 PY_SPY_TIMEOUT_S = 5.0
 PY_SPY_TEXT_LIMIT = 20_000  # characters of a py-spy dump kept in the observation
+RESCAN_S = 15.0  # how often every rank's heartbeat is looked at to find this node's ranks
 STOP_WAIT_S = 2.0  # how long `stop` waits for the monitor to write its last observation
 STARTED_SLACK_S = 5.0  # heartbeats started this long before the monitor are the job's own
 
@@ -119,14 +120,21 @@ class NodeMonitor:
         self.workers: dict[int, dict] = {}  # pid -> observation
         self.errors: list[str] = []
         self.beats: dict[int, dict] = {}
+        self.local_ranks: set[int] = set()  # this node's ranks, from the last full listing
+        self._scanned_at = 0.0
 
     def observe(self, now: float | None = None) -> dict:
         now = time.time() if now is None else now
+        # every rank's files are listed only now and then: a node reads its own ranks' files
+        # each second, not the whole job's (thousands of ranks on a shared file system)
+        rescan = not self.local_ranks or now - self._scanned_at >= RESCAN_S
         self.beats = {
             r: b
-            for r, b in read_heartbeats(self.run_dir).items()
+            for r, b in read_heartbeats(self.run_dir, None if rescan else self.local_ranks).items()
             if b.get("host") == self.host and b.get("started_at", 0) >= self.started_after
         }
+        if rescan:
+            self.local_ranks, self._scanned_at = set(self.beats), now
         for rank, beat in self.beats.items():
             self._observe_rank(rank, beat, now)
             for worker in beat.get("workers") or []:

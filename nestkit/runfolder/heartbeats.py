@@ -22,6 +22,7 @@ import os
 import struct
 import threading
 import time
+from collections.abc import Iterable
 
 from nestkit.runfolder.layout import heartbeat_dir, heartbeat_path, phase_mark_path, pulse_path, rank_of_file
 from nestkit.runfolder.records import read_json, write_json_atomic
@@ -80,38 +81,47 @@ __all__ = [
     "heartbeat_path",
     "open_pulse",
     "pulse_record",
+    "read_heartbeat",
     "read_heartbeats",
     "write_heartbeat",
 ]
 
 
-def read_heartbeats(run_dir: str | os.PathLike) -> dict[int, dict]:
-    """rank -> its latest heartbeat record (ranks whose file is missing or unreadable are left out).
+def read_heartbeats(run_dir: str | os.PathLike, ranks: Iterable[int] | None = None) -> dict[int, dict]:
+    """rank -> its latest heartbeat record, for `ranks` (default: every rank with a heartbeat file
+    or pulse); ranks whose files are missing or unreadable are left out."""
+    if ranks is None:
+        ranks = heartbeat_ranks(run_dir)
+    beats = {rank: read_heartbeat(run_dir, rank) for rank in sorted(set(ranks))}
+    return {rank: beat for rank, beat in beats.items() if beat is not None}
 
-    A pulse newer than the JSON file (the disk filled up) updates the record; such a record has
-    `"from_pulse": true` and only the batches in flight that the pulse confirms."""
-    beats = {}
-    folder = heartbeat_dir(run_dir)
-    for path in folder.glob("rank*.json"):
-        rank = rank_of_file(path)
-        if rank is None or "-" in path.stem:
-            continue
-        record = read_json(path)
-        if record is not None and record.get("format") == FORMAT:
-            beats[rank] = record
-    for path in folder.glob("rank*.pulse"):
-        rank = rank_of_file(path)
-        if rank is None or "-" in path.stem:
-            continue
-        pulse = read_slot(path)
-        if pulse is None or pulse.get("format") != FORMAT:
-            continue
-        beats[rank] = merge_pulse(beats.get(rank), pulse)
-    for rank, beat in beats.items():
-        mark = read_phase_mark(phase_mark_path(run_dir, rank))
-        if mark is not None and mark["pid"] == beat.get("pid") and beat.get("status") == RUNNING:
-            beats[rank] = merge_phase_mark(beat, mark)
-    return dict(sorted(beats.items()))
+
+def heartbeat_ranks(run_dir: str | os.PathLike) -> set[int]:
+    """Ranks that wrote a heartbeat file or a pulse (one listing of heartbeat/)."""
+    ranks = set()
+    for path in heartbeat_dir(run_dir).glob("rank*"):
+        if path.suffix in (".json", ".pulse") and "-" not in path.stem:
+            rank = rank_of_file(path)
+            if rank is not None:
+                ranks.add(rank)
+    return ranks
+
+
+def read_heartbeat(run_dir: str | os.PathLike, rank: int) -> dict | None:
+    """The rank's JSON heartbeat, brought up to date by a newer pulse (the disk filled up: such a
+    record has `"from_pulse": true` and only the batches in flight the pulse confirms) and, while
+    it runs, by its phase mark."""
+    record = read_json(heartbeat_path(run_dir, rank))
+    beat = record if record is not None and record.get("format") == FORMAT else None
+    pulse = read_slot(pulse_path(run_dir, rank))
+    if pulse is not None and pulse.get("format") == FORMAT:
+        beat = merge_pulse(beat, pulse)
+    if beat is None:
+        return None
+    mark = read_phase_mark(phase_mark_path(run_dir, rank))
+    if mark is not None and mark["pid"] == beat.get("pid") and beat.get("status") == RUNNING:
+        beat = merge_phase_mark(beat, mark)
+    return beat
 
 
 def merge_phase_mark(beat: dict, mark: dict) -> dict:
