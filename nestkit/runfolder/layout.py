@@ -33,8 +33,21 @@ STRAGGLERS_FILE = "stragglers.jsonl"
 MONITOR_DIR = "monitor"
 PREVIOUS_DIR = "previous"
 CSV_DIR, TB_DIR = "csv", "tb"
+WANDB_DIR, MLFLOW_DIR = "wandb", "mlruns"  # where the W&B and MLflow loggers write by default
 # what a run writes besides its checkpoints: a new run in the same folder must not append to these
-RUN_LOGS = (BATCHES_DIR, QUARANTINE_DIR, HEARTBEAT_DIR, STACKS_DIR, STALL_DIR, MONITOR_DIR, CSV_DIR, TB_DIR)
+RUN_LOGS = (
+    BATCHES_DIR,
+    QUARANTINE_DIR,
+    HEARTBEAT_DIR,
+    STACKS_DIR,
+    STALL_DIR,
+    MONITOR_DIR,
+    CSV_DIR,
+    TB_DIR,
+    WANDB_DIR,
+    MLFLOW_DIR,
+)
+RUN_LOG_FILES = ("segments.jsonl",)  # runfolder/segments.py: the run's starts and resumes
 
 
 def config_path(run_dir: str | os.PathLike) -> Path:
@@ -134,11 +147,12 @@ def checkpoint_files(run_dir: str | os.PathLike) -> list[Path]:
 
 
 def run_logs(run_dir: str | os.PathLike) -> list[str]:
-    """The log folders of a run that hold any of its files (batches, heartbeat, ...); hidden files
-    (a writer's leftover temporary file) do not count."""
+    """The logs of a run that are there: folders holding any of its files (batches, heartbeat, ...;
+    a writer's leftover hidden temporary file does not count) and its segments file."""
     path = Path(run_dir)
-    return [
+    folders = [
         name
         for name in RUN_LOGS
         if (path / name).is_dir() and any(not p.name.startswith(".") for p in (path / name).iterdir())
     ]
+    return folders + [name for name in RUN_LOG_FILES if (path / name).is_file()]

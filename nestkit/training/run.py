@@ -61,7 +61,7 @@ class TrainPlan:
 
 def _listed(names: list[str]) -> str:
     """`batches/, heartbeat/ and config.yaml` (folders with a slash)."""
-    shown = [name if name == CONFIG_FILE else f"{name}/" for name in names]
+    shown = [name if "." in name else f"{name}/" for name in names]
     if len(shown) < 2:
         return "".join(shown)
     return f"{', '.join(shown[:-1])} and {shown[-1]}"

@@ -161,3 +161,25 @@ def test_a_worker_that_cannot_write_hands_its_record_to_the_rank_which_writes_it
         records = read_quarantine(tmp_path)
         assert sorted(r["cut_id"] for r in records) == ["c0", "c1", "c2", "c3"]
         assert (fs.path / "rank0.jsonl").exists() and (fs.path / "rank0-worker1.jsonl").exists()
+
+
+def test_every_log_a_run_writes_is_one_a_new_run_moves_aside(tmp_path):
+    """A new run never appends to another run's logs: each is listed in layout (checked here for the
+    files other modules name), and --fresh moves what is there to previous/<time>/."""
+    from nestkit.runfolder.layout import RUN_LOG_FILES, run_logs
+    from nestkit.runfolder.previous import move_aside
+    from nestkit.runfolder.segments import SEGMENTS_FILE
+
+    assert SEGMENTS_FILE in RUN_LOG_FILES
+    for name in ("batches", "heartbeat", "quarantine"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "rank0.jsonl").write_text('{"step": 0}\n')
+    (tmp_path / "stall").mkdir()  # empty: nothing to move
+    (tmp_path / SEGMENTS_FILE).write_text('{"start_step": 0}\n')
+    (tmp_path / "checkpoints").mkdir()
+    logs = run_logs(tmp_path)
+    assert logs == ["batches", "quarantine", "heartbeat", SEGMENTS_FILE]
+    moved = move_aside(tmp_path, logs, now=0.0)
+    assert moved.parent == tmp_path / "previous" and sorted(p.name for p in moved.iterdir()) == sorted(logs)
+    assert run_logs(tmp_path) == [] and (moved / "batches" / "rank0.jsonl").read_text() == '{"step": 0}\n'
+    assert move_aside(tmp_path, ["batches"], now=0.0).name.endswith("-2")  # two starts within a second
