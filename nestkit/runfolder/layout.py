@@ -47,7 +47,7 @@ RUN_LOGS = (
     WANDB_DIR,
     MLFLOW_DIR,
 )
-RUN_LOG_FILES = ("segments.jsonl",)  # runfolder/segments.py: the run's starts and resumes
+RUN_LOG_FILES = ("segments.jsonl", STRAGGLERS_FILE)  # segments.py: the run's starts and resumes
 
 
 def config_path(run_dir: str | os.PathLike) -> Path:

@@ -166,11 +166,11 @@ def test_a_worker_that_cannot_write_hands_its_record_to_the_rank_which_writes_it
 def test_every_log_a_run_writes_is_one_a_new_run_moves_aside(tmp_path):
     """A new run never appends to another run's logs: each is listed in layout (checked here for the
     files other modules name), and --fresh moves what is there to previous/<time>/."""
-    from nestkit.runfolder.layout import RUN_LOG_FILES, run_logs
+    from nestkit.runfolder.layout import RUN_LOG_FILES, STRAGGLERS_FILE, run_logs
     from nestkit.runfolder.previous import move_aside
     from nestkit.runfolder.segments import SEGMENTS_FILE
 
-    assert SEGMENTS_FILE in RUN_LOG_FILES
+    assert SEGMENTS_FILE in RUN_LOG_FILES and STRAGGLERS_FILE in RUN_LOG_FILES
     for name in ("batches", "heartbeat", "quarantine"):
         (tmp_path / name).mkdir()
         (tmp_path / name / "rank0.jsonl").write_text('{"step": 0}\n')
