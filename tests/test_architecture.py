@@ -65,10 +65,11 @@ def test_imports_point_down():
 
 
 def test_validator_and_run_folder_stay_light():
-    """`pip install nestkit` (no [train] extra) must run validate-manifest: nothing heavy at import."""
+    """`pip install nestkit` (no [train] extra) must run validate-manifest, and `stacks` on a login node
+    that has no torch: nothing heavy at import."""
     code = (
         "import sys; import nestkit.cli, nestkit.commands.validate_manifest, nestkit.validate.validator, "
-        "nestkit.runfolder.records, nestkit.config; "
+        "nestkit.runfolder.records, nestkit.config, nestkit.commands.stacks, nestkit.monitor.stall_report; "
         "heavy = sorted(m for m in ('torch', 'lhotse', 'pytorch_lightning', 'lightning', 'matplotlib') if m in sys.modules); "
         "print(','.join(heavy))"
     )

@@ -90,7 +90,17 @@ def planted(tmp_path_factory, corpus):
 
     # resumed on one rank; reported on while it trains
     second = subprocess.Popen(
-        [sys.executable, "-m", "nestkit.cli", "train", cfg_path, "--resume", "trainer.devices=1"],
+        # the report drawn meanwhile competes for the CPU: the short stall bound was for the planted block only
+        [
+            sys.executable,
+            "-m",
+            "nestkit.cli",
+            "train",
+            cfg_path,
+            "--resume",
+            "trainer.devices=1",
+            "nestkit.watchdog.stall_timeout_s=120",
+        ],
         cwd=tmp,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -100,10 +110,13 @@ def planted(tmp_path_factory, corpus):
     live = None
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and second.poll() is None:
-        segments = (run / "segments.jsonl").read_text().splitlines()
+        segments = [
+            json.loads(line) for line in (run / "segments.jsonl").read_text().splitlines() if line.endswith("}")
+        ]
         log = (run / "batches" / "rank0.jsonl").read_text().splitlines()
-        steps = [json.loads(line)["step"] for line in log if line.endswith("}")]
-        if len(segments) >= 2 and steps and steps[-1] >= MAX_STEPS - 5:
+        records = [json.loads(line) for line in log if line.endswith("}")]
+        # as soon as the resumed run has trained a step: the steps left are the report's time to read it live
+        if len(segments) >= 2 and any(r["time"] >= segments[1]["time"] for r in records):
             live = _nestkit("report", str(run), "-o", str(tmp / "live.html"), "--incident-batches", "0", cwd=tmp)
             break
         time.sleep(0.5)

@@ -24,6 +24,7 @@ from tests.helpers import write_train_config
 # micro-batches' gradients are summed (all-reduce vs accumulation); after 10 steps the largest
 # relative loss difference seen was below 1e-5.
 LOSS_RTOL = 1e-4
+KILLED_JOB_SLOW_READ_S = 0.2
 
 
 def nestkit(*args: str, cwd: Path, timeout: int = 400) -> subprocess.CompletedProcess:
@@ -46,12 +47,15 @@ def train_until_killed(config: str, overrides: list[str], run_dir: Path, kill_af
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         start_new_session=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        # slow reads (the data is unchanged) keep the job from outrunning this poll on a busy machine
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "NESTKIT_DEBUG_SLOW_READ_S": str(KILLED_JOB_SLOW_READ_S)},
     )
+    started = time.time()
     deadline = time.monotonic() + 300
     try:
         while time.monotonic() < deadline:
-            steps = [r["step"] for r in read_batch_log(run_dir, 0)]
+            # this job's own records: an earlier segment may already have logged later steps
+            steps = [r["step"] for r in read_batch_log(run_dir, 0) if r["time"] >= started]
             if steps and max(steps) >= kill_after_step:
                 break
             if job.poll() is not None:
@@ -62,6 +66,10 @@ def train_until_killed(config: str, overrides: list[str], run_dir: Path, kill_af
     finally:
         os.killpg(job.pid, signal.SIGKILL)
         job.wait(timeout=60)
+    # a busy machine can let the job run past the kill point to its end; the test would then resume nothing
+    assert job.returncode == -signal.SIGKILL, (
+        f"the job ended by itself before it was killed after step {kill_after_step}"
+    )
 
 
 def effective(run_dir: Path, ranks: range) -> dict[int, list[dict]]:
@@ -117,7 +125,7 @@ def test_two_ranks_to_one_with_accumulation_and_back_keeps_the_uninterrupted_cur
     run_dir = tmp_path / "runs" / "elastic"
     train_until_killed(elastic_cfg, [], run_dir, kill_after_step=4, cwd=tmp_path)  # checkpoint at step 4
     one = ["trainer.devices=1", "trainer.accumulate_grad_batches=2"]
-    train_until_killed(elastic_cfg, ["--resume", *one], run_dir, kill_after_step=8, cwd=tmp_path)
+    train_until_killed(elastic_cfg, ["--resume", *one], run_dir, kill_after_step=7, cwd=tmp_path)
     last = nestkit("train", elastic_cfg, "--resume", "model.train_ds.num_workers=0", cwd=tmp_path)
     assert last.returncode == 0, last.stderr[-3000:]
     assert "global batch is unchanged (2 micro-batches per optimizer step)" in last.stderr + last.stdout
