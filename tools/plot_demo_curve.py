@@ -12,6 +12,7 @@ re-running both keeps the figure true.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -64,6 +65,10 @@ def plot(run_dir: Path, out: Path) -> str:
         ax.grid(alpha=0.3)
         if val_values:
             summary.append(f"val_{metric} {val_values[0]:.3g} -> {val_values[-1]:.3g}")
+    # where an untrained model starts: uniform guessing, loss ln(C), accuracy 1/C
+    loss_ax.axhline(
+        math.log(cfg.model.num_classes), color="gray", linestyle="--", label=f"guessing (ln {cfg.model.num_classes})"
+    )
     acc_ax.axhline(chance, color="gray", linestyle="--", label=f"chance (1/{cfg.model.num_classes})")
     acc_ax.set_ylim(bottom=0)
     loss_ax.legend()
