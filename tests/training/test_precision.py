@@ -46,6 +46,33 @@ def test_precisions_that_would_cast_the_frozen_targets_are_refused(value):
         lightning_precision(value)
 
 
+def test_bf16_mixed_reaches_the_model_through_lightning(tmp_path):
+    """The config's precision is the Trainer's, whose autocast runs the encoder in bfloat16 while
+    the targets stay float32 (the real run below shows the whole loop trains)."""
+    import torch
+
+    from nestkit.config import load_config
+    from nestkit.training.module import NestLightningModule
+    from nestkit.training.trainer import build_trainer
+
+    config = write_train_config(tmp_path / "c.yaml", "unused.json", trainer={"precision": "bf16"})
+    cfg = load_config(config).config
+    trainer = build_trainer(cfg, tmp_path / "run", interactive=False, val_every=1000)
+    assert trainer.precision == "bf16-mixed"
+    model = NestLightningModule(cfg, tmp_path / "run").model.train()
+    seen = {}
+    model.decoder.register_forward_hook(lambda module, inputs, output: seen.update(encoded=inputs[0].dtype))
+    t = torch.arange(24000) / 16000
+    audio = torch.stack([0.2 * torch.sin(2 * torch.pi * f * t) for f in (150.0, 220.0)])
+    audio = audio + 0.01 * torch.randn(audio.shape, generator=torch.Generator().manual_seed(0))
+    inputs = (audio, torch.tensor([24000, 20000]), audio, torch.tensor([24000, 20000]))
+    reference = model(*inputs, generator=torch.Generator().manual_seed(1))
+    with trainer.precision_plugin.forward_context():
+        output = model(*inputs, generator=torch.Generator().manual_seed(1))
+    assert seen["encoded"] == torch.bfloat16
+    assert torch.equal(output.tokens, reference.tokens) and output.log_probs.dtype == torch.float32
+
+
 def nestkit(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "nestkit.cli", *args],
