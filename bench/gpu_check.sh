@@ -194,7 +194,7 @@ results+=("INFO  speed: $(field step_audio_s_per_s_median) audio-s/s per step, $
 for step in 0 $((STEPS / 2)) $((STEPS - 1)); do
     looked=$("$PY" -m nestkit.cli lookup "$CONFIG" --step "$step" --format json 2>>"$OUT/tools.log" |
         "$PY" -c "import json,sys; r=json.load(sys.stdin)['ranks'][0]; print(r['fingerprint'], r['matches_log'])")
-    replayed=$("$PY" -m nestkit.cli replay-batch --step "$step" --config "$CONFIG" --format json 2>>"$OUT/tools.log" |
+    replayed=$("$PY" -m nestkit.cli replay-batch --step "$step" "$CONFIG" --format json 2>>"$OUT/tools.log" |
         "$PY" -c "import json,sys; r=json.load(sys.stdin); print(r['fingerprint'], r['matches_log'])")
     ok=$([ "${looked#* }" = True ] && [ "${replayed#* }" = True ] && echo PASS || echo FAIL)
     record "fingerprints step $step" "$ok" "lookup ${looked:-error}, replay-batch ${replayed:-error} (fingerprint, matches the log)"

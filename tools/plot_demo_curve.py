@@ -1,12 +1,13 @@
 """Plot a run's learning curve from its own CSV log: loss and masked-token accuracy, train and validation.
 
-    pip install -e ".[report]"          # matplotlib
-    python tools/plot_demo_curve.py [RUN_DIR] [-o docs/images/demo_curve.png]
+    pip install -e ".[report]"          # matplotlib (make demo's environment has it)
+    python tools/plot_demo_curve.py [RUN_DIR] [-o OUT.png]
 
-RUN_DIR defaults to runs/nest-demo (what `make demo` trains). Reads every csv/version_*/metrics.csv
-of the run (a resumed run adds a version) and the run's resolved config.yaml (for the chance
-level, 1 / num_classes). The README's figure is this script's output for the demo run, so
-re-running both keeps the figure true.
+RUN_DIR defaults to runs/nest-demo (what `make demo` trains), OUT to RUN_DIR/learning_curve.png.
+Reads every csv/version_*/metrics.csv of the run (a resumed run adds a version) and the run's
+resolved config.yaml (for the chance level, 1 / num_classes). The README's figure is this
+script's output for the demo run (`-o docs/images/demo_curve.png`), so re-running both keeps the
+figure true.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 from nestkit.config import load_config  # noqa: E402
 from nestkit.runfolder.layout import config_path  # noqa: E402
-from nestkit.runfolder.metrics import read_metrics, series  # noqa: E402
+from nestkit.runfolder.metrics import learning_curve_path, read_metrics, series  # noqa: E402
 
 SMOOTHING_POINTS = 5  # train metrics are single batches: also drawn as a running mean of this many logged points
 FIGURE_INCHES = (10.0, 3.8)
@@ -87,14 +88,15 @@ def rows_steps(rows: list[dict]) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", nargs="?", default=str(ROOT / "runs" / "nest-demo"))
-    parser.add_argument("-o", "--out", default=str(ROOT / "docs" / "images" / "demo_curve.png"))
+    parser.add_argument("-o", "--out", help="the PNG to write (default: RUN_DIR/learning_curve.png)")
     args = parser.parse_args()
     try:
         import matplotlib  # noqa: F401
     except ImportError:
         print('matplotlib is missing: pip install -e ".[report]"', file=sys.stderr)
         return 2
-    print(plot(Path(args.run_dir), Path(args.out)))
+    run_dir = Path(args.run_dir)
+    print(plot(run_dir, Path(args.out) if args.out else learning_curve_path(run_dir)))
     return 0
 
 

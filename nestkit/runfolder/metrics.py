@@ -14,6 +14,7 @@ from pathlib import Path
 
 METRICS_DIR = "csv"  # nestkit.training.trainer's CSVLogger(name=...)
 METRICS_FILE = "metrics.csv"
+LEARNING_CURVE = "learning_curve.png"  # tools/plot_demo_curve.py's figure of these metrics
 _VERSION = re.compile(r"version_(\d+)$")
 
 
@@ -25,6 +26,10 @@ def metrics_files(run_dir: str | os.PathLike) -> list[Path]:
         if match and (folder / METRICS_FILE).is_file():
             versions.append((int(match.group(1)), folder / METRICS_FILE))
     return [path for _, path in sorted(versions)]
+
+
+def learning_curve_path(run_dir: str | os.PathLike) -> Path:
+    return Path(run_dir) / LEARNING_CURVE
 
 
 def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, float | None]]:

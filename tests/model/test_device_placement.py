@@ -95,7 +95,7 @@ def nest_batch(lengths=AUDIO_SAMPLES) -> NestBatch:
         cut_ids=["a", "b", "c"],
         records=[{}, {}, {}],
         failures=[],
-        position=BatchPosition(epoch=0, rank=0, batch=5),
+        position=BatchPosition(epoch=0, rank=0, batch=5, index=5),
         fingerprint="f",
     )
 
@@ -106,7 +106,7 @@ def test_a_batch_moves_every_tensor_and_builds_its_noisy_audio_on_the_device():
     cpu = nest_batch(lengths=AUDIO_SAMPLES)
     torch.manual_seed(0)
     model = NestModel(tiny_config(masking={"mask_prob": 0.05}, preprocessor={"dither": 1e-5})).train()
-    expected = training_loss(model, cpu, seed=7, world_size=1)
+    expected = training_loss(model, cpu, seed=7)
     torch.manual_seed(0)
     model = NestModel(tiny_config(masking={"mask_prob": 0.05}, preprocessor={"dither": 1e-5})).train()
     with AuditedDevice():
@@ -115,6 +115,6 @@ def test_a_batch_moves_every_tensor_and_builds_its_noisy_audio_on_the_device():
         assert all(getattr(moved, name).device == AUDITED for name in NestBatch._TENSORS)
         assert moved.noisy_audio.device == moved.noise.device == AUDITED
         assert torch.equal(host(moved.noisy_audio), cpu.noisy_audio)
-        result = training_loss(model, moved, seed=7, world_size=1)  # the step's own generator
+        result = training_loss(model, moved, seed=7)  # the step's own generator
     assert step_generator(7, 0, 5).device.type == "cpu"  # drawn on the CPU, moved after: any device
     assert host(result.loss).item() == pytest.approx(expected.loss.item(), rel=1e-6)

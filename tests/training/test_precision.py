@@ -139,13 +139,12 @@ def test_bf16_mixed_trains_on_cpu_autocast_and_the_data_tools_still_agree(tmp_pa
 
     from nestkit.config import load_config
     from nestkit.tools.lookup import lookup_batch
-    from nestkit.tools.positions import Position
     from nestkit.tools.session import DebugSession
 
     session = DebugSession.open(load_config(config).config, None, run_dir)
     for record in records[:: STEPS // 5]:
-        [found] = lookup_batch(session, Position(record["epoch"], record["batch"]), [0])
+        [found] = lookup_batch(session, [session.layout.place_of_index(record["epoch"], record["index"])])
         assert found.fingerprint == record["fingerprint"] and found.matches_log is True
-    replayed = nestkit("replay-batch", "--step", str(STEPS - 1), "--config", config, cwd=tmp_path)
+    replayed = nestkit("replay-batch", "--step", str(STEPS - 1), config, cwd=tmp_path)
     assert replayed.returncode == 0, replayed.stderr[-2000:]
     assert f"fingerprint {records[-1]['fingerprint']}  matches the training log (step {STEPS - 1})" in replayed.stdout
