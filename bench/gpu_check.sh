@@ -144,16 +144,16 @@ fi
 "$PY" - "$RUN_DIR" "$DEMO/train.json" "$OUT/train.json" "$OUT/summary.json" <<'EOF'
 import json, math, re, statistics, sys
 from nestkit.runfolder.batch_log import read_batch_log
-from nestkit.runfolder.metrics import read_metrics, series
+from nestkit.runfolder.metrics import metrics_files, read_metrics
 
 run_dir, manifest, train_json, out = sys.argv[1:5]
 records = read_batch_log(run_dir, 0)
 durations = [json.loads(line)["duration"] for line in open(manifest)]
 seconds = [sum(durations[int(re.search(r"-L(\d+)$", c).group(1)) - 1] for c in r["cut_ids"]) for r in records]
 losses = [r["loss"] for r in records]
-rows = read_metrics(run_dir)
-steps, per_step = series(rows, "audio_seconds_per_second")
-warm = [v for s, v in zip(steps, per_step) if s >= 10] or per_step
+metrics = read_metrics(metrics_files(run_dir))
+per_step = metrics.get("audio_seconds_per_second", [])
+warm = [v for s, v in per_step if s >= 10] or [v for _, v in per_step]
 summary = json.load(open(train_json))
 span = records[-1]["time"] - records[0]["time"] if len(records) > 1 else float("nan")
 summary.update(
@@ -166,7 +166,7 @@ summary.update(
     losses_finite=all(l is not None and math.isfinite(l) for l in losses),
 )
 for name in ("val_loss", "val_acc"):
-    values = series(rows, name)[1]
+    values = [v for _, v in metrics.get(name, [])]
     summary[name] = f"{values[0]:.4g} -> {values[-1]:.4g}" if values else "- (no validation in these steps)"
 k = max(1, len(losses) // 5)
 summary["loss_falls"] = statistics.mean(losses[-k:]) < statistics.mean(losses[:k])

@@ -21,8 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 from nestkit.config import load_config  # noqa: E402
-from nestkit.runfolder.layout import config_path  # noqa: E402
-from nestkit.runfolder.metrics import learning_curve_path, read_metrics, series  # noqa: E402
+from nestkit.runfolder.layout import config_path, learning_curve_path  # noqa: E402
+from nestkit.runfolder.metrics import metrics_files, read_metrics  # noqa: E402
 
 SMOOTHING_POINTS = 5  # train metrics are single batches: also drawn as a running mean of this many logged points
 FIGURE_INCHES = (10.0, 3.8)
@@ -45,21 +45,18 @@ def plot(run_dir: Path, out: Path) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = read_metrics(run_dir)
-    if not rows:
+    metrics = read_metrics(metrics_files(run_dir))
+    if not metrics:
         raise SystemExit(f"run {run_dir}: no csv/version_*/metrics.csv (expected a run folder of `nestkit train`)")
     cfg = load_config(config_path(run_dir)).config
     chance = 1.0 / cfg.model.num_classes
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=FIGURE_INCHES)
     summary = []
     for ax, metric, label in ((loss_ax, "loss", "masked-token loss (nats)"), (acc_ax, "acc", "masked-token accuracy")):
-        # Lightning's `step` column is 0-based; x is the number of optimiser steps done
-        steps, values = series(rows, f"train_{metric}")
-        steps = [s + 1 for s in steps]
+        steps, values = steps_done(metrics, f"train_{metric}")
         ax.plot(steps, values, color="tab:blue", alpha=0.25, linewidth=1)
         ax.plot(steps, running_mean(values, SMOOTHING_POINTS), color="tab:blue", label="train (running mean)")
-        val_steps, val_values = series(rows, f"val_{metric}")
-        val_steps = [s + 1 for s in val_steps]
+        val_steps, val_values = steps_done(metrics, f"val_{metric}")
         ax.plot(val_steps, val_values, "o-", color="tab:orange", label="validation")
         ax.set_xlabel("training step")
         ax.set_ylabel(label)
@@ -74,15 +71,21 @@ def plot(run_dir: Path, out: Path) -> str:
     acc_ax.set_ylim(bottom=0)
     loss_ax.legend()
     acc_ax.legend()
-    fig.suptitle(f"{cfg.name}: {rows_steps(rows)} steps, {cfg.model.num_classes} classes", fontsize=10)
+    fig.suptitle(f"{cfg.name}: {last_step(metrics) + 1} steps, {cfg.model.num_classes} classes", fontsize=10)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=DPI)
     return f"wrote {out}: " + ", ".join(summary)
 
 
-def rows_steps(rows: list[dict]) -> int:
-    return int(max(r["step"] for r in rows if r.get("step") is not None)) + 1
+def steps_done(metrics: dict[str, list[tuple[int, float]]], name: str) -> tuple[list[int], list[float]]:
+    """(x, y) of one metric; Lightning's `step` column is 0-based, x is the optimiser steps done."""
+    points = metrics.get(name, [])
+    return [step + 1 for step, _ in points], [value for _, value in points]
+
+
+def last_step(metrics: dict[str, list[tuple[int, float]]]) -> int:
+    return max(step for points in metrics.values() for step, _ in points)
 
 
 def main() -> int:

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from nestkit.runfolder.metrics import learning_curve_path, read_metrics, series
+from nestkit.runfolder.layout import learning_curve_path
+from nestkit.runfolder.metrics import metrics_files, read_metrics
 
 HEADER = "epoch,lr,step,train_acc,train_loss,val_acc,val_loss\n"
 
@@ -21,20 +22,17 @@ def write_versions(run_dir: Path, *versions: str) -> None:
         (folder / "metrics.csv").write_text(text)
 
 
-def test_versions_are_read_in_order_with_blanks_as_none_and_a_torn_row_left_out(tmp_path):
-    first = HEADER + "0,0.001,9,0.2,3.1,,\n0,,9,,,0.25,2.9\n"
-    resumed = HEADER + "0,0.002,19,0.4,2.5,,\n0,0.002,29,0.5,2.1,,\n0,0.0"  # killed mid-row
+def test_versions_are_read_in_order_a_resume_replaces_its_steps_and_a_torn_row_is_left_out(tmp_path):
+    first = HEADER + "0,0.001,9,0.2,3.1,,\n0,,9,,,0.25,2.9\n0,0.001,19,0.3,2.8,,\n"
+    # resumed from step 10: its step 19 replaces the first start's; then killed mid-row
+    resumed = HEADER + "0,0.002,19,0.4,2.5,,\n0,0.002,29,0.5,2.1,,\n0,0.0"
     write_versions(tmp_path, first, resumed)
     (tmp_path / "csv" / "version_10").mkdir()  # no metrics.csv: not a version to read
-    rows = read_metrics(tmp_path)
-    assert [(r["step"], r["train_loss"], r["val_loss"]) for r in rows] == [
-        (9, 3.1, None),
-        (9, None, 2.9),
-        (19, 2.5, None),
-        (29, 2.1, None),
-    ]
-    assert series(rows, "train_acc") == ([9, 19, 29], [0.2, 0.4, 0.5])
-    assert series(rows, "val_acc") == ([9], [0.25])
+    metrics = read_metrics(metrics_files(tmp_path))
+    assert metrics["train_loss"] == [(9, 3.1), (19, 2.5), (29, 2.1)]
+    assert metrics["train_acc"] == [(9, 0.2), (19, 0.4), (29, 0.5)]
+    assert metrics["val_loss"] == [(9, 2.9)] and metrics["val_acc"] == [(9, 0.25)]
+    assert "step" not in metrics and "epoch" not in metrics
 
 
 def test_the_figure_is_drawn_from_the_runs_own_csv(tmp_path):

@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from nestkit.core.errors import ConfigError
 from nestkit.runfolder.batch_log import read_batch_log
-from nestkit.runfolder.metrics import read_metrics, series
+from nestkit.runfolder.metrics import metrics_files, read_metrics
 from nestkit.training.devices import lightning_precision
-from tests.helpers import write_train_config
+from tests.helpers import run_nestkit, write_train_config
 
 
 @pytest.mark.parametrize(
@@ -73,17 +69,6 @@ def test_bf16_mixed_reaches_the_model_through_lightning(tmp_path):
     assert torch.equal(output.tokens, reference.tokens) and output.log_probs.dtype == torch.float32
 
 
-def nestkit(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "nestkit.cli", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-
-
 @pytest.fixture(scope="module")
 def phone_corpus(tmp_path_factory):
     from nestkit.data.synthetic import make_corpus
@@ -96,7 +81,7 @@ def phone_corpus(tmp_path_factory):
 
 def test_train_refuses_float16_on_the_cpu_before_training(tmp_path, phone_corpus):
     config = write_train_config(tmp_path / "c.yaml", phone_corpus["train"], phone_corpus["noise"], name="fp16")
-    result = nestkit("train", config, "trainer.precision=16", cwd=tmp_path)
+    result = run_nestkit("train", config, "trainer.precision=16", cwd=tmp_path)
     assert result.returncode != 0
     assert "trainer.precision: float16 autocast needs a GPU" in result.stderr + result.stdout
     assert "Traceback" not in result.stderr
@@ -123,7 +108,7 @@ def test_bf16_mixed_trains_on_cpu_autocast_and_the_data_tools_still_agree(tmp_pa
         },
         trainer={"precision": "bf16-mixed", "max_steps": STEPS, "val_check_interval": 15, "log_every_n_steps": 1},
     )
-    result = nestkit("train", config, cwd=tmp_path)
+    result = run_nestkit("train", config, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     run_dir = tmp_path / "runs" / "bf16"
     records = read_batch_log(run_dir, 0)
@@ -132,9 +117,9 @@ def test_bf16_mixed_trains_on_cpu_autocast_and_the_data_tools_still_agree(tmp_pa
     assert all(math.isfinite(loss) for loss in losses)
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
     assert last < first - 0.5, f"the loss did not fall: {losses}"
-    rows = read_metrics(run_dir)
-    _, accuracy = series(rows, "train_acc")
-    _, val_accuracy = series(rows, "val_acc")
+    metrics = read_metrics(metrics_files(run_dir))
+    accuracy = [value for _, value in metrics["train_acc"]]
+    val_accuracy = [value for _, value in metrics["val_acc"]]
     assert len(accuracy) == STEPS and len(val_accuracy) == 2 and all(0.0 <= a <= 1.0 for a in accuracy + val_accuracy)
 
     from nestkit.config import load_config
@@ -145,6 +130,6 @@ def test_bf16_mixed_trains_on_cpu_autocast_and_the_data_tools_still_agree(tmp_pa
     for record in records[:: STEPS // 5]:
         [found] = lookup_batch(session, [session.layout.place_of_index(record["epoch"], record["index"])])
         assert found.fingerprint == record["fingerprint"] and found.matches_log is True
-    replayed = nestkit("replay-batch", "--step", str(STEPS - 1), config, cwd=tmp_path)
+    replayed = run_nestkit("replay-batch", "--step", str(STEPS - 1), config, cwd=tmp_path)
     assert replayed.returncode == 0, replayed.stderr[-2000:]
     assert f"fingerprint {records[-1]['fingerprint']}  matches the training log (step {STEPS - 1})" in replayed.stdout
