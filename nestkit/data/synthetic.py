@@ -68,10 +68,13 @@ def write_wav(
 
 
 def write_manifest(path: str | os.PathLike, entries: list[dict]) -> str:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        for entry in entries:
-            f.write(json.dumps(entry) + "\n")
+    """One JSON line per entry. The same text is not written again: a manifest's mtime is part of
+    its cut index's identity, so rewriting it unchanged would rebuild the index (make demo, twice)."""
+    path = Path(path)
+    text = "".join(json.dumps(entry) + "\n" for entry in entries)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not (path.is_file() and path.read_text() == text):
+        path.write_text(text)
     return str(path)
 
 

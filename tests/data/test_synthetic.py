@@ -3,6 +3,9 @@ that makes masked stretches predictable."""
 
 from __future__ import annotations
 
+import os
+import time
+
 import numpy as np
 
 from nestkit.data import synthetic
@@ -57,3 +60,20 @@ def test_make_corpus_keeps_its_harmonic_default_and_its_manifests_for_either_voi
     assert (tmp_path / "h" / "audio" / "utt0003.wav").read_bytes() != (
         tmp_path / "p" / "audio" / "utt0003.wav"
     ).read_bytes()
+
+
+def test_making_the_corpus_again_leaves_its_manifests_and_their_cut_index_as_they_were(tmp_path):
+    """`make demo` run twice: the manifests are not rewritten, so the index built from them stays valid."""
+    from nestkit.data.corpus import manifest_corpus
+    from nestkit.data.index import open_index
+
+    paths = synthetic.make_corpus(tmp_path, num_utterances=6, num_noises=1, seed=5, voice="phones")
+    heard: list[str] = []
+    open_index(manifest_corpus(paths["train"]), notify=heard.append)
+    before = {name: os.stat(path).st_mtime_ns for name, path in paths.items()}
+    time.sleep(0.01)
+    again = synthetic.make_corpus(tmp_path, num_utterances=6, num_noises=1, seed=5, voice="phones")
+    assert {name: os.stat(path).st_mtime_ns for name, path in again.items()} == before
+    assert open_index(manifest_corpus(paths["train"]), notify=heard.append).notices == [] and heard == []
+    other = synthetic.make_corpus(tmp_path, num_utterances=7, num_noises=1, seed=5, voice="phones")
+    assert os.stat(other["train"]).st_mtime_ns != before["train"]  # other text: written
