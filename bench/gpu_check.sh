@@ -87,7 +87,7 @@ EOF
 
 # -- 2. data and config -----------------------------------------------------------------------
 "$PY" manifests/make_demo_audio.py >/dev/null || { record data FAIL "manifests/make_demo_audio.py failed" && finish; }
-rm -rf "$RUN_DIR"
+rm -rf "$RUN_DIR" "$OUT/train.json" "$OUT/summary.json"  # an earlier run's results must not pass for this one's
 CONFIG=$OUT/gpu_check.yaml
 DEMO=$PWD/manifests/demo
 accelerator=$([ "$DEVICE" = cpu ] && echo cpu || echo gpu)
