@@ -21,6 +21,7 @@ demo-data: $(VENV)/.installed
 demo: demo-data
 	$(BIN)/nestkit validate-manifest manifests/demo/train.json manifests/demo/validation.json --noise manifests/demo/noise.json
 	$(BIN)/nestkit train manifests/demo/config.yaml --resume --fresh
+	@echo "the learning curve as a figure: $(BIN)/python tools/plot_demo_curve.py (writes runs/nest-demo/learning_curve.png)"
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest

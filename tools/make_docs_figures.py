@@ -46,7 +46,7 @@ def demo_figures(out: Path, work: Path) -> None:
     run = ROOT / "runs" / "nest-demo"
     if not (run / "batches").is_dir():
         subprocess.run([sys.executable, str(ROOT / "manifests" / "make_demo_audio.py")], check=True, cwd=ROOT)
-        nestkit("train", str(DEMO_CONFIG), "--resume")
+        nestkit("train", str(DEMO_CONFIG), "--resume", "--fresh")  # as make demo: resume, or start
     nestkit("report", str(run), "-o", str(work / "demo.html"), "--png", str(work / "demo"))
     for name in ("training", "step_time", "epochs"):
         shutil.copy(work / "demo" / f"{name}.png", out / f"demo-{name}.png")

@@ -120,6 +120,8 @@ class RelPositionMultiHeadAttention(nn.Module):
 def _no_float16_autocast(device_type: str) -> contextlib.AbstractContextManager:
     """Under float16 autocast, attention runs in bfloat16 (float32 where bfloat16 is missing), as in
     NeMo: scores and the -10000 fill are too close to float16's range."""
+    if not torch.amp.is_autocast_available(device_type):  # e.g. "meta": no autocast to adjust
+        return contextlib.nullcontext()
     if torch.is_autocast_enabled(device_type) and torch.get_autocast_dtype(device_type) == torch.float16:
         bf16 = device_type != "cuda" or torch.cuda.is_bf16_supported()
         return torch.autocast(device_type, dtype=torch.bfloat16 if bf16 else torch.float32)

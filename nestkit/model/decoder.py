@@ -27,7 +27,8 @@ class MultiSoftmaxDecoder(nn.Module):
         logits = logits.view(logits.shape[0], logits.shape[1], self.num_classes, self.num_decoders)
         if self.squeeze_single and self.num_decoders == 1:
             logits = logits.squeeze(-1)
-        return F.log_softmax(logits, dim=2)
+        # float32 under autocast too (a no-op otherwise): the loss sums many log-probs
+        return F.log_softmax(logits.float(), dim=2)
 
 
 def _init_weight(weight: torch.Tensor, mode: str | None) -> None:

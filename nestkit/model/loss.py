@@ -10,6 +10,9 @@ Where nestkit differs, on purpose:
   frames (NeMo fails to reshape); log-probs, tokens and mask groups are then cut to the shortest
   of the three, so a frame without a target is never scored (NeMo pads targets with class 0).
 
+`num_correct` counts the loss frames (per book) whose most likely class is the target: the
+masked-token accuracy, computed from the same selected frames without touching the loss value.
+
 As in NeMo, `decoder_lengths` does not limit the frames: a masked group counts wherever it is.
 NeMo's disjoint block masking can reach past an utterance's end, and NeMo then scores those
 padding frames too; so does this loss (the masking module reproduces those masks).
@@ -26,6 +29,18 @@ import torch.nn.functional as F
 class LossResult(NamedTuple):
     loss: torch.Tensor  # () float
     num_masked_frames: torch.Tensor  # () int64: frames that entered the loss (per book)
+    num_correct: torch.Tensor  # () int64: (loss frame, book) pairs whose argmax is the target
+    num_books: int = 1
+
+    @property
+    def num_targets(self) -> torch.Tensor:
+        """() int64: (loss frame, book) pairs scored: the accuracy's denominator."""
+        return self.num_masked_frames * self.num_books
+
+    @property
+    def accuracy(self) -> torch.Tensor:
+        """() float32: top-1 accuracy over the loss frames, averaged over books (0 with no loss frame)."""
+        return self.num_correct.float() / self.num_targets.clamp(min=1).float()
 
 
 def loss_frame_mask(masks: torch.Tensor, combine_time_steps: int, mask_threshold: float) -> torch.Tensor:
@@ -60,4 +75,7 @@ def masked_token_loss(
     count = selected.sum()
     total = torch.where(selected[:, :, None], target_log_probs, 0.0).sum()
     loss = -total / (count.clamp(min=1) * tokens.shape[-1])
-    return LossResult(loss, count)
+    with torch.no_grad():
+        hits = log_probs.argmax(dim=2) == tokens  # (B, T', H)
+        correct = (hits & selected[:, :, None]).sum()
+    return LossResult(loss, count, correct, tokens.shape[-1])

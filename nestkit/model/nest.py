@@ -31,6 +31,7 @@ from nestkit.model.conformer import ConformerEncoder, build_subsampling
 from nestkit.model.decoder import MultiSoftmaxDecoder
 from nestkit.model.loss import LossResult, masked_token_loss
 from nestkit.model.masking import RandomBlockMasking
+from nestkit.model.precision import full_precision
 from nestkit.model.preprocessor import MelPreprocessor
 from nestkit.model.quantizer import RandomProjectionQuantizer
 
@@ -134,7 +135,7 @@ class NestModel(nn.Module):
         generator: Optional[torch.Generator],
     ) -> NestOutput:
         subsampling = self.encoder.pre_encode.pre_encode
-        with torch.no_grad():
+        with torch.no_grad(), full_precision(clean.device):  # targets do not follow autocast
             clean_frames, _ = subsampling(clean.transpose(1, 2), clean_len)
         tokens = self.quantizer(clean_frames.transpose(1, 2))
         frames, frames_len = subsampling(noisy.transpose(1, 2), noisy_len)

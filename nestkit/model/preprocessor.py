@@ -20,6 +20,7 @@ from torch import nn
 
 from nestkit.config import PreprocessorConfig
 from nestkit.model.melscale import slaney_mel_filterbank
+from nestkit.model.precision import full_precision
 
 # NeMo's `CONSTANT`: added to the per-feature standard deviation so that silent features do not divide by 0.
 NORMALIZE_STD_EPSILON = 1e-5
@@ -90,7 +91,17 @@ class MelFeaturizer(nn.Module):
         dither_rows: Optional[tuple[int, ...]] = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """`dither_rows`: row counts of the batches stacked in `audio`, whose dither is drawn one
-        batch at a time (default: one batch)."""
+        batch at a time (default: one batch). Always float32, autocast or not (targets come from it)."""
+        with full_precision(audio.device):
+            return self._features(audio, lengths, generator, dither_rows)
+
+    def _features(
+        self,
+        audio: torch.Tensor,
+        lengths: torch.Tensor,
+        generator: Optional[torch.Generator],
+        dither_rows: Optional[tuple[int, ...]],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         frames = self.frame_count(lengths)
         x = audio.float()
         if self.exact_pad_samples is not None:

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nestkit.config import QuantizerConfig
+from nestkit.model.precision import full_precision
 
 # Gap between the two best float32 scores below which a row is re-decided in float64 (see
 # tie_margin). A fixed 1e-5 would not cover the float32 error from code_dim ~80 up.
@@ -64,7 +65,13 @@ class RandomProjectionQuantizer(nn.Module):
 
     @torch.no_grad()
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        """Tokens (B, T', books), or (B, T') when squeeze_single and one book; int64."""
+        """Tokens (B, T', books), or (B, T') when squeeze_single and one book; int64.
+
+        Computed in float32 (ties in float64) under autocast too: tokens do not depend on the precision."""
+        with full_precision(features.device):
+            return self._tokens(features.float())
+
+    def _tokens(self, features: torch.Tensor) -> torch.Tensor:
         x = self.project(features)
         batch, steps, books, code_dim = x.shape
         per_book = [self._nearest(x[:, :, book].reshape(-1, code_dim), self.codebooks[book]) for book in range(books)]

@@ -13,6 +13,7 @@ stall/<N>/                        a stall incident: request, every rank's dump, 
 stragglers.jsonl                  ranks found persistently slower than their peers, while training
 monitor/node-<host>.json          the node monitor's view of the ranks' processes (from outside them)
 csv/, tb/                         Lightning's loggers
+learning_curve.png                loss and accuracy drawn from csv/ (tools/plot_demo_curve.py)
 previous/<time>/                  an earlier run's files, moved aside when a new run starts here
 """
 
@@ -47,7 +48,8 @@ RUN_LOGS = (
     WANDB_DIR,
     MLFLOW_DIR,
 )
-RUN_LOG_FILES = ("segments.jsonl", STRAGGLERS_FILE)  # segments.py: the run's starts and resumes
+LEARNING_CURVE_FILE = "learning_curve.png"  # drawn from csv/: stale once a new run starts
+RUN_LOG_FILES = ("segments.jsonl", STRAGGLERS_FILE, LEARNING_CURVE_FILE)  # segments.py: the run's starts and resumes
 
 
 def config_path(run_dir: str | os.PathLike) -> Path:
@@ -138,6 +140,10 @@ def is_run_folder(path: str | os.PathLike) -> bool:
     return config_path(path).is_file() and any(
         (path / d).is_dir() for d in (BATCHES_DIR, HEARTBEAT_DIR, CHECKPOINTS_DIR)
     )
+
+
+def learning_curve_path(run_dir: str | os.PathLike) -> Path:
+    return Path(run_dir) / LEARNING_CURVE_FILE
 
 
 def checkpoint_files(run_dir: str | os.PathLike) -> list[Path]:

@@ -122,7 +122,16 @@ class StepPrinter(Callback):
         if trainer.global_rank == 0 and (step % self.every == 0 or step == trainer.max_steps):
             metrics = trainer.callback_metrics
             parts = [f"step {step}/{trainer.max_steps}"]
-            for key in ("train_loss", "val_loss", "lr", "audio_seconds_per_second"):
+            for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "audio_seconds_per_second"):
                 if key in metrics:
                     parts.append(f"{key} {float(metrics[key]):.4g}")
+            print("  ".join(parts), flush=True)
+
+    def on_validation_end(self, trainer, pl_module):
+        # the step lines show the latest validation; this line shows each one when it is made
+        # (the last one comes after the last step line)
+        if trainer.global_rank == 0 and not trainer.sanity_checking:
+            metrics = trainer.callback_metrics
+            parts = [f"validation at step {trainer.global_step}"]
+            parts += [f"{key} {float(metrics[key]):.4g}" for key in ("val_loss", "val_acc") if key in metrics]
             print("  ".join(parts), flush=True)

@@ -3,14 +3,37 @@
 from __future__ import annotations
 
 from nestkit.config import NestConfig
+from nestkit.core.errors import ConfigError
 
-PRECISION_ALIASES = {"32": "32-true", "16": "16-mixed", "bf16": "bf16-mixed", "64": "64-true"}
+# NeMo configs say 32, 16 or bf16 (Lightning 1 names); Lightning 2 wants 32-true, 16-mixed, bf16-mixed
+PRECISION_ALIASES = {"32": "32-true", "16": "16-mixed", "bf16": "bf16-mixed"}
+# Mixed precision only: "-true" half precision (and 64-true) would cast the frozen preprocessor and
+# quantizer too, and the targets would change with the setting (nestkit.model.precision)
+SUPPORTED_PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
 ALL_DEVICES = (-1, "-1", "auto")  # NeMo's "every GPU"
 
 
-def lightning_precision(value) -> str:
-    """NeMo configs say 32, 16 or bf16; Lightning 2 wants 32-true, 16-mixed, bf16-mixed."""
-    return PRECISION_ALIASES.get(str(value), str(value))
+def lightning_precision(value, accelerator: str | None = None) -> str:
+    """trainer.precision as Lightning 2 spells it, or a ConfigError naming the setting.
+
+    float16 autocast needs a GPU: Lightning would quietly train a CPU run in bfloat16 instead, so
+    16-mixed on the CPU is refused with the setting that works."""
+    precision = PRECISION_ALIASES.get(str(value), str(value))
+    if precision not in SUPPORTED_PRECISIONS:
+        raise ConfigError(
+            [
+                f"trainer.precision: unsupported (expected 32, bf16-mixed or 16-mixed (NeMo's 32, bf16, 16), got {value!r}). "
+                "Half precision without autocast would cast the frozen quantizer and preprocessor too"
+            ]
+        )
+    if precision == "16-mixed" and accelerator == "cpu":
+        raise ConfigError(
+            [
+                f"trainer.precision: float16 autocast needs a GPU (expected 32 or bf16-mixed on the CPU, got {value!r}). "
+                "Set trainer.precision=bf16-mixed for mixed precision on the CPU"
+            ]
+        )
+    return precision
 
 
 def accelerator_and_devices(cfg: NestConfig):

@@ -143,6 +143,7 @@ class NestLightningModule(pl.LightningModule):
         self.last_loss = float(result.loss.detach())
         size = len(batch)
         self.log("train_loss", result.loss, prog_bar=True, batch_size=size)
+        self.log("train_acc", result.accuracy, prog_bar=True, batch_size=size)
         self.log("lr", self.optimizers().param_groups[0]["lr"], prog_bar=False, batch_size=size)
         self.log("masked_frames", float(masked), batch_size=size)
         self.log("empty_mask_batches", float(self.empty_mask_batches), batch_size=size)
@@ -184,9 +185,12 @@ class NestLightningModule(pl.LightningModule):
             apply_mask=True,
             generator=torch_generator(self.cfg.nestkit.seed, "validation", batch_idx, self.global_rank),
         )
-        loss = self.model.loss(output).loss
-        self.log("val_loss", loss, prog_bar=True, sync_dist=True, batch_size=len(batch))
-        return loss
+        result = self.model.loss(output)
+        self.log("val_loss", result.loss, prog_bar=True, sync_dist=True, batch_size=len(batch))
+        # weighted by scored frames: val_acc is the accuracy over all of validation's loss frames
+        targets = max(1, int(result.num_targets))
+        self.log("val_acc", result.accuracy, prog_bar=True, sync_dist=True, batch_size=targets)
+        return result.loss
 
     def configure_optimizers(self):
         optimizer = build_optimizer(self.model, self.cfg.model.optim)

@@ -75,7 +75,7 @@ def build_trainer(
         accumulate_grad_batches=t.accumulate_grad_batches,
         gradient_clip_val=t.gradient_clip_val or None,
         gradient_clip_algorithm=t.gradient_clip_algorithm,
-        precision=lightning_precision(t.precision),
+        precision=lightning_precision(t.precision, accelerator),
         log_every_n_steps=t.log_every_n_steps,
         num_sanity_val_steps=t.num_sanity_val_steps,
         sync_batchnorm=t.sync_batchnorm and world > 1 and accelerator != "cpu",

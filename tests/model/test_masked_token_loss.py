@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -83,3 +84,25 @@ def test_single_book_squeezed_layout():
     squeezed = masked_token_loss(masks, log_probs[..., 0], tokens[..., 0], None, 4, 0.8)
     torch.testing.assert_close(full.loss, squeezed.loss)
     assert int(squeezed.num_masked_frames) == 4
+
+
+def test_accuracy_counts_loss_frames_whose_most_likely_class_is_the_target():
+    log_probs, tokens, masks = random_inputs(batch=2, frames=32, steps=4, classes=10, books=2)
+    masks[0, :, 0:8] = 1.0  # groups 0 and 1 of row 0
+    masks[1, :, 28:32] = 1.0  # group 7 of row 1
+    with torch.no_grad():
+        best = log_probs.argmax(dim=2)  # (B, T', H)
+        tokens = best.clone()
+        tokens[0, 1, 0] = (best[0, 1, 0] + 1) % 10  # a miss on a loss frame (book 0)
+        tokens[1, 7, 1] = (best[1, 7, 1] + 1) % 10  # a miss on a loss frame (book 1)
+        tokens[1, 0, :] = (best[1, 0, :] + 1) % 10  # misses on a frame the loss does not score
+    result = masked_token_loss(masks, log_probs, tokens, None, 4, 0.8)
+    assert int(result.num_masked_frames) == 3 and result.num_books == 2
+    assert int(result.num_targets) == 6 and int(result.num_correct) == 4
+    assert result.accuracy.item() == pytest.approx(4 / 6)
+
+
+def test_accuracy_is_zero_without_loss_frames():
+    log_probs, tokens, masks = random_inputs()
+    result = masked_token_loss(masks, log_probs, tokens, None, 4, 0.8)
+    assert int(result.num_correct) == 0 and result.accuracy.item() == 0.0

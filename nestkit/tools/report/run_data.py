@@ -1,12 +1,10 @@
 """The run folder read into tables, tolerant of a live run: a file not written yet is an empty
 table, a torn last line is skipped and counted, a resumed run's repeated steps keep their last
-record. Every read goes through nestkit/runfolder, except Lightning's own CSV logger files.
+record. Every read goes through nestkit/runfolder.
 """
 
 from __future__ import annotations
 
-import csv
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,13 +12,11 @@ from pathlib import Path
 from nestkit.runfolder.batch_log import logged_ranks, read_batch_log
 from nestkit.runfolder.heartbeats import read_heartbeats
 from nestkit.runfolder.incidents import REPORT_JSON, Incident, incident_numbers
+from nestkit.runfolder.metrics import metrics_files, read_metrics
 from nestkit.runfolder.quarantine import read_quarantine
 from nestkit.runfolder.records import SkippedLine, read_json
 from nestkit.runfolder.segments import Segment, read_segments
 from nestkit.runfolder.stragglers import read_stragglers
-
-CSV_DIR = "csv"  # Lightning's CSVLogger: csv/version_N/metrics.csv, one version per start of the run
-METRICS_FILE = "metrics.csv"
 
 
 @dataclass
@@ -49,60 +45,6 @@ class RunData:
 
     def series(self, name: str) -> list[tuple[int, float]]:
         return self.metrics.get(name, [])
-
-
-def metrics_files(run_dir: Path) -> list[Path]:
-    """csv/version_N/metrics.csv in the order the run's starts wrote them."""
-    folder = run_dir / CSV_DIR
-    if not folder.is_dir():
-        return []
-    versions = []
-    for path in folder.glob(f"version_*/{METRICS_FILE}"):
-        number = path.parent.name.removeprefix("version_")
-        if number.isdigit():
-            versions.append((int(number), path))
-    return [path for _, path in sorted(versions)]
-
-
-def read_metrics(files: list[Path]) -> dict[str, list[tuple[int, float]]]:
-    """name -> [(step, value)]. A later file (a resume) replaces the steps it trained again."""
-    merged: dict[str, dict[int, float]] = {}
-    for path in files:
-        rows = _csv_rows(path)
-        steps = [int(float(r["step"])) for r in rows if _number(r.get("step")) is not None]
-        if not steps:
-            continue
-        first = min(steps)
-        for values in merged.values():
-            for step in [s for s in values if s >= first]:
-                del values[step]
-        for row in rows:
-            number = _number(row.get("step"))
-            if number is None:
-                continue
-            step = int(number)
-            for name, text in row.items():
-                value = _number(text)
-                if name in ("step", "epoch") or value is None:
-                    continue
-                merged.setdefault(name, {})[step] = value
-    return {name: sorted(values.items()) for name, values in sorted(merged.items())}
-
-
-def _csv_rows(path: Path) -> list[dict]:
-    try:
-        with open(path, newline="") as f:
-            return list(csv.DictReader(f))
-    except (OSError, csv.Error, UnicodeDecodeError):
-        return []
-
-
-def _number(text) -> float | None:
-    try:
-        value = float(text)
-    except (TypeError, ValueError):
-        return None
-    return value if math.isfinite(value) else None
 
 
 def read_batches(run_dir: Path, skipped: list[SkippedLine]) -> dict[int, list[dict]]:
