@@ -37,7 +37,10 @@ def test_defaults_are_nemos_nest_fast_conformer():
 
 
 def test_the_node_monitor_can_be_turned_off_and_takes_only_a_boolean():
-    assert config_from_dict({"nestkit": {"watchdog": {"node_monitor": False}}}).config.nestkit.watchdog.node_monitor is False
+    assert (
+        config_from_dict({"nestkit": {"watchdog": {"node_monitor": False}}}).config.nestkit.watchdog.node_monitor
+        is False
+    )
     with pytest.raises(ConfigError, match=r"nestkit.watchdog.node_monitor: wrong type"):
         config_from_dict({"nestkit": {"watchdog": {"node_monitor": "sometimes"}}})
 
