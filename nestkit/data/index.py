@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import orjson
 
-from nestkit.core.errors import ConfigError, ManifestError, ManifestProblems
+from nestkit.core.errors import ConfigError, ManifestError, ManifestProblems, NestkitError
 from nestkit.data.corpus import KIND_SHAR, Corpus, manifest_corpus
 from nestkit.data.index_build import build_index
 from nestkit.data.index_io import FORMAT_SHAR, FORMAT_TARRED, id_hash
@@ -179,6 +179,8 @@ class CutIndex:
             return None
         src = int(self.source[i])
         shard = self.shards[int(self.shard[i])]
+        if shard is None:  # only a Shar part without a tar has none, and none of its rows is kept
+            raise self._damaged(i, "its shard has no path (expected the tar its member is in)")
         if self.formats[src] == FORMAT_SHAR:
             name = f"{self.cut_id(i)}.{self.exts[int(self.ext[i])]}"
         else:
@@ -200,8 +202,14 @@ class CutIndex:
             cut = _tarred_cut(item, tarred_cut_id(item, line), manifest, line, self.sampling_rate)
         else:
             return cut_from_item(item, fmt, manifest, line, self.sampling_rate)
-        cut.custom[MEMBER_KEY] = self.member(i).as_dict()
+        address = self.member(i)
+        if address is None:  # an index of Shar or tarred sources always has the shard columns
+            raise self._damaged(i, f"no shard columns for a {fmt} source (expected its member's address)")
+        cut.custom[MEMBER_KEY] = address.as_dict()
         return cut
+
+    def _damaged(self, i: int, problem: str) -> NestkitError:
+        return NestkitError(f"index {self.folder}, row {i}: {problem}. Delete the folder to rebuild the index")
 
     def cut_id(self, i: int) -> str:
         src, line = int(self.source[i]), int(self.line[i])
@@ -466,7 +474,13 @@ def open_index(
                 if reason != NOT_BUILT:
                     notify(f"index of {corpus.key}: {reason}; rebuilding {folder}")
                 _build(corpus, folder, progress, policy, cache_dir)
-                index = CutIndex(folder, _read_meta(folder), sampling_rate)
+                meta = _read_meta(folder)
+                if meta is None:
+                    raise NestkitError(
+                        f"index {folder}: its meta.json cannot be read right after building it "
+                        f"(expected format {INDEX_FORMAT} version {INDEX_VERSION}). Check the disk and run again"
+                    )
+                index = CutIndex(folder, meta, sampling_rate)
     meta = index.meta
     index.notices = list(corpus.notices) + index.notices
     if reason is not None and reason != NOT_BUILT:
@@ -483,13 +497,15 @@ def open_index(
 def _check_weights(corpus: Corpus, index: CutIndex) -> None:
     """Weights of a shar_path list: honoured when they say what joining does (each cut once per epoch,
     NeMo's default weight = the number of cuts); refused otherwise, never silently ignored."""
-    weighted = [g for g in corpus.groups if g.weight is not None]
-    if not weighted:
+    weights = [g.weight for g in corpus.groups if g.weight is not None]
+    if not weights:
         return
+    if len(weights) != len(corpus.groups):  # corpus.py refuses weights for some directories only
+        raise ConfigError([f"{corpus.key}: give a weight for every directory or for none"])
     rows = index._source_rows
     counts = [int((rows[g.first : g.end, 1] - rows[g.first : g.end, 0]).sum()) for g in corpus.groups]
-    total_w, total_n = sum(g.weight for g in corpus.groups), sum(counts)
-    share = [(g.weight / total_w, n / total_n if total_n else 0.0) for g, n in zip(corpus.groups, counts)]
+    total_w, total_n = sum(weights), sum(counts)
+    share = [(w / total_w, n / total_n if total_n else 0.0) for w, n in zip(weights, counts)]
     if all(abs(w - n) <= WEIGHT_TOLERANCE * max(n, 1e-12) for w, n in share):
         index.notices.append(
             f"{corpus.key}: the weights {[g.weight for g in corpus.groups]} match the directories' cut counts "

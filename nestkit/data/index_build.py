@@ -94,7 +94,7 @@ def _index_manifest(b: Build, number: int, path: str) -> None:
             decoded = decode_lines(
                 lines, lengths, fmt or FORMAT_NEMO, path, line_no, b.problems, _lhotse_id if lhotse else None
             )
-            ids = decoded.kept if lhotse else np.zeros(len(decoded.rows), np.uint64)
+            ids = np.asarray(decoded.kept, np.uint64) if lhotse else np.zeros(len(decoded.rows), np.uint64)
             b.columns.append(
                 duration=decoded.durations,
                 source=np.full(len(decoded.rows), number),

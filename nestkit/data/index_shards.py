@@ -15,6 +15,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -263,7 +264,7 @@ def index_tarred(b: Build) -> None:
             )
         else:
             try:
-                for chunk in text_chunks(path, stat["size"], b.policy, lambda n, t=task: b.bar.advance(t, n)):
+                for chunk in text_chunks(path, stat["size"], b.policy, partial(b.bar.advance, task)):
                     base = b.add_text(chunk) if in_blob else pos
                     lines, starts, lengths = split_lines(chunk)
                     decoded = decode_lines(lines, lengths, FORMAT_NEMO, path, line_no, b.problems, _tarred_fields)
@@ -296,7 +297,7 @@ def index_tarred(b: Build) -> None:
             }
         )
     for tar in corpus.shards:
-        st = tars.stats.get(tar)
+        st = tars.stats.get(tar) if tar is not None else None  # a tarred corpus names every tar
         b.shards.append({"path": tar, "stat": st})
 
 

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import repeat
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal, cast, overload
 
 import numpy as np
 import orjson
@@ -50,6 +50,10 @@ class NemoEntry:
     duration: float  # seconds
 
 
+@overload
+def _number(item: dict, key: str, manifest: str, line: int, required: Literal[True]) -> float: ...
+@overload
+def _number(item: dict, key: str, manifest: str, line: int, required: Literal[False]) -> float | None: ...
 def _number(item: dict, key: str, manifest: str, line: int, required: bool) -> float | None:
     if key not in item or item[key] is None:
         if required:
@@ -269,7 +273,8 @@ def checked_durations(items: list, fmt: str) -> np.ndarray | None:
         return None
     if fmt == FORMAT_NEMO:
         paths = list(map(dict.get, items, repeat("audio_filepath")))
-        if not set(map(type, paths)) <= {str} or not all(paths) or "\0" in "".join(paths):
+        # cast: join runs only once the set of types just checked proves every path a str
+        if not set(map(type, paths)) <= {str} or not all(paths) or "\0" in "".join(cast("list[str]", paths)):
             return None  # audio_filename lines, empty paths or NUL bytes: the per-line parser decides
         offsets = list(map(dict.get, items, repeat("offset")))
         kinds = set(map(type, offsets))

@@ -65,7 +65,10 @@ def _read_nemo_archive(path: Path, trust_pickle: bool) -> dict[str, torch.Tensor
                 f"not a NeMo archive with one weights file (expected 1 member named {NEMO_WEIGHTS_MEMBER}, got {len(members)})",
                 "Give the .nemo file NeMo saved, or its extracted model_weights.ckpt",
             )
-        data = archive.extractfile(members[0]).read()
+        weights = archive.extractfile(members[0])
+        if weights is None:  # cannot happen: only regular files were kept above
+            raise CheckpointError(path, f"{members[0].name} in the archive is not a regular file")
+        data = weights.read()
     return _as_state_dict(_torch_load(data, path, trust_pickle), path)
 
 

@@ -135,8 +135,11 @@ class ConformerEncoder(nn.Module):
         self.pos_enc = RelPositionalEncoding(
             cfg.d_model, cfg.pos_emb_max_len, xscale, cfg.dropout_pre_encoder, cfg.dropout_emb
         )
+        context: tuple[int, int]
         if cfg.conv_context_size is None:
             context = ((cfg.conv_kernel_size - 1) // 2,) * 2
+        elif cfg.conv_context_size == "causal":  # a config built by hand, not through config.derive
+            context = (cfg.conv_kernel_size - 1, 0)
         else:
             context = (cfg.conv_context_size[0], cfg.conv_context_size[1])
         # tied biases: one (u, v) pair for all layers, listed under every layer's keys as in NeMo

@@ -10,6 +10,7 @@ bit for bit, not just close.
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
 
 # Slaney's auditory toolbox scale: linear below 1 kHz (200/3 Hz per mel), logarithmic above it,
 # with 27 mel steps per factor 6.4 in frequency.
@@ -19,7 +20,7 @@ _LOG_START_MEL = _LOG_START_HZ / _LINEAR_HZ_PER_MEL
 _LOG_STEP = np.log(6.4) / 27.0
 
 
-def hz_to_mel(hz: np.ndarray) -> np.ndarray:
+def hz_to_mel(hz: npt.ArrayLike) -> np.ndarray:
     hz = np.asarray(hz, dtype=np.float64)
     mel = hz / _LINEAR_HZ_PER_MEL
     above = hz >= _LOG_START_HZ

@@ -24,12 +24,14 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from nestkit.core.procs import process_start_ticks
 from nestkit.runfolder.heartbeats import (
     FINISHED,
     FORMAT,
     RUNNING,
+    PhaseMark,
     open_phase_mark,
     open_pulse,
     pulse_record,
@@ -37,6 +39,10 @@ from nestkit.runfolder.heartbeats import (
 )
 from nestkit.runfolder.layout import heartbeat_path, pulse_path
 from nestkit.runfolder.records import describe_os_error, warn_once
+from nestkit.runfolder.worker_status import StatusSlot
+
+if TYPE_CHECKING:
+    from nestkit.data.sampler import TrainingStream
 
 PULSE_INTERVAL_S = 0.2  # the pulse's refresh (the JSON file keeps heartbeat_interval_s)
 
@@ -229,7 +235,7 @@ class Heartbeat:
         self.position: tuple[int, int] | None = None  # (epoch, batch) in training
         self.batch_records: list[dict] = []  # the trained batch's per-utterance records (cut, file, line)
         self.received: tuple[int, int] | None = None  # last batch that came out of the DataLoader
-        self.stream = None  # the PlanStream: what was handed to the DataLoader
+        self.stream: TrainingStream | None = None  # what was handed to the DataLoader
         self.workers: list[dict] = []  # [{"worker": w, "pid": p}]
         self.collective = CollectiveState()
         self.step_times = StepTimes()
@@ -245,8 +251,8 @@ class Heartbeat:
         self._write_lock = threading.Lock()
         self.last_written: float | None = None  # wall time of the last heartbeat that reached the disk
         self.write_failures = 0
-        self._pulse = None  # the memory-mapped slot, opened by start()
-        self._mark = None  # the memory-mapped phase mark, opened by start()
+        self._pulse: StatusSlot | None = None  # the memory-mapped slot, opened by start()
+        self._mark: PhaseMark | None = None  # the memory-mapped phase mark, opened by start()
 
     # -- training thread ----------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from types import FrameType
 
 from nestkit.runfolder.layout import worker_stack_path
 
@@ -53,11 +54,12 @@ def own_threads() -> list[ThreadStack]:
     """Every thread of this process, innermost frame first."""
     names = {t.ident: t.name for t in threading.enumerate()}
     me = threading.get_ident() if threading.current_thread().name == "nestkit-watchdog" else None
-    stacks = []
-    for ident, frame in sys._current_frames().items():
+    stacks: list[ThreadStack] = []
+    for ident, top in sys._current_frames().items():
         if ident == me:
             continue  # the dumping watchdog thread itself (a data timeout dumps from the training thread: kept)
         frames = []
+        frame: FrameType | None = top
         while frame is not None:
             code = frame.f_code
             line = frame.f_lineno or 0

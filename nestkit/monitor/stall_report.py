@@ -64,7 +64,8 @@ def _from_dict(data: dict) -> StallReport | None:
 
 def _kills_after(run_dir: Path, incident: int) -> list[str]:
     """What nestkit killed after the report: each rank by name and reason, the workers in one line."""
-    lines, workers = [], {}
+    lines: list[str] = []
+    workers: dict[int | None, list[str]] = {}  # by the rank whose watchdog killed them
     for pid, kill in sorted(read_kills(run_dir).items()):
         if kill.get("incident") != incident:
             continue
@@ -141,7 +142,7 @@ def build_report(
         dump, beat = dumps.get(r), beats.get(r)
         host = ((dump or {}).get("heartbeat") or beat or {}).get("host")
         slots = dump.get("slots") if dump else read_slots(heartbeat_dir(run_dir), r)
-        ranks.append(rank_view(r, beat, dump, slots or [], now, nodes.get(host), kills))
+        ranks.append(rank_view(r, beat, dump, slots or [], now, nodes.get(host) if host is not None else None, kills))
     return StallReport(
         run_dir=str(run_dir),
         incident=incident,

@@ -22,9 +22,11 @@ node's ranks from outside: what no thread inside a stopped or GIL-bound rank can
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pytorch_lightning.callbacks import Callback
 
@@ -38,6 +40,9 @@ from nestkit.runfolder import worker_status
 from nestkit.runfolder.heartbeats import FAILED, FINISHED, heartbeat_dir
 from nestkit.runfolder.records import describe_os_error, warn_once
 
+if TYPE_CHECKING:
+    from nestkit.data.sampler import TrainingStream
+
 ERROR_KEPT = 1500  # characters kept from each end of a failed rank's error (a worker's traceback ends in its cause)
 
 
@@ -48,13 +53,22 @@ class StallWatch(Callback):
         self.run_dir = Path(run_dir)
         self.heartbeat: Heartbeat | None = None
         self.watchdog: Watchdog | None = None
-        self.stream = None
-        self.monitor = None  # the node monitor process (local rank 0 only)
+        self.stream: TrainingStream | None = None
+        self.monitor: subprocess.Popen | None = None  # the node monitor process (local rank 0 only)
         self.buffer_broadcast = False
         self.step_start_broadcast = False
         self._before_validation = "step_end"
 
     # -- set-up -------------------------------------------------------------------------------
+
+    def _live_heartbeat(self) -> Heartbeat:
+        """The heartbeat setup("fit") made: every hook below runs after it, within fit."""
+        if self.heartbeat is None:
+            raise RuntimeError(
+                "StallWatch: a training hook ran before setup('fit') made the heartbeat "
+                "(expected the callback to watch trainer.fit only)"
+            )
+        return self.heartbeat
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         if stage != "fit" or self.heartbeat is not None:
@@ -78,7 +92,7 @@ class StallWatch(Callback):
         trainer.save_checkpoint, whose closing barrier is a collective: wrapping the method (on
         this trainer instance only) covers the file write and the barrier."""
         original = trainer.save_checkpoint
-        hb = self.heartbeat
+        hb = self._live_heartbeat()
 
         def save_checkpoint(*args, **kwargs):
             previous = hb.phase
@@ -90,12 +104,19 @@ class StallWatch(Callback):
 
         trainer.save_checkpoint = save_checkpoint
 
-    def watch_loader(self, loader: WatchedDataLoader, stream) -> None:
+    def watch_loader(self, loader: WatchedDataLoader, stream: TrainingStream) -> None:
         """Called by the module's train_dataloader with the loader and the PlanStream it reads."""
-        hb = self.heartbeat
+        hb = self._live_heartbeat()
+        watchdog = self.watchdog
+        if watchdog is None:
+            raise RuntimeError("StallWatch: watch_loader ran before setup('fit') started the watchdog")
         hb.stream = self.stream = stream
         loader.watch = hb
-        loader.on_timeout = lambda message: self.watchdog.declare(message, kind="data_timeout")
+
+        def declare_data_timeout(message: str) -> None:
+            watchdog.declare(message, kind="data_timeout")
+
+        loader.on_timeout = declare_data_timeout
         if loader.num_workers == 0:  # the rank loads its own data: it reports what it reads itself
             path = worker_status.slot_path(heartbeat_dir(self.run_dir), hb.rank, None)
             try:
@@ -105,7 +126,7 @@ class StallWatch(Callback):
 
     def on_fit_start(self, trainer, pl_module) -> None:
         # DDP wraps the model by now
-        self.buffer_broadcast = collective.register(trainer.strategy.model, self.heartbeat)
+        self.buffer_broadcast = collective.register(trainer.strategy.model, self._live_heartbeat())
 
     def on_exception(self, trainer, pl_module, exception) -> None:
         self._hold_if_aborting()
@@ -120,25 +141,27 @@ class StallWatch(Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         position = getattr(batch, "position", None)
-        self.heartbeat.mark_step_start(
+        hb = self._live_heartbeat()
+        hb.mark_step_start(
             trainer.global_step,
             (position.epoch, position.batch) if position is not None else None,
             getattr(batch, "records", []),
             getattr(batch, "load_ms", None),
         )
         if self.buffer_broadcast:
-            self.heartbeat.enter_collective(collective.BUFFER_BROADCAST)
+            hb.enter_collective(collective.BUFFER_BROADCAST)
 
     def on_before_backward(self, trainer, pl_module, loss) -> None:
-        self.heartbeat.set_phase("backward")
+        self._live_heartbeat().set_phase("backward")
 
     def on_after_backward(self, trainer, pl_module) -> None:
-        self.heartbeat.set_phase("optimizer")
+        self._live_heartbeat().set_phase("optimizer")
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.heartbeat.mark_step_end(trainer.global_step)
+        hb = self._live_heartbeat()
+        hb.mark_step_end(trainer.global_step)
         if self.step_start_broadcast:
-            self.heartbeat.enter_collective(collective.STEP_START_BROADCAST)
+            hb.enter_collective(collective.STEP_START_BROADCAST)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         # Lightning sees one endless epoch: it ends only when the stream does. A stream cut short by
@@ -148,17 +171,18 @@ class StallWatch(Callback):
             trainer.should_stop = True
 
     def on_validation_start(self, trainer, pl_module) -> None:
-        self._before_validation = self.heartbeat.phase  # step_end, or startup for the sanity check
-        self.heartbeat.set_phase("validation")
+        hb = self._live_heartbeat()
+        self._before_validation = hb.phase  # step_end, or startup for the sanity check
+        hb.set_phase("validation")
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        self.heartbeat.mark_progress()
+        self._live_heartbeat().mark_progress()
 
     def on_validation_end(self, trainer, pl_module) -> None:
-        self.heartbeat.set_phase(self._before_validation)
+        self._live_heartbeat().set_phase(self._before_validation)
 
     def on_train_end(self, trainer, pl_module) -> None:
-        self.heartbeat.set_phase("finished")
+        self._live_heartbeat().set_phase("finished")
 
     # -- end ----------------------------------------------------------------------------------
 

@@ -300,7 +300,7 @@ def classify(ranks: list[RankView], request_kind: str | None = None) -> Verdict:
             [rank.rank],
         )
     if waiting:
-        steps = sorted({r.step for r in waiting})
+        steps = sorted({r.step for r in waiting if r.step is not None})  # None only for a missing rank
         if len(steps) > 1:
             behind = [r for r in waiting if r.step == steps[0]]
             return Verdict(
@@ -363,8 +363,8 @@ def _no_stall(
             slow.append(f"rank {r.rank} steps take up to {st['p95']:.2f} s (median {st['median']:.2f} s)")
     if slow:
         return Verdict("slow", "slow but progressing: " + "; ".join(slow), [])
-    steps = sorted({r.step for r in active})
-    medians = [r.step_time.get("median") for r in active if r.step_time and r.step_time.get("median")]
+    steps = sorted({r.step for r in active if r.step is not None})  # None only for a missing rank
+    medians = [median for r in active if r.step_time and (median := r.step_time.get("median"))]
     pace = f", median step {max(medians):.2f} s" if medians else ""
     return Verdict(
         "healthy",

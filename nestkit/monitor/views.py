@@ -135,7 +135,9 @@ class RankView:
             "buffer broadcast": "DDP's buffer broadcast (start of forward)",
             "step-start broadcast": "Lightning's step-start broadcast",
         }
-        return named.get(op) or op or self.blocking_call or "a collective"
+        if op:
+            return named.get(op, op)
+        return self.blocking_call or "a collective"
 
     def doing(self) -> str:
         """`waiting in all-reduce at step 4`, `in forward at step 4`, ..."""
@@ -257,7 +259,7 @@ def rank_view(
     node_fresh = node is not None and (node.get("ended") or now - node.get("written_at", 0) < stale_after(1.0))
 
     # is the process there, and in what state (from here when it runs on this host)
-    if same_host:
+    if same_host and pid is not None:  # every heartbeat names its pid; without one nothing can be told
         alive = process_alive(pid, beat.get("pid_start"))
         state = process_state(pid) if alive else None
         if state in ZOMBIE_STATES:
@@ -291,7 +293,7 @@ def rank_view(
         alive or (alive is None and now - written_at < stale_after(beat.get("interval_s", 1.0)))
     ):
         ref = now
-    elif condition == KILLED:
+    elif condition == KILLED and killed is not None:  # KILLED is set only with a kill record
         ref = killed.get("time", written_at)
     elif condition == DEAD and gone_at:
         ref = gone_at

@@ -38,6 +38,7 @@ from nestkit.config import WatchdogConfig
 from nestkit.core.procs import STOPPED_STATES, ZOMBIE_STATES, parent_pid, process_alive, process_state
 from nestkit.monitor import collective, stack_dump
 from nestkit.monitor.heartbeat import Heartbeat
+from nestkit.monitor.stragglers import StragglerWatch
 from nestkit.runfolder import records, worker_status
 from nestkit.runfolder.heartbeats import ABORTED, RUNNING, heartbeat_dir, read_heartbeats
 from nestkit.runfolder.incidents import (
@@ -92,7 +93,7 @@ class Watchdog:
         self._stop = threading.Event()
         self.aborting = threading.Event()  # set once this rank will exit through abort()
         self._thread: threading.Thread | None = None
-        self.stragglers = None  # a monitor.stragglers.StragglerWatch on global rank zero
+        self.stragglers: StragglerWatch | None = None  # on global rank zero only
         self._errors_said: set[str] = set()
         self._kills: list[dict] = []  # processes this rank killed, for the incident's record
 
@@ -338,7 +339,8 @@ class Watchdog:
         if incident is not None and children:
             incident.record_kills(hb.rank, self._kills)
         for child in children:
-            _kill(child.pid)
+            if child.pid is not None:  # always set: active_children() lists started processes only
+                _kill(child.pid)
         _bounded(records.flush_all, FLUSH_BEFORE_EXIT_S)  # batch log and quarantine records still held
         sys.stdout.flush()
         sys.stderr.flush()

@@ -29,7 +29,7 @@ def write_observation(run_dir: str | os.PathLike, host: str, record: dict) -> bo
 
 def read_observations(run_dir: str | os.PathLike) -> dict[str, dict]:
     """host -> its monitor's latest observation (unreadable or foreign files are left out)."""
-    found = {}
+    found: dict[str, dict] = {}
     folder = monitor_dir(run_dir)
     if not folder.is_dir():
         return found

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from nestkit.data.batch import NestBatch
+from nestkit.data.pipeline import dataset_config
 from nestkit.tools.positions import Place, in_flight_count, logged
 from nestkit.tools.session import DebugSession, PlannedCut
 
@@ -61,7 +62,7 @@ class RankBatch:
 
 def lookup_batch(session: DebugSession, places: list[Place], load: bool = True) -> list[RankBatch]:
     """Each place's cuts, files and (with `load`) the batch as training built it, beside the log."""
-    ds = session.cfg.model.train_ds  # training's loader settings (the session itself loads in-process)
+    ds = dataset_config(session.cfg, "train")  # training's loader settings (the session itself loads in-process)
     ahead = in_flight_count(ds.num_workers, ds.prefetch_factor)
     return [
         RankBatch(

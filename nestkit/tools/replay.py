@@ -25,6 +25,7 @@ from nestkit.core.errors import AudioLoadError, NestkitError
 from nestkit.data.batch import NestBatch
 from nestkit.data.index_io import FORMAT_SHAR
 from nestkit.data.loading import load_cut
+from nestkit.data.pipeline import dataset_config
 from nestkit.data.shards.member_audio import policy_within, read_member
 from nestkit.data.shards.ranged import ShardReadError
 from nestkit.data.shards.tar_index import MemberAddress
@@ -92,7 +93,7 @@ class ReplayReport:
 def time_samples(session: DebugSession, place: Place) -> list[SampleReport]:
     """Load every planned cut alone, with the training loader and its timeout, and time it."""
     sample_rate = session.pipeline.dataset.sample_rate
-    timeout_s = session.cfg.model.train_ds.sample_timeout_s or None
+    timeout_s = dataset_config(session.cfg, "train").sample_timeout_s or None
     reports = []
     for planned, cut in zip(session.planned(place), session.cuts(place)):
         started = time.perf_counter()
@@ -147,12 +148,12 @@ def write_repro(session: DebugSession, place: Place, sample: SampleReport, out_d
     folder = (out_dir / f"{sample.planned_cut}").resolve()  # absolute: the config and command name it
     folder.mkdir(parents=True, exist_ok=True)
     index = session.pipeline.index
-    row = index.row_at(sample.manifest, sample.line) if sample.manifest else None
+    row = index.row_at(sample.manifest, sample.line) if sample.manifest and sample.line is not None else None
     item = index.item(row) if row is not None else {"audio_filepath": sample.path, "duration": None}
     fmt = index.formats[int(index.source[row])] if row is not None else "nemo"
     address = index.member(row) if row is not None else None
     extracted = None
-    if address is not None:
+    if row is not None and address is not None:  # an address comes with its row
         (folder / "original_line.json").write_bytes(index.text(row) + b"\n")
         audio, extract_error = _extract_member(address, folder, timeout_s)
         extracted = (address, audio, extract_error)
@@ -166,7 +167,7 @@ def write_repro(session: DebugSession, place: Place, sample: SampleReport, out_d
         manifest = folder / "manifest.jsonl"
     manifest.write_text(json.dumps(item) + "\n")
     cfg = copy.deepcopy(session.cfg)
-    ds = cfg.model.train_ds
+    ds = dataset_config(cfg, "train")
     ds.manifest_filepath = [str(manifest)]
     ds.shar_path, ds.is_tarred, ds.tarred_audio_filepaths = None, False, None  # the repro reads its own file
     ds.batch_size, ds.batch_duration = 1, None
@@ -275,7 +276,7 @@ def replay_batch(
         samples=samples,
         batch_error=batch_error,
     )
-    timeout_s = session.cfg.model.train_ds.sample_timeout_s
+    timeout_s = dataset_config(session.cfg, "train").sample_timeout_s
     if repro_dir is not None:
         for sample in report.failed:
             report.repro_dirs.append(str(write_repro(session, place, sample, repro_dir, timeout_s)))

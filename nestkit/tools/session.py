@@ -19,7 +19,7 @@ from nestkit.config import NestConfig
 from nestkit.core.errors import NestkitError
 from nestkit.data.batch import NestBatch
 from nestkit.data.loading import cut_path, file_segment, member_segment
-from nestkit.data.pipeline import DataPipeline, build_pipeline
+from nestkit.data.pipeline import DataPipeline, build_pipeline, dataset_config
 from nestkit.data.sampler import cuts_of
 from nestkit.tools.positions import Place, RunLayout, segments_of, world_size_of
 
@@ -51,7 +51,7 @@ class DebugSession:
     ):
         cfg = copy.deepcopy(cfg)
         if sample_timeout_s is not None:
-            cfg.model.train_ds.sample_timeout_s = sample_timeout_s
+            dataset_config(cfg, "train").sample_timeout_s = sample_timeout_s
         self.cfg = cfg
         self.run_dir = run_dir
         self.accumulate = cfg.trainer.accumulate_grad_batches

@@ -142,7 +142,7 @@ def periodic_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
 
 def newest_intact(run_dir: str | os.PathLike, skip: Path | None = None) -> tuple[Path | None, list[str]]:
     """The newest stepN.ckpt that passes `check_checkpoint`, and one line per damaged one passed over."""
-    damaged = []
+    damaged: list[str] = []
     for _, path in periodic_checkpoints(run_dir):
         if skip is not None and path.resolve() == Path(skip).resolve():
             continue

@@ -108,7 +108,9 @@ def resolve(cfg: NestConfig, resume: bool | str = False, fresh: bool = False, ra
     may_start_over = fresh or cfg.exp_manager.resume_ignore_no_checkpoint
     logs = run_logs(run_dir)
     checkpoints = checkpoint_files(run_dir)
-    resume_from, warnings, move = None, [], []
+    resume_from: Path | None = None
+    warnings: list[str] = []
+    move: list[str] = []
 
     if wants_resume:
         resume_from, warnings, problems = _resumable(run_dir, explicit)

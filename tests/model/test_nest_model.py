@@ -12,7 +12,7 @@ from nestkit.config import ModelConfig, load_config
 from nestkit.core.errors import ConfigError
 from nestkit.core.rng import torch_generator
 from nestkit.model.attention import RelPositionalEncoding, RelPositionMultiHeadAttention
-from nestkit.model.conformer import layer_drop_probabilities
+from nestkit.model.conformer import ConformerEncoder, layer_drop_probabilities
 from nestkit.model.nest import NestModel
 from nestkit.model.schedule import build_optimizer
 
@@ -258,3 +258,10 @@ def test_nemos_other_spellings_of_contexts_are_accepted():
     assert NestModel(cfg).encoder.layers[0].conv.context == (4, 0)
     with pytest.raises(ConfigError, match=r"att_context_size: limited attention context is not supported"):
         tiny_config(encoder={"att_context_size": [[-1, -1], [70, 13]]})
+
+
+def test_causal_conv_context_in_a_config_built_by_hand():
+    """An EncoderConfig made by hand keeps `conv_context_size: causal` (config.derive never ran): the
+    encoder reads it as NeMo does, [kernel - 1, 0], rather than indexing into the string."""
+    encoder = dataclasses.replace(tiny_config().encoder, conv_context_size="causal", conv_kernel_size=5)
+    assert ConformerEncoder(encoder).layers[0].conv.context == (4, 0)

@@ -318,6 +318,8 @@ def read_tarred_dataset(
                     continue
                 sid = written
             else:
+                if file_sid is None:  # unreachable: a manifest without its shard id was left out above
+                    raise RuntimeError(f"manifest {manifest}: no shard id (expected the check above to skip it)")
                 sid = file_sid
                 if written is not None and written != file_sid:
                     findings.append(

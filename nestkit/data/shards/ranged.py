@@ -26,11 +26,14 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import urljoin, urlsplit
 
 from nestkit.core.errors import NestkitError
 from nestkit.core.timeouts import CallTimeout, call_with_timeout
+
+if TYPE_CHECKING:
+    import urllib3
 
 T = TypeVar("T")
 
@@ -598,7 +601,7 @@ class SequentialReader:
         self.reads = 0  # local reads completed (progress, for `watched`)
         self._buf = bytearray()
         self._buf_start = 0
-        self._resp = None
+        self._resp: urllib3.BaseHTTPResponse | None = None
         self._stream_pos = 0
         self._fd: int | None = None
         if not is_url(where):
@@ -632,17 +635,17 @@ class SequentialReader:
             return b""
         if self._buf_start + len(self._buf) < end or pos > self._buf_start + len(self._buf):
             if self._fd is not None:
-                self._fill_local(pos, end)
+                self._fill_local(self._fd, pos, end)
             else:
                 self._fill_http(pos, end)
         return bytes(self._buf[pos - self._buf_start : end - self._buf_start])
 
-    def _fill_local(self, pos: int, end: int) -> None:
+    def _fill_local(self, fd: int, pos: int, end: int) -> None:
         want = max(end - pos, LOCAL_WINDOW)
         try:
             # not bounded one by one (a thread hand-off per header costs 5x the walk): `watched` bounds
             # the whole walk by the time since the last completed read
-            data = os.pread(self._fd, want, pos)
+            data = os.pread(fd, want, pos)
             self.reads += 1
         except OSError as exc:
             raise ShardReadError("io_error", self.where, f"read at {pos} failed ({exc.strerror or exc})") from None
@@ -677,9 +680,8 @@ class SequentialReader:
         started = time.monotonic()
         while True:
             try:
-                if self._resp is None:
-                    self._open_stream()
-                chunk = self._resp.read1(STREAM_CHUNK)
+                resp = self._resp if self._resp is not None else self._open_stream()
+                chunk = resp.read1(STREAM_CHUNK)
                 if not chunk:
                     raise _Attempt(
                         "short_read", f"the stream ended at byte {self._stream_pos} (expected {self.size} bytes)"
@@ -704,7 +706,7 @@ class SequentialReader:
                 )
             time.sleep(self.policy.backoff(len(failures)))
 
-    def _open_stream(self) -> None:
+    def _open_stream(self) -> urllib3.BaseHTTPResponse:
         self.requests += 1
         resp = _request("GET", self.where, {"Range": f"bytes={self._stream_pos}-"}, self.policy)
         if resp.status == 206:
@@ -727,6 +729,7 @@ class SequentialReader:
             resp.close()
             raise _status_attempt(resp.status, f"bytes from {self._stream_pos}")
         self._resp = resp
+        return resp
 
     def _drop_stream(self) -> None:
         if self._resp is not None:

@@ -29,6 +29,7 @@ import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
+from typing import overload
 
 import numpy as np
 import orjson
@@ -148,7 +149,12 @@ class TarIndex:
             self._positions = positions
         return self._positions.get(name)
 
+    @overload
+    def address(self, name_or_row: int) -> MemberAddress: ...
+    @overload
+    def address(self, name_or_row: str) -> MemberAddress | None: ...
     def address(self, name_or_row: str | int) -> MemberAddress | None:
+        """A row's address; a name's, or None when no member has that name."""
         row = self.position(name_or_row) if isinstance(name_or_row, str) else name_or_row
         if row is None:
             return None
