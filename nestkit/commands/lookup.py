@@ -112,10 +112,14 @@ def lookup(
         _render(result)
     if all_ranks:
         _render_segment(session, first)
+    # after a resume on fewer ranks, the ranks beyond its world size take no part in later epochs
+    taking = {r: n for r, n in counts.items() if n > 0} or counts
+    absent = sorted(set(counts) - set(taking))
     console.print(
         f"batches per rank in epoch {first.epoch}: "
-        + ", ".join(f"rank {r}: {n}" for r, n in counts.items())
-        + ("  (equal by construction)" if len(set(counts.values())) == 1 else "")
+        + ", ".join(f"rank {r}: {n}" for r, n in taking.items())
+        + ("  (equal by construction)" if len(taking) > 1 and len(set(taking.values())) == 1 else "")
+        + (f"; rank(s) {', '.join(map(str, absent))} took no part in it (fewer ranks then)" if absent else "")
     )
 
 

@@ -116,10 +116,17 @@ class StepPrinter(Callback):
 
     def __init__(self, every: int):
         self.every = max(1, every)
+        self.printed = -1
+
+    def on_train_start(self, trainer, pl_module):
+        self.printed = trainer.global_step  # a resume has trained nothing yet at its first step
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         step = trainer.global_step
+        if step == self.printed:  # with gradient accumulation, each micro-batch of a step ends here
+            return
         if trainer.global_rank == 0 and (step % self.every == 0 or step == trainer.max_steps):
+            self.printed = step
             metrics = trainer.callback_metrics
             parts = [f"step {step}/{trainer.max_steps}"]
             for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "audio_seconds_per_second"):

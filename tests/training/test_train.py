@@ -318,3 +318,18 @@ def test_resume_from_a_truncated_last_checkpoint_continues_from_the_newest_intac
         resumed = {r["step"]: (r["epoch"], r["batch"], r["fingerprint"], r["loss"]) for r in records[8:]}
         assert resumed == {s: before[rank][s] for s in range(4, 8)}  # same batches, bit-identical losses
     assert log.read_bytes().endswith(b"\n")
+
+
+def test_with_gradient_accumulation_each_step_is_printed_once(tmp_path, small_corpus):
+    cfg = write_train_config(
+        tmp_path / "acc.yaml",
+        small_corpus["train"],
+        small_corpus["noise"],
+        name="acc",
+        model={"train_ds": {"num_workers": 0}},
+        trainer={"max_steps": 3, "accumulate_grad_batches": 2, "log_every_n_steps": 1},
+    )
+    result = nestkit("train", cfg, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    printed = [line.split()[1] for line in result.stdout.splitlines() if line.startswith("step ")]
+    assert printed == ["1/3", "2/3", "3/3"], result.stdout  # one line per optimizer step, not per micro-batch
