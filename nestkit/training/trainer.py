@@ -117,6 +117,7 @@ def quiet_lightning() -> None:
         r".*isinstance\(treespec, LeafSpec\).*",  # Lightning's own use of a torch API
         r".*does not have many workers.*",  # nestkit chose num_workers from the config
         r".*DataLoader will create \d+ worker processes in total.*",  # train() notes it once, by its config key
+        r".*Checkpoint directory .* exists and is not empty.*",  # a resume: run.resolve decided about the folder
     ):
         warnings.filterwarnings("ignore", message=message)
 
