@@ -22,6 +22,7 @@ def _check_dataset(ds: DatasetConfig, where: str, problems: list[str]) -> None:
         problems.append(f"{where}.batch_size: must be at least 1 (got {ds.batch_size})")
     if ds.batch_duration is not None and ds.batch_duration <= 0:
         problems.append(f"{where}.batch_duration: must be positive seconds (got {ds.batch_duration})")
+    _check_order(ds, where, problems)
     if ds.num_buckets < 1:
         problems.append(f"{where}.num_buckets: must be at least 1 (got {ds.num_buckets})")
     if ds.min_duration is not None and ds.max_duration is not None and ds.min_duration > ds.max_duration:
@@ -80,6 +81,17 @@ def _check_shards(ds: DatasetConfig, where: str, problems: list[str]) -> None:
         problem = _shar_path_problem(ds.shar_path)
         if problem:
             problems.append(f"{where}.shar_path: {problem}")
+
+
+def _check_order(ds: DatasetConfig, where: str, problems: list[str]) -> None:
+    """The shard-aware order walks shards; per-file audio has none (each file is its own read anyway)."""
+    if ds.order == "shards" and ds.shar_path is None and not ds.is_tarred:
+        problems.append(
+            f"{where}.order: 'shards' needs a sharded corpus (expected shar_path or is_tarred: true, got per-file "
+            "manifests). Use order: global, or write the corpus as shards with `nestkit shard`"
+        )
+    if ds.shard_window < 1:
+        problems.append(f"{where}.shard_window: must be at least 1 shard (got {ds.shard_window})")
 
 
 def _shar_path_problem(spec) -> str | None:

@@ -65,6 +65,11 @@ class DatasetConfig:
     num_buckets: int = 30
     shuffle: bool = True
     drop_last: bool = False  # as NeMo's dataloaders when the key is absent
+    # The epoch's order (nestkit.data.plan): "global" shuffles every cut of the corpus; "shards" (Shar or NeMo
+    # tarred corpora only) shuffles the shards and walks them `shard_window` at a time, so that consecutive
+    # micro-batches -- what the ranks take in each step -- read few shards, forward. Less random, more local.
+    order: Literal["global", "shards"] = "global"
+    shard_window: int = 4  # shards read together in order: shards (their micro-batches are shuffled together)
     min_duration: Optional[float] = 1.0  # seconds; shorter cuts are left out of the plan (counted)
     max_duration: Optional[float] = 60.0  # seconds; longer cuts are left out of the plan (counted)
     num_workers: int = 8

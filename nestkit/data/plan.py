@@ -24,6 +24,20 @@ of at most `batch_duration` seconds, and the micro-batches of a bucket are kept 
 of `BUCKET_RUN` before the runs are shuffled: a step's micro-batches then come from one bucket
 (ranks wait on each other as little as possible) for every world size that divides the run
 length, without the order depending on the world size.
+
+Two orders (`order`), both pure functions of (seed, epoch, settings) and of the corpus:
+
+* `global` shuffles every kept cut of the corpus, then forms micro-batches: the most random order; on a
+  sharded corpus a rank's consecutive reads land anywhere in any shard.
+* `shards` (sharded corpora: each cut's shard and member offset, `ShardLayout`) shuffles the shards, lays
+  their members out in reading order (shard after shard, each by offset), and forms micro-batches in that
+  order -- a fixed-size batch is a run of neighbouring members, a duration batch holds the next members
+  of its bucket -- so every batch reads forward through one shard or two. The shards are walked in
+  windows of `shard_window`; a micro-batch belongs to the window of its first member, and the
+  micro-batches (bucket runs) of a window are shuffled among themselves. The steps the ranks take in
+  rounds then read a few shards at a time, forward. The price: batches hold neighbouring members (often
+  one speaker or source per shard) and a window's data stays together in the epoch; bucket runs are
+  shuffled inside a window only, so a step may straddle two buckets.
 """
 
 from __future__ import annotations
@@ -39,6 +53,16 @@ from nestkit.core.rng import generator
 # Micro-batches of one bucket kept in a row. 24 is divisible by 1, 2, 3, 4, 6, 8, 12 and 24, so
 # a step of that many micro-batches stays inside one bucket for all those world sizes.
 BUCKET_RUN = 24
+ORDER_GLOBAL = "global"
+ORDER_SHARDS = "shards"
+
+
+@dataclass(frozen=True)
+class ShardLayout:
+    """Where each index row's audio lies: its shard (a number) and the member's byte offset in it."""
+
+    shard: np.ndarray
+    offset: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -52,6 +76,8 @@ class BatchingConfig:
     drop_last: bool = True
     min_duration: float | None = None
     max_duration: float | None = None
+    order: str = ORDER_GLOBAL  # ORDER_GLOBAL | ORDER_SHARDS
+    shard_window: int = 4  # ORDER_SHARDS: shards whose micro-batches are shuffled together
     source: str = "plan"  # what errors name: the config section, e.g. model.validation_ds
 
     @staticmethod
@@ -65,6 +91,8 @@ class BatchingConfig:
             drop_last=ds.drop_last,
             min_duration=ds.min_duration,
             max_duration=ds.max_duration,
+            order=ds.order,
+            shard_window=ds.shard_window,
         )
 
     def keep_mask(self, durations: np.ndarray) -> np.ndarray:
@@ -85,6 +113,8 @@ class BatchingConfig:
             "drop_last": self.drop_last,
             "min_duration": self.min_duration,
             "max_duration": self.max_duration,
+            "order": self.order,
+            "shard_window": self.shard_window,
         }
 
 
@@ -115,8 +145,11 @@ class EpochSequence:
         return self.rows[self.bounds[index] : self.bounds[index + 1]]
 
 
-def plan_sequence(durations: np.ndarray, batching: BatchingConfig, seed: int, epoch: int) -> EpochSequence:
-    """The micro-batches of `epoch` over cuts with these durations (index rows)."""
+def plan_sequence(
+    durations: np.ndarray, batching: BatchingConfig, seed: int, epoch: int, layout: ShardLayout | None = None
+) -> EpochSequence:
+    """The micro-batches of `epoch` over cuts with these durations (index rows); `layout`: where each
+    row's audio lies, which the `shards` order needs."""
     durations = np.asarray(durations, dtype=np.float64)
     kept = np.flatnonzero(batching.keep_mask(durations))
     too_short = int(np.sum(durations < batching.min_duration)) if batching.min_duration is not None else 0
@@ -127,17 +160,28 @@ def plan_sequence(durations: np.ndarray, batching: BatchingConfig, seed: int, ep
             f"filter min_duration={batching.min_duration}, max_duration={batching.max_duration}). "
             "Check the manifests and the filter"
         )
-    order = kept[generator(seed, "plan-order", epoch).permutation(len(kept))] if batching.shuffle else kept
-    partial_dropped = 0
-    if batching.batch_size is not None:
-        rows, bounds = _fixed_size(order, batching.batch_size)
-        if batching.drop_last and len(bounds) > 2 and bounds[-1] - bounds[-2] < batching.batch_size:
-            partial_dropped = int(bounds[-1] - bounds[-2])
-            rows, bounds = rows[: bounds[-2]], bounds[:-1]
-    elif batching.batch_duration is not None:
-        rows, bounds = _bucketed(order, durations, kept, batching, generator(seed, "plan-runs", epoch))
-    else:
+    if batching.batch_size is None and batching.batch_duration is None:
         raise PlanError(f"{batching.source}: set batch_size or batch_duration")
+    if batching.order == ORDER_SHARDS:
+        rows, bounds = _by_shards(
+            kept, durations, _checked_layout(layout, batching, len(durations)), batching, seed, epoch
+        )
+    elif batching.order != ORDER_GLOBAL:
+        raise PlanError(
+            f"{batching.source}: order {batching.order!r} is unknown (expected {ORDER_GLOBAL} or {ORDER_SHARDS})"
+        )
+    else:
+        order = kept[generator(seed, "plan-order", epoch).permutation(len(kept))] if batching.shuffle else kept
+        if batching.batch_size is not None:
+            rows, bounds = _fixed_size(order, batching.batch_size)
+        else:
+            rows, bounds = _bucketed(order, durations, kept, batching, generator(seed, "plan-runs", epoch))
+    partial_dropped = 0
+    size = batching.batch_size
+    # both orders keep the one incomplete fixed-size micro-batch last
+    if size is not None and batching.drop_last and len(bounds) > 2 and bounds[-1] - bounds[-2] < size:
+        partial_dropped = int(bounds[-1] - bounds[-2])
+        rows, bounds = rows[: bounds[-2]], bounds[:-1]
     return EpochSequence(
         epoch, rows.astype(np.int64, copy=False), bounds, len(durations), too_short, too_long, partial_dropped
     )
@@ -206,6 +250,85 @@ def _bucketed(order, durations, kept, batching: BatchingConfig, rng: np.random.G
     runs = full_runs + short_runs
     lengths = np.concatenate([r[1] for r in runs])
     return np.concatenate([r[0] for r in runs]), np.concatenate(([0], np.cumsum(lengths)))
+
+
+def _checked_layout(layout: ShardLayout | None, batching: BatchingConfig, rows: int) -> ShardLayout:
+    if layout is None:
+        raise PlanError(
+            f"{batching.source}.order: 'shards' needs each cut's shard (expected a Shar or NeMo tarred corpus, got "
+            "per-file manifests). Use order: global, or write the corpus as shards with `nestkit shard`"
+        )
+    if len(layout.shard) != rows or len(layout.offset) != rows:
+        raise PlanError(
+            f"{batching.source}: shard layout of {len(layout.shard)}/{len(layout.offset)} rows does not match the "
+            f"index (expected {rows} rows)"
+        )
+    return layout
+
+
+def _by_shards(kept, durations, layout: ShardLayout, batching: BatchingConfig, seed: int, epoch: int):
+    """The `shards` order (module docstring): micro-batches formed in reading order, shuffled per window."""
+    shard_of = np.asarray(layout.shard)[kept]
+    shards = np.unique(shard_of)
+    if batching.shuffle:
+        shards = shards[generator(seed, "plan-shards", epoch).permutation(len(shards))]
+    place = np.zeros(int(shard_of.max()) + 1, dtype=np.int64)  # a shard's place in the epoch's walk
+    place[shards] = np.arange(len(shards))
+    walk = np.lexsort((np.asarray(layout.offset)[kept], place[shard_of]))
+    reading = kept[walk]
+    window_of = np.zeros(len(durations), dtype=np.int64)  # per index row
+    window_of[reading] = place[shard_of[walk]] // batching.shard_window
+    if batching.batch_size is not None:
+        rows, bounds = _fixed_size(reading, batching.batch_size)
+        runs = np.arange(len(bounds) - 1)  # every micro-batch moves alone
+        last_partial = bounds[-1] - bounds[-2] < batching.batch_size
+    else:
+        rows, bounds, buckets = _packed_by_bucket(reading, durations, kept, batching)
+        runs = _bucket_runs(buckets, window_of[rows[bounds[:-1]]])
+        last_partial = False
+    windows = window_of[rows[bounds[:-1]]]  # a micro-batch's window is its first member's
+    count = int(runs[-1]) + 1
+    keys = generator(seed, "plan-windows", epoch).random(count) if batching.shuffle else np.arange(count, dtype=float)
+    run_keys = keys[runs]
+    if last_partial:
+        run_keys[-1] = np.inf  # the incomplete fixed-size micro-batch stays last (drop_last drops it)
+    order = np.lexsort((np.arange(len(windows)), run_keys, windows))
+    return _reordered(rows, bounds, order)
+
+
+def _packed_by_bucket(reading, durations, kept, batching: BatchingConfig):
+    """Micro-batches of at most batch_duration, each bucket packed in reading order (so a bucket's last,
+    short micro-batch is the only one of the epoch, not one per window): rows, bounds, bucket of each."""
+    edges = _bucket_edges(durations[kept], batching.num_buckets)  # as the global order: a cut keeps its bucket
+    bucket_of = np.searchsorted(edges, durations[reading], side="right")
+    by_bucket = reading[np.argsort(bucket_of, kind="stable")]
+    splits = np.cumsum(np.bincount(bucket_of, minlength=len(edges) + 1))
+    lengths, buckets = [], []
+    for bucket, (lo, hi) in enumerate(zip(np.concatenate(([0], splits[:-1])), splits)):
+        if hi > lo:
+            pieces = np.diff(_pack_by_duration(durations[by_bucket[lo:hi]], float(batching.batch_duration or 0.0)))
+            lengths.append(pieces)
+            buckets.append(np.full(len(pieces), bucket))
+    all_lengths = np.concatenate(lengths)
+    return by_bucket, np.concatenate(([0], np.cumsum(all_lengths))), np.concatenate(buckets)
+
+
+def _bucket_runs(buckets: np.ndarray, windows: np.ndarray) -> np.ndarray:
+    """Run number of each micro-batch: runs of up to BUCKET_RUN micro-batches of one bucket and one window,
+    numbered in the order given (bucket after bucket, reading order inside)."""
+    starts = np.ones(len(buckets), dtype=bool)
+    starts[1:] = (buckets[1:] != buckets[:-1]) | (windows[1:] != windows[:-1])
+    group = np.cumsum(starts) - 1
+    rank_in_group = np.arange(len(buckets)) - np.flatnonzero(starts)[group]
+    return np.cumsum(rank_in_group % BUCKET_RUN == 0) - 1
+
+
+def _reordered(rows: np.ndarray, bounds: np.ndarray, order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The micro-batches `rows[bounds[i]:bounds[i+1]]` taken in `order`, as new rows and bounds."""
+    lengths = np.diff(bounds)[order]
+    new_bounds = np.concatenate(([0], np.cumsum(lengths))).astype(np.int64)
+    moved = np.repeat(bounds[:-1][order] - new_bounds[:-1], lengths)
+    return rows[np.arange(len(moved)) + moved], new_bounds
 
 
 # ------------------------------------------------------------------------------------------------

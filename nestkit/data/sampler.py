@@ -27,7 +27,16 @@ from lhotse import CutSet
 
 from nestkit.core import faults
 from nestkit.data.batch import PLAN_KEY
-from nestkit.data.plan import BatchingConfig, Deal, EpochSequence, MicroBatch, deal, plan_sequence
+from nestkit.data.plan import (
+    ORDER_SHARDS,
+    BatchingConfig,
+    Deal,
+    EpochSequence,
+    MicroBatch,
+    ShardLayout,
+    deal,
+    plan_sequence,
+)
 from nestkit.data.plan_cache import cached_sequence
 
 if TYPE_CHECKING:
@@ -54,6 +63,7 @@ class Planner:
         self._sequences: dict[int, EpochSequence] = {}
         self._deals: dict[tuple, Deal] = {}
         self._digest: str | None = None
+        self._layout_digest: str | None = None
         self._lengths: dict[int, int] = {}
         self._kept: int | None = None
 
@@ -68,7 +78,7 @@ class Planner:
 
     def _plan(self, epoch: int) -> EpochSequence:
         def plan() -> EpochSequence:
-            return plan_sequence(self.index.duration, self.batching, self.seed, epoch)
+            return plan_sequence(self.index.duration, self.batching, self.seed, epoch, self.layout())
 
         if self.cache_dir is None:
             return plan()
@@ -95,18 +105,37 @@ class Planner:
             )
         return self._deals[key]
 
+    def layout(self) -> ShardLayout | None:
+        """Each row's shard and member offset, which the `shards` order walks (None: per-file, or not needed)."""
+        shard = getattr(self.index, "shard", None)
+        if self.batching.order != ORDER_SHARDS or shard is None:
+            return None
+        return ShardLayout(shard, self.index.member_offset)
+
     def signature(self) -> dict:
-        """What the sequences depend on; a resume compares it with the checkpoint's."""
+        """What the sequences depend on; a resume compares it with the checkpoint's (and the plan cache keys
+        on it, so sequences of different orders or shard layouts never mix)."""
         if self._digest is None:
-            durations = np.ascontiguousarray(self.index.duration, dtype=np.float64)
-            self._digest = hashlib.blake2b(durations.view(np.uint8).data, digest_size=8).hexdigest()
-        return {
+            digest = hashlib.blake2b(digest_size=8)
+            digest.update(np.ascontiguousarray(self.index.duration, dtype=np.float64).view(np.uint8).data)
+            self._digest = digest.hexdigest()
+            layout = self.layout()
+            if layout is not None:  # the shards order also depends on where every member lies
+                for column in (layout.shard, layout.offset):
+                    digest.update(np.ascontiguousarray(column, dtype=np.int64).view(np.uint8).data)
+                self._layout_digest = digest.hexdigest()
+        signature = {
             "format": PLAN_FORMAT,
             "seed": self.seed,
             "cuts": len(self.index),
             "durations": self._digest,
             **self.batching.settings(),
         }
+        if self.batching.order == ORDER_SHARDS:
+            # another sequence rule: the format says so, so that a resume that changes the order is refused
+            signature["format"] = f"{PLAN_FORMAT}+shards/{self.batching.shard_window}"
+            signature["layout"] = self._layout_digest
+        return signature
 
 
 def cuts_of(index: CutIndex, entry: MicroBatch, epoch: int, rank: int, world_size: int, batch: int) -> CutSet:
