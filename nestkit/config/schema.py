@@ -95,7 +95,7 @@ class DatasetConfig:
     concat_sampling_probabilities: Optional[list[float]] = _inert(None, "manifests are joined")
     shard_strategy: Optional[str] = _inert("scatter", "every rank reads every shard: the planner deals out batches")
     shard_manifests: Optional[bool] = _inert(False, "manifests are indexed whole: one shard_id per line suffices")
-    shard_seed: Optional[Any] = _inert("trng", "the planner shuffles cuts by (seed, epoch), not shards")
+    shard_seed: Optional[Any] = _inert("trng", "the planner shuffles by (seed, epoch): cuts, or shards with order")
     skip_missing_manifest_entries: Optional[bool] = _inert(False, "a member no line names is simply not a cut")
     shuffle_n: Optional[int] = _inert(2048, "the planner shuffles the whole epoch")
     bucketing_strategy: Optional[str] = _inert("synced_randomized", "the planner syncs buckets")

@@ -124,6 +124,15 @@ def test_cached_sequences_of_the_two_orders_never_mix(data, tmp_path):
     signatures = {name: p.signature() for name, p in planners.items()}
     assert signatures["global"]["format"] == "nestkit-plan/2" and "layout" not in signatures["global"]
     assert signatures["shards-2"]["format"] == "nestkit-plan/2+shards/2" and signatures["shards-2"]["layout"]
+    # a resume under another order is refused (it would skip or repeat data), naming both rules
+    from nestkit.training.elastic import plan_changes
+
+    assert plan_changes(signatures["global"], signatures["global"]) == []
+    [problem] = plan_changes(signatures["global"], signatures["shards-2"])
+    assert (
+        problem
+        == "plan format: the checkpoint's plan rule is 'nestkit-plan/2', this nestkit's is 'nestkit-plan/2+shards/2'"
+    )
     sequences = {name: p.sequence(0).rows.tolist() for name, p in planners.items()}  # all through one cache folder
     assert len({json.dumps(s) for s in sequences.values()}) == 3
     assert len(list((tmp_path / "plans").iterdir())) == 3
