@@ -49,10 +49,12 @@ def noise_like(seconds: float, seed: int, kind: str = "pink", sample_rate: int =
         signal = np.fft.irfft(spectrum / (freqs ** (0.5 if kind == "pink" else 1.0)), n)
     elif kind == "hum":
         t = np.arange(n) / sample_rate
-        signal = sum(np.sin(2 * np.pi * 50 * k * t + rng.uniform(0, 6.3)) / k for k in range(1, 6))
+        hum = (np.sin(2 * np.pi * 50 * k * t + rng.uniform(0, 6.3)) / k for k in range(1, 6))
+        signal = sum(hum, np.zeros(n))  # an array start (sum's own is 0): equal values, typed as an array
         signal += 0.05 * rng.standard_normal(n)
     elif kind == "babble":
-        signal = sum(speech_like(seconds, seed * 31 + k, sample_rate) for k in range(4))
+        voices = (speech_like(seconds, seed * 31 + k, sample_rate) for k in range(4))
+        signal = sum(voices, np.zeros(n, np.float32))
     else:
         raise ValueError(f"noise kind {kind!r}: unknown (expected white, pink, brown, hum or babble)")
     signal = np.asarray(signal, dtype=np.float64)
@@ -126,8 +128,9 @@ def make_corpus(
 REALISTIC_MEAN_S = 7.6
 REALISTIC_SPREAD = 0.55  # sigma of the log-normal durations: most 3-15 s
 REALISTIC_RANGE_S = (1.0, 20.0)
+AudioFormat = tuple[str, str, int, int]  # (container, subtype, sample rate, channels)
 # (share of the utterances, container, subtype, sample rate, channels)
-REALISTIC_FORMATS = (
+REALISTIC_FORMATS: tuple[tuple[float, str, str, int, int], ...] = (
     (0.80, "WAV", "PCM_16", 16000, 1),
     (0.08, "FLAC", "PCM_16", 16000, 1),
     (0.06, "OGG", "VORBIS", 16000, 1),
@@ -147,12 +150,15 @@ def realistic_durations(count: int, rng: np.random.Generator) -> np.ndarray:
     return np.round(seconds, 2)
 
 
-def _format_plan(count: int, rng: np.random.Generator) -> list[tuple[str, str, int, int]]:
+def _format_plan(count: int, rng: np.random.Generator) -> list[AudioFormat]:
     """Each utterance's (container, subtype, rate, channels): the shares of REALISTIC_FORMATS, each
     format at least once, in a seeded random order."""
+    formats: list[AudioFormat] = [
+        (container, subtype, rate, channels) for _, container, subtype, rate, channels in REALISTIC_FORMATS
+    ]
     quotas = [max(1, round(share * count)) for share, *_ in REALISTIC_FORMATS[1:]]
-    plan = [fmt for (_, *fmt), quota in zip(REALISTIC_FORMATS[1:], quotas) for _ in range(quota)]
-    plan += [tuple(REALISTIC_FORMATS[0][1:])] * max(0, count - len(plan))
+    plan = [fmt for fmt, quota in zip(formats[1:], quotas) for _ in range(quota)]
+    plan += [formats[0]] * max(0, count - len(plan))
     return [plan[i] for i in rng.permutation(len(plan))[:count]]
 
 
@@ -181,6 +187,7 @@ def make_realistic_corpus(
     folder = Path(folder).absolute()
     rng = np.random.default_rng(seed)
     entries = []
+    audio_seconds = 0.0
     for i, (seconds, (container, subtype, rate, channels)) in enumerate(
         zip(realistic_durations(num_utterances, rng), _format_plan(num_utterances, rng))
     ):
@@ -191,6 +198,7 @@ def make_realistic_corpus(
         path.parent.mkdir(parents=True, exist_ok=True)
         sf.write(str(path), samples, rate, subtype=subtype, format=container)
         entries.append({"audio_filepath": str(path), "duration": float(seconds), "text": ""})
+        audio_seconds += float(seconds)
     kinds = ["pink", "brown", "hum", "babble", "white"]
     noise_entries = []
     for i in range(num_noises):
@@ -201,12 +209,12 @@ def make_realistic_corpus(
         sf.write(str(path), noise_like(seconds, seed * 7919 + i, kinds[i % len(kinds)]), SAMPLE_RATE, subtype="PCM_16")
         noise_entries.append({"audio_filepath": str(path), "duration": seconds})
     for name, samples in silent_noises(20.0, seed).items():
-        path = write_wav(folder / "noise" / f"{name}.wav", samples)
-        noise_entries.append({"audio_filepath": path, "duration": 20.0})
+        written = write_wav(folder / "noise" / f"{name}.wav", samples)
+        noise_entries.append({"audio_filepath": written, "duration": 20.0})
     return {
         "train": write_manifest(folder / "train.json", entries),
         "noise": write_manifest(folder / "noise.json", noise_entries),
-        "audio_seconds": round(float(sum(e["duration"] for e in entries)), 2),
+        "audio_seconds": round(audio_seconds, 2),
     }
 
 

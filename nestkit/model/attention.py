@@ -32,6 +32,8 @@ class RelPositionalEncoding(nn.Module):
     in the state_dict); computing it at the same size as NeMo keeps it equal to the last bit.
     """
 
+    pe: torch.Tensor  # (1, 2 * max_len - 1, d_model), a buffer
+
     def __init__(self, d_model: int, max_len: int, xscale: float | None, dropout: float, dropout_emb: float):
         super().__init__()
         self.d_model = d_model

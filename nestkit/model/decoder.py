@@ -2,26 +2,30 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from nestkit.config import DecoderConfig
+from nestkit.model.derived import filled
 
 
 class MultiSoftmaxDecoder(nn.Module):
     def __init__(self, cfg: DecoderConfig):
         super().__init__()
-        self.num_classes = cfg.num_classes
-        self.num_decoders = cfg.num_decoders
+        self.num_classes = filled(cfg.num_classes, "decoder.num_classes")
+        self.num_decoders = filled(cfg.num_decoders, "decoder.num_decoders")
         self.squeeze_single = cfg.squeeze_single
-        conv = nn.Conv1d(cfg.feat_in, cfg.num_classes * cfg.num_decoders, kernel_size=1, bias=cfg.use_bias)
+        feat_in = filled(cfg.feat_in, "decoder.feat_in")
+        conv = nn.Conv1d(feat_in, self.num_classes * self.num_decoders, kernel_size=1, bias=cfg.use_bias)
         _init_weight(conv.weight, cfg.init_mode)
-        self.decoder_layers = nn.Sequential(conv)
+        self.decoder_layers = nn.Sequential(conv)  # NeMo's key layout: decoder_layers.0.weight
 
     def forward(self, encoded: torch.Tensor) -> torch.Tensor:
         """(B, D, T) -> log-probs (B, T, C, H), or (B, T, C) when squeeze_single and H == 1."""
-        conv = self.decoder_layers[0]
+        conv = cast(nn.Conv1d, self.decoder_layers[0])  # the one layer __init__ put there
         # the 1x1 conv as a linear layer on the (B, T, D) view: no transposed copy of the input
         logits = F.linear(encoded.transpose(1, 2), conv.weight.squeeze(-1), conv.bias)
         logits = logits.view(logits.shape[0], logits.shape[1], self.num_classes, self.num_decoders)

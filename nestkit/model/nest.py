@@ -29,6 +29,7 @@ from torch import nn
 from nestkit.config import ModelConfig
 from nestkit.model.conformer import ConformerEncoder, build_subsampling
 from nestkit.model.decoder import MultiSoftmaxDecoder
+from nestkit.model.derived import filled, not_filled_error
 from nestkit.model.loss import LossResult, masked_token_loss
 from nestkit.model.masking import RandomBlockMasking
 from nestkit.model.precision import full_precision
@@ -76,7 +77,7 @@ class NestModel(nn.Module):
                     f"model.masking.block_size: too small for post_conv masking (expected at least "
                     f"{cfg.encoder.subsampling_factor} mel frames, one encoder frame; got {cfg.masking.block_size})"
                 )
-        masking = RandomBlockMasking(cfg.masking, cfg.masking.feat_in, block_size)
+        masking = RandomBlockMasking(cfg.masking, filled(cfg.masking.feat_in, "masking.feat_in"), block_size)
         pre_encoder = None
         if self.post_conv:
             pre_encoder = PostConvPreEncode(build_subsampling(cfg.encoder), masking)
@@ -91,7 +92,7 @@ class NestModel(nn.Module):
         self.decoder = MultiSoftmaxDecoder(cfg.decoder)
         if pre_encoder is not None:
             self.pre_encoder = pre_encoder
-        self.combine_time_steps = cfg.loss.combine_time_steps
+        self.combine_time_steps = filled(cfg.loss.combine_time_steps, "loss.combine_time_steps")
         self.mask_threshold = cfg.loss.mask_threshold
 
     def forward(
@@ -134,7 +135,7 @@ class NestModel(nn.Module):
         apply_mask: bool,
         generator: Optional[torch.Generator],
     ) -> NestOutput:
-        subsampling = self.encoder.pre_encode.pre_encode
+        subsampling = self.pre_encoder.pre_encode  # the encoder's pre_encode.pre_encode
         with torch.no_grad(), full_precision(clean.device):  # targets do not follow autocast
             clean_frames, _ = subsampling(clean.transpose(1, 2), clean_len)
         tokens = self.quantizer(clean_frames.transpose(1, 2))
@@ -160,21 +161,21 @@ class NestModel(nn.Module):
 
 
 def _require_derived_fields(cfg: ModelConfig) -> None:
-    """A ModelConfig made by hand lacks the fields config_from_dict/load_config derive."""
+    """A ModelConfig made by hand lacks the fields config_from_dict/load_config derive: all of them named at once."""
     derived = {
         "preprocessor.sample_rate": cfg.preprocessor.sample_rate,
         "encoder.feat_in": cfg.encoder.feat_in,
         "masking.feat_in": cfg.masking.feat_in,
         "quantizer.feat_in": cfg.quantizer.feat_in,
+        "quantizer.code_dim": cfg.quantizer.code_dim,
+        "quantizer.num_books": cfg.quantizer.num_books,
         "quantizer.num_classes": cfg.quantizer.num_classes,
         "quantizer.combine_time_steps": cfg.quantizer.combine_time_steps,
         "decoder.feat_in": cfg.decoder.feat_in,
+        "decoder.num_classes": cfg.decoder.num_classes,
         "decoder.num_decoders": cfg.decoder.num_decoders,
         "loss.combine_time_steps": cfg.loss.combine_time_steps,
     }
     missing = [name for name, value in derived.items() if value is None]
     if missing:
-        raise ValueError(
-            f"model config: derived fields not filled (expected values, got None for {', '.join(missing)}). "
-            "Build it with nestkit.config.config_from_dict or load_config"
-        )
+        raise not_filled_error(missing)

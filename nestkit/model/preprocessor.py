@@ -36,6 +36,9 @@ _WINDOWS = {
 class MelFeaturizer(nn.Module):
     """Holds NeMo's two buffers (`window`, `fb`) and computes the features."""
 
+    window: Optional[torch.Tensor]  # (win_length,); None for a rectangular window
+    fb: torch.Tensor  # (1, features, n_fft // 2 + 1) mel filterbank
+
     def __init__(self, cfg: PreprocessorConfig):
         super().__init__()
         sample_rate = cfg.sample_rate
@@ -43,8 +46,10 @@ class MelFeaturizer(nn.Module):
             raise ValueError(
                 "preprocessor.sample_rate: not set (expected Hz, got None). Build the config with config_from_dict"
             )
-        self.win_length = cfg.n_window_size or int(cfg.window_size * sample_rate)
-        self.hop_length = cfg.n_window_stride or int(cfg.window_stride * sample_rate)
+        self.win_length = cfg.n_window_size or _samples(cfg.window_size, sample_rate, "window_size", "n_window_size")
+        self.hop_length = cfg.n_window_stride or _samples(
+            cfg.window_stride, sample_rate, "window_stride", "n_window_stride"
+        )
         self.n_fft = cfg.n_fft or 2 ** math.ceil(math.log2(self.win_length))
         if self.n_fft < self.win_length:
             raise ValueError(
@@ -137,6 +142,13 @@ class MelFeaturizer(nn.Module):
         if self.cfg.pad_to > 0 and x.shape[-1] % self.cfg.pad_to:
             x = F.pad(x, (0, self.cfg.pad_to - x.shape[-1] % self.cfg.pad_to), value=self.cfg.pad_value)
         return x, frames
+
+
+def _samples(seconds: Optional[float], sample_rate: int, name: str, samples_name: str) -> int:
+    """A window length or stride given in seconds, in samples (truncated, as NeMo does)."""
+    if seconds is None:
+        raise ValueError(f"preprocessor.{name}: required when {samples_name} is not set (expected seconds, got None)")
+    return int(seconds * sample_rate)
 
 
 def normalize_features(x: torch.Tensor, frames: torch.Tensor, mode: Optional[str]) -> torch.Tensor:

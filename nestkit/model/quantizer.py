@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nestkit.config import QuantizerConfig
+from nestkit.model.derived import filled
 from nestkit.model.precision import full_precision
 
 # Gap between the two best float32 scores below which a row is re-decided in float64 (see
@@ -42,9 +43,14 @@ class RandomProjectionQuantizer(nn.Module):
         if cfg.dist_fn not in ("l2", "cosine"):
             raise ValueError(f"quantizer.dist_fn: unknown (expected l2 or cosine, got {cfg.dist_fn!r})")
         self.cfg = cfg
-        self.proj = nn.Linear(cfg.feat_in * cfg.combine_time_steps, cfg.num_books * cfg.code_dim, bias=False)
+        feat_in = filled(cfg.feat_in, "quantizer.feat_in")
+        num_classes = filled(cfg.num_classes, "quantizer.num_classes")
+        self.num_books = filled(cfg.num_books, "quantizer.num_books")
+        self.code_dim = filled(cfg.code_dim, "quantizer.code_dim")
+        self.combine_time_steps = filled(cfg.combine_time_steps, "quantizer.combine_time_steps")
+        self.proj = nn.Linear(feat_in * self.combine_time_steps, self.num_books * self.code_dim, bias=False)
         nn.init.xavier_normal_(self.proj.weight)
-        codebooks = F.normalize(torch.randn(cfg.num_books, cfg.num_classes, cfg.code_dim, dtype=torch.float64), dim=-1)
+        codebooks = F.normalize(torch.randn(self.num_books, num_classes, self.code_dim, dtype=torch.float64), dim=-1)
         self.codebooks = nn.Parameter(codebooks)
         if cfg.freeze:
             self.requires_grad_(False)
@@ -56,12 +62,12 @@ class RandomProjectionQuantizer(nn.Module):
         """
         x = features if self.cfg.time_ahead else features.transpose(1, 2)
         batch, frames, _ = x.shape
-        steps = self.cfg.combine_time_steps
+        steps = self.combine_time_steps
         if frames % steps:
             x = F.pad(x, (0, 0, 0, steps - frames % steps))
         x = x.reshape(batch, x.shape[1] // steps, -1)
         x = self.proj(x)
-        return F.normalize(x.view(batch, x.shape[1], self.cfg.num_books, self.cfg.code_dim), dim=-1)
+        return F.normalize(x.view(batch, x.shape[1], self.num_books, self.code_dim), dim=-1)
 
     @torch.no_grad()
     def forward(self, features: torch.Tensor) -> torch.Tensor:
@@ -113,6 +119,6 @@ class RandomProjectionQuantizer(nn.Module):
         """Code vectors of `tokens` (B, T', books) -> (B, code_dim, T', books) float64 (NeMo's `xq`)."""
         if tokens.dim() == 2:
             tokens = tokens.unsqueeze(-1)
-        books = torch.arange(self.cfg.num_books, device=tokens.device)
+        books = torch.arange(self.num_books, device=tokens.device)
         vectors = self.codebooks[books, tokens]  # (B, T', books, code_dim)
         return vectors.permute(0, 3, 1, 2)

@@ -67,8 +67,10 @@ def _rows(path: Path) -> list[dict[str, str]]:
 
 
 def _number(text: str | None) -> float | None:
+    if text is None:  # a column this row lacks
+        return None
     try:
         value = float(text)
-    except (TypeError, ValueError):
+    except ValueError:
         return None
     return value if math.isfinite(value) else None

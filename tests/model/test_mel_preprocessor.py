@@ -127,6 +127,12 @@ def test_n_fft_shorter_than_the_window_is_refused():
         preprocessor(n_fft=256)
 
 
+@pytest.mark.parametrize("seconds, samples", [("window_size", "n_window_size"), ("window_stride", "n_window_stride")])
+def test_a_window_in_neither_seconds_nor_samples_is_refused_by_name(seconds, samples):
+    with pytest.raises(ValueError, match=rf"preprocessor\.{seconds}: required when {samples} is not set"):
+        preprocessor(**{seconds: None})
+
+
 def test_nemos_sample_count_spelling_gives_the_same_features():
     """NeMo takes n_window_size/n_window_stride only with window_size/window_stride null."""
     audio = torch.randn(2, 16000, generator=torch.Generator().manual_seed(5))

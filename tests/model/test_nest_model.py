@@ -48,6 +48,17 @@ def test_a_hand_made_config_without_derived_fields_is_refused():
         NestModel(ModelConfig())
 
 
+@pytest.mark.parametrize(
+    "section, field", [("quantizer", "code_dim"), ("quantizer", "num_books"), ("decoder", "num_classes")]
+)
+def test_each_derived_field_missing_from_a_hand_edited_config_is_named(section, field):
+    """These three were once not checked: a config without them failed deep in torch with a TypeError."""
+    cfg = tiny_config()
+    setattr(getattr(cfg, section), field, None)
+    with pytest.raises(ValueError, match=rf"got None for {section}\.{field}\)\. Build it with"):
+        NestModel(cfg)
+
+
 def test_output_shapes_follow_nemo():
     model = NestModel(tiny_config(num_books=2)).eval()
     with torch.no_grad():

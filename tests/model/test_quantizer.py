@@ -115,6 +115,13 @@ def test_lookup_returns_code_vectors_in_nemos_layout():
     assert torch.equal(xq[0, :, 1, 1], q.codebooks[1, tokens[0, 1, 1]])
 
 
+def test_a_quantizer_config_without_its_derived_sizes_is_refused_by_name():
+    with pytest.raises(ValueError, match=r"got None for quantizer\.code_dim\)\. Build it with"):
+        make(code_dim=None)
+    with pytest.raises(ValueError, match=r"got None for quantizer\.feat_in\)"):
+        RandomProjectionQuantizer(QuantizerConfig())
+
+
 def test_unknown_distance_is_an_error():
     with pytest.raises(ValueError, match="dist_fn"):
         make(dist_fn="dot")
