@@ -32,7 +32,11 @@ _SETTING_KEYS = {
     "min_duration": "model.train_ds.min_duration",
     "max_duration": "model.train_ds.max_duration",
     "seed": "nestkit.seed",
+    "order": "model.train_ds.order",
+    "shard_window": "model.train_ds.shard_window",
 }
+# what a checkpoint written before a setting existed planned with
+_SETTING_BEFORE_IT_EXISTED = {"order": "global", "shard_window": 4}
 
 
 @dataclass(frozen=True)
@@ -83,8 +87,9 @@ def plan_changes(saved: dict, now: dict) -> list[str]:
     """Settings whose change makes the checkpoint's data position meaningless, each named."""
     problems = []
     for key, name in _SETTING_KEYS.items():
-        if saved.get(key) != now.get(key):
-            problems.append(f"{name}: changed since the checkpoint (expected {saved.get(key)!r}, got {now.get(key)!r})")
+        before = saved.get(key, _SETTING_BEFORE_IT_EXISTED.get(key))
+        if before != now.get(key):
+            problems.append(f"{name}: changed since the checkpoint (expected {before!r}, got {now.get(key)!r})")
     if saved.get("cuts") != now.get("cuts") or saved.get("durations") != now.get("durations"):
         problems.append(
             f"model.train_ds.manifest_filepath: the cuts changed since the checkpoint (expected {saved.get('cuts')} cuts "

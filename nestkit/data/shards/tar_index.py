@@ -25,6 +25,7 @@ import os
 import re
 import tarfile
 import tempfile
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -392,6 +393,12 @@ def save_index(index: TarIndex, path: str) -> None:
         raise
 
 
+# numpy parses .npy headers with ast.literal_eval, which CPython 3.11 can fail from concurrent threads
+# ("SystemError: AST constructor recursion depth mismatch", python/cpython#106905): indexes are read
+# by a thread pool, so one header at a time.
+_NPY_HEADER_LOCK = threading.Lock()
+
+
 def parse_index(data: bytes | str, shard: str | None = None) -> TarIndex | None:
     """An index from its file (a path) or its bytes; None when it is not a readable index of this version
     (or of another shard than `shard`): the caller rebuilds it."""
@@ -399,7 +406,7 @@ def parse_index(data: bytes | str, shard: str | None = None) -> TarIndex | None:
     import zipfile
 
     try:
-        with np.load(data if isinstance(data, str) else io.BytesIO(data), allow_pickle=False) as z:
+        with _NPY_HEADER_LOCK, np.load(data if isinstance(data, str) else io.BytesIO(data), allow_pickle=False) as z:
             meta = orjson.loads(z["meta"].tobytes())
             if meta.get("format") != INDEX_FORMAT or meta.get("version") != INDEX_VERSION:
                 return None

@@ -128,11 +128,15 @@ def test_cached_sequences_of_the_two_orders_never_mix(data, tmp_path):
     from nestkit.training.elastic import plan_changes
 
     assert plan_changes(signatures["global"], signatures["global"]) == []
-    [problem] = plan_changes(signatures["global"], signatures["shards-2"])
-    assert (
-        problem
-        == "plan format: the checkpoint's plan rule is 'nestkit-plan/2', this nestkit's is 'nestkit-plan/2+shards/2'"
-    )
+    problems = plan_changes(signatures["global"], signatures["shards-2"])
+    assert problems == [
+        "model.train_ds.order: changed since the checkpoint (expected 'global', got 'shards')",
+        "model.train_ds.shard_window: changed since the checkpoint (expected 4, got 2)",
+        "plan format: the checkpoint's plan rule is 'nestkit-plan/2', this nestkit's is 'nestkit-plan/2+shards/2'",
+    ]
+    # a checkpoint from before the order existed planned globally: not a change
+    older = {k: v for k, v in signatures["global"].items() if k not in ("order", "shard_window")}
+    assert plan_changes(older, signatures["global"]) == []
     sequences = {name: p.sequence(0).rows.tolist() for name, p in planners.items()}  # all through one cache folder
     assert len({json.dumps(s) for s in sequences.values()}) == 3
     assert len(list((tmp_path / "plans").iterdir())) == 3
