@@ -84,13 +84,16 @@ def test_slot_reads_are_never_torn_while_another_process_hammers_it(tmp_path):
         while worker_status.read_slot(path) is None:
             time.sleep(0.01)
         lines = set()
-        for _ in range(2000):
+        reads = 0
+        deadline = time.monotonic() + 30  # a busy machine gives the writer little time: read on until it wrote
+        while reads < 2000 or (len(lines) <= 20 and time.monotonic() < deadline):
+            reads += 1
             record = worker_status.read_slot(path)
             assert record is not None, "no consistent record within the reader's retries"
             if record["state"] == "loading":  # else "idle" between reads: no cut named
                 assert record["cut_id"] == f"cut{record['line']}" and len(record["path"]) == 3 + record["line"] % 300
                 lines.add(record["line"])
-        assert len(lines) > 20  # the writer really was writing all along (few when the machine is busy)
+        assert len(lines) > 20  # the writer really was writing all along
     finally:
         writer.kill()
         writer.join()
