@@ -31,6 +31,11 @@ class LossResult(NamedTuple):
     num_masked_frames: torch.Tensor  # () int64: frames that entered the loss (per book)
     num_correct: torch.Tensor  # () int64: (loss frame, book) pairs whose argmax is the target
     num_books: int = 1
+    # per utterance, detached (anomaly attribution, the batch log): each row's own masked-token
+    # loss (0 where it has no loss frame) and its loss frames; sum(row_loss * row_frames) /
+    # sum(row_frames) is `loss` up to float rounding
+    row_loss: Optional[torch.Tensor] = None  # (B,) float
+    row_frames: Optional[torch.Tensor] = None  # (B,) int64
 
     @property
     def num_targets(self) -> torch.Tensor:
@@ -73,9 +78,12 @@ def masked_token_loss(
     selected, log_probs, tokens = selected[:, :frames], log_probs[:, :frames], tokens[:, :frames]
     target_log_probs = log_probs.gather(2, tokens.unsqueeze(2)).squeeze(2)  # (B, T', H)
     count = selected.sum()
-    total = torch.where(selected[:, :, None], target_log_probs, 0.0).sum()
+    scored = torch.where(selected[:, :, None], target_log_probs, 0.0)
+    total = scored.sum()  # one reduction over everything, as before: the loss keeps its bits
     loss = -total / (count.clamp(min=1) * tokens.shape[-1])
     with torch.no_grad():
         hits = log_probs.argmax(dim=2) == tokens  # (B, T', H)
         correct = (hits & selected[:, :, None]).sum()
-    return LossResult(loss, count, correct, tokens.shape[-1])
+        row_frames = selected.sum(dim=1)
+        row_loss = -scored.sum(dim=(1, 2)) / (row_frames.clamp(min=1) * tokens.shape[-1])
+    return LossResult(loss, count, correct, tokens.shape[-1], row_loss, row_frames)
