@@ -380,7 +380,35 @@ def _check_nestkit(cfg: NestConfig, problems: list[str]) -> None:
         problems.append(f"nestkit.straggler.check_interval_s: must be positive seconds (got {s.check_interval_s})")
     if cfg.nestkit.index_cache_dir is not None and not cfg.nestkit.index_cache_dir:
         problems.append("nestkit.index_cache_dir: empty (expected a folder, or null for beside the data)")
+    _check_anomaly(cfg, problems)
     if cfg.nestkit.dataloader_timeout_s < 0:
         problems.append(
             f"nestkit.dataloader_timeout_s: must be >= 0 seconds, 0 = unbounded (got {cfg.nestkit.dataloader_timeout_s})"
         )
+
+
+# a MAD of fewer values is too often near 0 by chance: ordinary noise would look like a spike
+MIN_ANOMALY_WARMUP = 10
+
+
+def _check_anomaly(cfg: NestConfig, problems: list[str]) -> None:
+    a = cfg.nestkit.anomaly
+    if a.window < MIN_ANOMALY_WARMUP:
+        problems.append(
+            f"nestkit.anomaly.window: too short for a median and MAD (expected at least {MIN_ANOMALY_WARMUP} steps, got {a.window})"
+        )
+    for name in ("min_row_frames", "max_repro_checkpoints"):
+        if getattr(a, name) < 0:
+            problems.append(f"nestkit.anomaly.{name}: must not be negative (got {getattr(a, name)})")
+    if a.warmup_steps < MIN_ANOMALY_WARMUP:
+        problems.append(
+            "nestkit.anomaly.warmup_steps: too few steps to know what is typical "
+            f"(expected at least {MIN_ANOMALY_WARMUP}, got {a.warmup_steps})"
+        )
+    if a.warmup_steps > a.window:
+        problems.append(
+            f"nestkit.anomaly.warmup_steps: longer than the window it fills (expected at most window={a.window}, got {a.warmup_steps})"
+        )
+    for name in ("loss_threshold", "grad_norm_threshold", "row_loss_threshold"):
+        if getattr(a, name) <= 0:
+            problems.append(f"nestkit.anomaly.{name}: must be a positive robust z-score (got {getattr(a, name)})")

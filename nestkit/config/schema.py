@@ -445,6 +445,28 @@ class StragglerConfig:
 
 
 @dataclass
+class AnomalyConfig:
+    """nestkit.anomaly: loss spikes, exploding gradients and NaN/Inf, named by their data (see
+    docs/debugging.md, "the loss spiked at step N").
+
+    Every optimizer step is judged on values that are identical on every rank (the step's loss
+    over all ranks and micro-batches, the global gradient norm, each utterance's loss), each
+    against the median and MAD of its last `window` steps; NaN/Inf is judged from the first step.
+    """
+
+    enabled: bool = True
+    action: Literal["warn", "skip", "stop"] = "warn"  # skip: drop the step's update on every rank
+    window: int = 100  # trailing optimizer steps whose median and MAD say what is typical
+    warmup_steps: int = 20  # steps observed before spikes are judged (NaN/Inf are judged always)
+    loss_threshold: float = 6.0  # robust z-score of the step loss that makes a spike
+    grad_norm_threshold: float = 6.0  # the same for the global gradient norm
+    row_loss_threshold: float = 6.0  # the same for one utterance's loss against the typical row spread
+    min_row_frames: int = 4  # utterances with fewer loss frames are not judged alone (too noisy)
+    repro: bool = True  # a repro folder (batch lines, config, checkpoint, command) per NaN/Inf incident
+    max_repro_checkpoints: int = 5  # checkpoints saved for repros; later ones point at the newest earlier one
+
+
+@dataclass
 class NestkitConfig:
     seed: int = 0
     dataloader_timeout_s: float = 600.0  # DataLoader `timeout` when num_workers > 0; 0 disables
@@ -458,6 +480,10 @@ class NestkitConfig:
     skip_bad_manifest_lines: bool = False
     watchdog: WatchdogConfig = field(default_factory=WatchdogConfig)
     straggler: StragglerConfig = field(default_factory=StragglerConfig)
+    anomaly: AnomalyConfig = field(default_factory=AnomalyConfig)
+    # cut ids (one per line, '#' comments) that training replaces by deterministic substitutes,
+    # as it replaces unloadable cuts: the plan, its signature and the step count stay the same
+    exclude_cuts: Optional[str] = field(default=None, metadata={"path": True})
 
 
 @dataclass
