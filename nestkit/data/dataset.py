@@ -51,6 +51,7 @@ def batch_position(cuts: list[Cut]) -> BatchPosition:
     return BatchPosition(0, 0, -1, -1)
 
 
+EXCLUDED = "excluded"  # the category (and quarantine kind) of a cut listed in nestkit.exclude_cuts
 _MAX_DRAWS_FOR_UNTRIED = 100  # a pool of nothing but failed cuts must not loop forever
 _MAX_SUBSTITUTE_DRAWS = 10_000  # rejection draws among the index's rows before falling back to the batch
 
@@ -96,8 +97,12 @@ class NestDataset(torch.utils.data.Dataset):
         noise: CutIndex | None = None,
         quarantine: Quarantine | None = None,
         split: str = "train",
+        excluded: frozenset[str] = frozenset(),
+        excluded_from: str | None = None,
     ):
         self.ds = ds
+        self.excluded = excluded  # nestkit.exclude_cuts: substituted like unloadable cuts
+        self.excluded_from = excluded_from
         self.seed = seed
         self.index = index
         self.noise = noise
@@ -152,6 +157,10 @@ class NestDataset(torch.utils.data.Dataset):
         for attempt in range(self.ds.max_substitutes + 1):
             attempt_started = time.perf_counter()
             try:
+                if current.id in self.excluded:
+                    raise AudioLoadError(
+                        EXCLUDED, cut_path(current), f"listed in nestkit.exclude_cuts ({self.excluded_from})"
+                    )
                 samples = load_cut(current, self.sample_rate, self.ds.sample_timeout_s or None, require_signal=True)
             except AudioLoadError as exc:
                 custom = current.custom or {}
@@ -164,7 +173,7 @@ class NestDataset(torch.utils.data.Dataset):
                 failures.append(
                     self._quarantine(
                         {
-                            "kind": "audio",
+                            "kind": EXCLUDED if exc.category == EXCLUDED else "audio",
                             "cut_id": current.id,
                             "manifest": custom.get("manifest"),
                             "line": custom.get("line"),

@@ -20,6 +20,7 @@ from nestkit.core.errors import ConfigError
 from nestkit.data.batch import NestBatch
 from nestkit.data.corpus import dataset_corpus, manifest_corpus
 from nestkit.data.dataset import NestDataset
+from nestkit.data.exclusions import load_exclusions
 from nestkit.data.index import CutIndex, open_index
 from nestkit.data.plan import BatchingConfig
 from nestkit.data.sampler import EpochSampler, Planner
@@ -125,7 +126,10 @@ def build_pipeline(
         accumulate=1 if validation else cfg.trainer.accumulate_grad_batches,
     )
     quarantine = Quarantine(Path(run_dir) if run_dir is not None else None, rank, split)
-    dataset = NestDataset(ds, cfg.nestkit.seed, index, noise, quarantine, split)
+    exclude = cfg.nestkit.exclude_cuts if split == "train" else None
+    dataset = NestDataset(
+        ds, cfg.nestkit.seed, index, noise, quarantine, split, load_exclusions(exclude, index), exclude
+    )
     return DataPipeline(split, ds, index, noise, sampler, dataset, cfg.nestkit.dataloader_timeout_s)
 
 
