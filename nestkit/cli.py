@@ -6,6 +6,7 @@ import typer
 from rich.markup import escape
 
 from nestkit.commands import (
+    anomalies,
     export_nemo,
     import_manifest,
     lookup,
@@ -58,6 +59,7 @@ app.command("lookup")(lookup.lookup)
 app.command("replay-batch")(replay_batch.replay_batch)
 app.command("stacks")(stacks)
 app.command("report")(report.report)
+app.command("anomalies")(anomalies.anomalies)
 app.command("export-nemo")(export_nemo.export_nemo)
 
 
@@ -69,7 +71,7 @@ def main() -> None:
         raise SystemExit(2) from None
     except NestkitError as exc:
         err_console.print(f"[bold red]error:[/] {escape(str(exc))}")
-        raise SystemExit(1) from None
+        raise SystemExit(getattr(exc, "exit_status", 1)) from None
     except ModuleNotFoundError as exc:
         extra = EXTRAS.get((exc.name or "").split(".")[0])
         if extra is None:

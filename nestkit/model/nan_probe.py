@@ -27,6 +27,10 @@ class NonFinite:
     module: str  # dotted name inside the probed model ("<model>" for the model itself)
     where: str  # "output", or "gradient of output"
     inputs_finite: Optional[bool] = None  # forward only
+    # indices along the first dimension of the first non-finite tensor that hold NaN/Inf: which
+    # utterances of the batch carried it, while rows are still separate (the caller maps them to
+    # the batch: the NEST preprocessor stacks clean and noisy audio, so 2B rows there)
+    rows: Optional[list[int]] = None
 
 
 class NanProbe:
@@ -51,7 +55,8 @@ class NanProbe:
             tensors = list(_tensors(output))
             if self.forward_origin is None and not all(_finite(t) for t in tensors):
                 inputs_finite = all(_finite(t) for t in _tensors(inputs))
-                self.forward_origin = NonFinite(name, "output", inputs_finite)
+                bad = next(t for t in tensors if not _finite(t))
+                self.forward_origin = NonFinite(name, "output", inputs_finite, nonfinite_rows(bad))
             for tensor in tensors:
                 if tensor.requires_grad:
                     tensor.register_hook(self._gradient_hook(name))
@@ -61,7 +66,7 @@ class NanProbe:
     def _gradient_hook(self, name: str):
         def hook(grad: torch.Tensor) -> None:
             if self.backward_origin is None and not _finite(grad):
-                self.backward_origin = NonFinite(name, "gradient of output")
+                self.backward_origin = NonFinite(name, "gradient of output", rows=nonfinite_rows(grad))
 
         return hook
 
@@ -93,6 +98,14 @@ def nonfinite_parameters(model: nn.Module) -> list[str]:
         for name, p in model.named_parameters()
         if not _finite(p.detach()) or (p.grad is not None and not _finite(p.grad))
     ]
+
+
+def nonfinite_rows(tensor: torch.Tensor) -> list[int]:
+    """Indices along dim 0 of `tensor` that hold a NaN or Inf ([0] for a scalar that does)."""
+    if tensor.dim() == 0:
+        return [] if bool(torch.isfinite(tensor)) else [0]
+    bad = ~torch.isfinite(tensor.detach()).reshape(tensor.shape[0], -1).all(dim=1)
+    return torch.nonzero(bad).flatten().tolist()
 
 
 def _finite(tensor: torch.Tensor) -> bool:

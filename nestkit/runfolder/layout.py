@@ -12,6 +12,8 @@ stacks/<process>.txt              worker stack dumps (SIGUSR1 -> faulthandler)
 stall/<N>/                        a stall incident: request, every rank's dump, the report, kills
 stragglers.jsonl                  ranks found persistently slower than their peers, while training
 monitor/node-<host>.json          the node monitor's view of the ranks' processes (from outside them)
+anomalies/incidents.jsonl         training anomalies (loss/gradient spikes, NaN/Inf) with their cuts
+anomalies/<id>/                   the repro of a NaN/Inf incident: lines, config, checkpoint, command
 csv/, tb/                         Lightning's loggers
 learning_curve.png                loss and accuracy drawn from csv/ (tools/plot_demo_curve.py)
 previous/<time>/                  an earlier run's files, moved aside when a new run starts here
@@ -32,6 +34,7 @@ STACKS_DIR = "stacks"
 STALL_DIR = "stall"
 STRAGGLERS_FILE = "stragglers.jsonl"
 MONITOR_DIR = "monitor"
+ANOMALIES_DIR = "anomalies"
 PREVIOUS_DIR = "previous"
 CSV_DIR, TB_DIR = "csv", "tb"
 WANDB_DIR, MLFLOW_DIR = "wandb", "mlruns"  # where the W&B and MLflow loggers write by default
@@ -43,6 +46,7 @@ RUN_LOGS = (
     STACKS_DIR,
     STALL_DIR,
     MONITOR_DIR,
+    ANOMALIES_DIR,
     CSV_DIR,
     TB_DIR,
     WANDB_DIR,
@@ -114,6 +118,10 @@ def stall_dir(run_dir: str | os.PathLike) -> Path:
 
 def stragglers_path(run_dir: str | os.PathLike) -> Path:
     return Path(run_dir) / STRAGGLERS_FILE
+
+
+def anomalies_dir(run_dir: str | os.PathLike) -> Path:
+    return Path(run_dir) / ANOMALIES_DIR
 
 
 def process_name(rank: int, worker: int | None, role: str = "") -> str:

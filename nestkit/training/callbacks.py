@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -12,10 +13,16 @@ from nestkit.data.sampler import DataPosition
 from nestkit.runfolder.batch_log import BatchLogWriter
 from nestkit.runfolder.layout import last_checkpoint
 from nestkit.runfolder.segments import Segment, append_segment
+from nestkit.training.anomaly import ROW_DIGITS, rounded
 
 
 class BatchLog(Callback):
-    """Appends one line per trained micro-batch and rank: what `lookup` and `replay-batch` cross-check."""
+    """Appends one line per trained micro-batch and rank: what `lookup` and `replay-batch` cross-check.
+
+    Also each utterance's masked-token loss (`row_loss`, 4 decimals, null for NaN/Inf) and loss
+    frames (`row_frames`); the step's last micro-batch carries the global gradient norm
+    (`grad_norm`, before clipping) and, when the anomaly watch raised one, the incident id
+    (`anomaly`) and whether the update was skipped (`skipped`)."""
 
     def __init__(self, run_dir: Path):
         self.run_dir = run_dir
@@ -29,6 +36,9 @@ class BatchLog(Callback):
         self._step = trainer.global_step  # optimizer steps done = the step this micro-batch trains
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch: NestBatch, batch_idx):
+        self._log.append(self._record(trainer, pl_module, batch, stepped=trainer.global_step != self._step))
+
+    def _record(self, trainer, pl_module, batch: NestBatch, stepped: bool) -> dict:
         # the module's own value: Lightning's `outputs` loss is divided by accumulate_grad_batches
         loss = getattr(pl_module, "last_loss", None)
         position = batch.position
@@ -51,7 +61,30 @@ class BatchLog(Callback):
             cost = step_cost()
             record.update(data_wait_s=cost.data_wait_s, compute_s=cost.compute_s, peer_wait_s=cost.peer_wait_s)
         record["load_ms"] = [round(ms, 1) for ms in batch.load_ms]  # per row, in cut_ids order
-        self._log.append(record)
+        record.update(self._anomaly_fields(pl_module, stepped))
+        return record
+
+    @staticmethod
+    def _anomaly_fields(pl_module, stepped: bool) -> dict:
+        fields: dict = {}
+        rows = getattr(pl_module, "last_rows", None)
+        if rows is not None:
+            fields["row_loss"], fields["row_frames"] = rounded(rows[2]), rows[3]
+        watch = getattr(pl_module, "anomaly_watch", None)
+        if watch is not None and stepped:  # the step's last micro-batch: the optimizer step was reached
+            if watch.grad_norm is not None:
+                fields["grad_norm"] = round(watch.grad_norm, ROW_DIGITS) if math.isfinite(watch.grad_norm) else None
+            if watch.anomaly is not None:
+                fields["anomaly"] = watch.anomaly
+            if watch.skipped:
+                fields["skipped"] = True
+        return fields
+
+    def log_stopped_step(self, trainer, pl_module, batch: NestBatch) -> None:
+        """`anomaly.action: stop` ends training inside the step: its record is written now."""
+        if self._log is not None:
+            self._log.append({**self._record(trainer, pl_module, batch, stepped=True), "stopped": True})
+        self.close()
 
     def on_train_end(self, trainer, pl_module):
         self.close()

@@ -36,6 +36,7 @@ from nestkit.monitor.heartbeat import StepCost
 from nestkit.monitor.loader_watch import WatchedDataLoader
 from nestkit.monitor.worker_init import worker_init_for
 from nestkit.runfolder.segments import Segment
+from nestkit.training.anomaly import row_values
 from nestkit.training.elastic import DATA_POSITION_KEY, SavedPosition, position_after, saved_position
 
 __all__ = ["DATA_POSITION_KEY", "NestLightningModule", "seed_dropout", "step_generator", "training_loss"]
@@ -80,6 +81,8 @@ class NestLightningModule(pl.LightningModule):
         self.bad_samples = 0
         self._step_started = 0.0
         self.stall_watch = None  # nestkit.monitor.stall_watch.StallWatch, set by that callback
+        self.anomaly_watch = None  # nestkit.training.anomaly.AnomalyWatch, set by that callback
+        self.last_rows: tuple | None = None  # the last micro-batch's (loss, frames, row losses, row frames)
 
     # -- data ---------------------------------------------------------------------------------
 
@@ -141,6 +144,7 @@ class NestLightningModule(pl.LightningModule):
         self.bad_samples += len(batch.failures)
         self.last_position = batch.position
         self.last_loss = float(result.loss.detach())
+        self.observe_rows(result)
         size = len(batch)
         self.log("train_loss", result.loss, prog_bar=True, batch_size=size)
         self.log("train_acc", result.accuracy, prog_bar=True, batch_size=size)
@@ -149,6 +153,12 @@ class NestLightningModule(pl.LightningModule):
         self.log("empty_mask_batches", float(self.empty_mask_batches), batch_size=size)
         self.log("bad_samples", float(self.bad_samples), batch_size=size)
         return result.loss
+
+    # -- anomalies: the per-utterance signal (nestkit.training.anomaly judges it) ------------------
+
+    def observe_rows(self, result) -> None:
+        """Each utterance's loss and loss frames, for the batch log and the anomaly watch."""
+        self.last_rows = row_values(result)
 
     def on_train_batch_start(self, batch, batch_idx):
         self._step_started = time.perf_counter()

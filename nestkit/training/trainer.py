@@ -12,6 +12,7 @@ from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from nestkit.config import NestConfig
 from nestkit.core.procs import usable_cores
 from nestkit.runfolder.layout import checkpoints_dir
+from nestkit.training.anomaly import AnomalyWatch
 from nestkit.training.callbacks import BatchLog, SaveLastOnEnd, StepPrinter
 from nestkit.training.devices import accelerator_and_devices, lightning_precision, world_size
 from nestkit.training.loggers import build_loggers
@@ -33,6 +34,7 @@ def build_trainer(
     strategy = t.strategy if world > 1 else "auto"
     ckpt = cfg.exp_manager.checkpoint_callback_params
     callbacks: list[Callback] = [*(extra_callbacks or []), BatchLog(run_dir) if cfg.nestkit.log_batches else None]
+    callbacks.append(AnomalyWatch(cfg, run_dir) if cfg.nestkit.anomaly.enabled else None)
     callbacks.append(RichProgressBar() if interactive and t.enable_progress_bar else StepPrinter(t.log_every_n_steps))
     if cfg.exp_manager.create_checkpoint_callback:
         callbacks.append(
