@@ -55,12 +55,28 @@ def stacks(
     if dump:
         incident = _request_dump(run_dir, wait)
     report = build_report(run_dir, incident)
+    _point_to_anomalies(run_dir, output_format)  # before the report: its verdict stays the last line
     if output_format == "json":
         print(json.dumps(report.as_dict(), indent=2))
     elif output_format == "text":
         print(render_text(report), end="")
     else:
         _print_tables(report)
+
+
+def _point_to_anomalies(run_dir: Path, output_format: str) -> None:
+    """A stall and a NaN are both "the run went wrong": the stacks report says when the run also
+    has training anomalies (first, so that the verdict stays the last line; on stderr for json, so
+    that the JSON stays one document)."""
+    from nestkit.runfolder.anomalies import summary_line
+
+    line = summary_line(run_dir)
+    if line is None:
+        return
+    if output_format == "json":
+        err_console.print(f"anomalies: {escape(line)}")
+    else:
+        console.print(f"[bold yellow]anomalies:[/] {escape(line)}")
 
 
 def _request_dump(run_dir: Path, wait: float) -> int:

@@ -1,0 +1,133 @@
+"""`nestkit anomalies RUN_DIR`: every training anomaly of a run, with its verdict and its cuts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from nestkit.commands.common import console, err_console
+
+FORMATS = ("table", "json", "ids")
+
+
+def anomalies(
+    run_dir: Path = typer.Argument(..., help="The run folder (exp_manager.exp_dir/name).", show_default=False),
+    output_format: str = typer.Option(
+        "table",
+        "--format",
+        help="table (incidents, verdicts, ranked cuts), json (the incident records), or ids (each incident's "
+        "first cut, one per line with a comment: a ready nestkit.exclude_cuts file).",
+    ),
+    cuts: int = typer.Option(3, "--cuts", min=0, help="Ranked cuts shown per incident in the table."),
+) -> None:
+    """Loss spikes, gradient-norm spikes, outlier utterances and NaN/Inf of a run, named by their data.
+
+    Each incident: the step, what was judged abnormal and against what typical value, the cuts ranked by their share of
+    the excess loss (file, manifest:line, noise and augmentation), for NaN/Inf the first non-finite module and a repro
+    command, and what training did (warned, skipped, stopped). Exit status 0 either way.
+    """
+    from nestkit.tools.anomalies import anomaly_report
+
+    if output_format not in FORMATS:
+        raise typer.BadParameter(f"--format: expected one of {', '.join(FORMATS)}, got {output_format!r}")
+    report = anomaly_report(run_dir)
+    for line in report.unreadable:
+        err_console.print(f"[yellow]note:[/] {escape(line)}")
+    if output_format == "json":
+        print(json.dumps(report.as_dict(), indent=2))
+    elif output_format == "ids":
+        for cut_id, incident in report.culprits():
+            first = incident["cuts"][0]
+            print(f"{cut_id}  # {incident['id']}: {', '.join(incident['kinds'])}; {first.get('path')}")
+    else:
+        _render(report, cuts)
+
+
+def _render(report, cuts: int) -> None:
+    from nestkit.commands.render import short_path
+
+    incidents = report.incidents
+    skipped = f", {len(report.skipped_steps)} step(s) skipped" if report.skipped_steps else ""
+    console.print(f"[bold]anomalies of {escape(short_path(report.run_dir))}[/]: {len(incidents)} incident(s){skipped}")
+    if not incidents:
+        console.print("[green]no anomaly: no loss or gradient spike, no outlier utterance, no NaN/Inf[/]")
+        _render_excluded(report)
+        return
+    table = Table(box=None, pad_edge=False, show_edge=False)
+    for column in ("incident", "step", "what", "loss (typical)", "grad norm", "first cut", "file", "outcome"):
+        table.add_column(column, overflow="fold")
+    for incident in incidents:
+        first = (incident.get("cuts") or [{}])[0]
+        loss = _num(incident.get("loss"))
+        if incident.get("typical_loss") is not None:
+            loss += f" ({_num(incident['typical_loss'])})"
+        table.add_row(
+            escape(incident["id"]),
+            str(incident["step"]),
+            escape(", ".join(incident.get("kinds") or [])),
+            loss,
+            _num(incident.get("grad_norm")),
+            escape(first.get("cut_id") or "-"),
+            escape(short_path(first.get("path"))),
+            _outcome(incident.get("outcome")),
+        )
+    console.print(table)
+    for incident in incidents:
+        console.print(f"\n[bold]{escape(incident['id'])}[/]: {escape(incident.get('verdict') or '')}")
+        ranked = (incident.get("cuts") or [])[:cuts]
+        if ranked:
+            console.print(_cuts_table(ranked))
+    _render_excluded(report)
+
+
+def _cuts_table(rows: list[dict]) -> Table:
+    from nestkit.commands.render import short_path
+    from nestkit.training.incident import describe_augment
+
+    table = Table(box=None, pad_edge=False, show_edge=False)
+    for column in (
+        "#",
+        "cut",
+        "share",
+        "loss",
+        "frames",
+        "rank",
+        "epoch/batch",
+        "manifest:line",
+        "noise / augmentation",
+    ):
+        table.add_column(column, overflow="fold")
+    for number, row in enumerate(rows):
+        share = "NaN/Inf" if row.get("nonfinite") else f"{row.get('share') or 0:.0%}"
+        where = f"{short_path(row.get('manifest'))}:{row.get('line')}" if row.get("manifest") else "-"
+        table.add_row(
+            str(number),
+            escape(row.get("cut_id") or "-"),
+            share,
+            _num(row.get("loss")),
+            str(row.get("frames")),
+            str(row.get("rank")),
+            f"{row.get('epoch')}/{row.get('batch')}",
+            escape(where),
+            escape(describe_augment(row)),
+        )
+    return table
+
+
+def _render_excluded(report) -> None:
+    if report.excluded:
+        listed = ", ".join(f"{cut} ({n} substitution(s))" for cut, n in sorted(report.excluded.items()))
+        console.print(f"excluded by nestkit.exclude_cuts since: {escape(listed)}")
+
+
+def _outcome(outcome: str | None) -> str:
+    color = {"warned": "yellow", "skipped": "cyan", "stopped": "red"}.get(outcome or "", "white")
+    return f"[{color}]{outcome or '-'}[/]"
+
+
+def _num(value) -> str:
+    return "-" if value is None else f"{value:.4g}"
