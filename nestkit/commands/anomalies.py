@@ -49,6 +49,7 @@ def anomalies(
 
 def _render(report, cuts: int) -> None:
     from nestkit.commands.render import short_path
+    from nestkit.training.incident import KIND_NAMES
 
     incidents = report.incidents
     skipped = f", {len(report.skipped_steps)} step(s) skipped" if report.skipped_steps else ""
@@ -68,7 +69,7 @@ def _render(report, cuts: int) -> None:
         table.add_row(
             escape(incident["id"]),
             str(incident["step"]),
-            escape(", ".join(incident.get("kinds") or [])),
+            escape(", ".join(KIND_NAMES.get(k, k) for k in incident.get("kinds") or [])),
             loss,
             _num(incident.get("grad_norm")),
             escape(first.get("cut_id") or "-"),
@@ -102,13 +103,19 @@ def _cuts_table(rows: list[dict]) -> Table:
     ):
         table.add_column(column, overflow="fold")
     for number, row in enumerate(rows):
-        share = "NaN/Inf" if row.get("nonfinite") else f"{row.get('share') or 0:.0%}"
+        share = (
+            "NaN origin"
+            if row.get("probe_origin")
+            else "NaN/Inf"
+            if row.get("nonfinite")
+            else f"{row.get('share') or 0:.0%}"
+        )
         where = f"{short_path(row.get('manifest'))}:{row.get('line')}" if row.get("manifest") else "-"
         table.add_row(
             str(number),
             escape(row.get("cut_id") or "-"),
             share,
-            _num(row.get("loss")),
+            _num(row.get("loss")) if row.get("frames") else "-",
             str(row.get("frames")),
             str(row.get("rank")),
             f"{row.get('epoch')}/{row.get('batch')}",

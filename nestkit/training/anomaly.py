@@ -118,6 +118,7 @@ class AnomalyWatch(Callback):
         self.incidents = 0
         self.skipped_steps = 0
         self.repro_checkpoints = 0
+        self.scaler_overflows = 0  # fp16 steps whose gradients overflowed (the GradScaler skipped them)
         self.poisoned: dict | None = None  # {"id", "step"}: a warned NaN/Inf update made the weights NaN
         self._writer: IncidentWriter | None = None
         # the step in progress
@@ -159,7 +160,11 @@ class AnomalyWatch(Callback):
         values = self._reduce(trainer, pl_module, norm)
         self.grad_norm = values.grad_norm
         signals = self.detector.judge(values)
-        if not signals:
+        if signals and [s.kind for s in signals] == [NONFINITE_GRAD] and _loss_scaler(trainer) is not None:
+            # fp16 with a GradScaler: an overflow is expected now and then, and the scaler itself
+            # skips the update and lowers the scale; counted, not an incident
+            self.scaler_overflows += 1
+        elif not signals:
             self.detector.update(values)
         elif self.poisoned is not None and all(s.kind in (NONFINITE_LOSS, NONFINITE_GRAD) for s in signals):
             self.anomaly = self.poisoned["id"]  # the consequence of a warned NaN update, not news
@@ -258,7 +263,10 @@ class AnomalyWatch(Callback):
         nonfinite = signals[0].kind in (NONFINITE_LOSS, NONFINITE_GRAD)
         probe = None
         if nonfinite and (not values.nonfinite_ranks or rank in values.nonfinite_ranks):
-            probe = probe_step(pl_module.model, self._micro, self.full_cfg.nestkit.seed)
+            try:
+                probe = probe_step(pl_module.model, self._micro, self.full_cfg.nestkit.seed)
+            except Exception as exc:  # this rank must still reach the gather below, or its peers wait
+                probe = {"rank": rank, "error": f"the NaN probe failed: {type(exc).__name__}: {exc}", "row_keys": []}
         local = self._candidates(rank, typical, probe)
         pooled = _all_gather(local, world)
         action = self.cfg.action
@@ -279,7 +287,10 @@ class AnomalyWatch(Callback):
         self.anomaly = ident
         if rank == 0:
             if nonfinite and self.cfg.repro:
-                write_repro(self.run_dir, self.full_cfg, pl_module.pipeline("train").index, incident, checkpoint)
+                try:
+                    write_repro(self.run_dir, self.full_cfg, pl_module.pipeline("train").index, incident, checkpoint)
+                except OSError as exc:  # a full disk: the incident itself still gets written
+                    incident["repro_error"] = f"the repro folder could not be written: {exc}"
             self._writer.append(incident)
             self.notify(f"nestkit anomaly {ident}: {incident['verdict']}")
         if nonfinite and action == "warn" and not math.isfinite(values.grad_norm or 0.0):
@@ -385,6 +396,11 @@ def _score(detector: SpikeDetector, loss: float, frames: int, typical) -> float 
     return round(score, 2) if score is not None else None
 
 
+def _loss_scaler(trainer):
+    """The fp16 GradScaler of the run, or None (fp32, bf16)."""
+    return getattr(getattr(trainer, "precision_plugin", None), "scaler", None)
+
+
 def _all_gather(obj: dict, world: int) -> list[dict]:
     if world <= 1 or not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return [obj]
@@ -472,7 +488,7 @@ def write_repro(run_dir: Path, cfg: NestConfig, index, incident: dict, checkpoin
     probe = incident.get("nonfinite") or {}
     cuts = probe.get("batch_cuts") or [c for c in incident.get("cuts") or []]
     lines = b"".join(dumps_line(manifest_entry(index, c)) for c in cuts)
-    (folder / REPRO_MANIFEST).write_bytes(lines)
+    write_text(folder / REPRO_MANIFEST, lines.decode())
     config = folder / REPRO_CONFIG
     save_config(cfg, config)
     rank = probe.get("rank", (incident.get("ranks") or [0])[0])

@@ -13,6 +13,13 @@ from nestkit.runfolder.anomalies import REPRO_COMMAND
 from nestkit.training.spikes import Signal, StepValues
 
 MAX_CUTS = 20  # rows an incident keeps, best first
+KIND_NAMES = {
+    "nonfinite_loss": "NaN/Inf loss",
+    "nonfinite_grad": "NaN/Inf gradient",
+    "loss_spike": "loss spike",
+    "grad_norm_spike": "gradient-norm spike",
+    "utterance_loss": "utterance loss",
+}
 
 
 def cut_summary(record: dict) -> dict:
@@ -58,7 +65,8 @@ def build_incident(
         excess = row.pop("excess")
         row["share"] = round(excess / positive, 4) if positive > 0 and excess > 0 else 0.0
     rows.sort(key=rank_key)
-    probes = [part["probe"] for part in pooled if part["probe"] is not None]
+    # the probes that found a module first (in rank order), then any that failed
+    probes = sorted((part["probe"] for part in pooled if part["probe"] is not None), key=lambda p: "module" not in p)
     nonfinite = probes[0] if probes else None
     top = rows[0] if rows else None
     ranks = sorted({r for s in signals for r in s.ranks}) or ([top["rank"]] if top else [])
@@ -89,7 +97,9 @@ def verdict(incident: dict) -> str:
     signals = ", ".join(_signal_text(s) for s in incident["signals"])
     parts = [f"{signals} at step {incident['step']}"]
     probe = incident.get("nonfinite")
-    if probe:
+    if probe and "module" not in probe:
+        parts.append(f"on rank {probe.get('rank')} {probe.get('error')}")
+    elif probe:
         inputs = "its inputs were finite" if probe.get("inputs_finite") else "its inputs were already non-finite"
         where = "output" if probe.get("where") == "output" else "gradient at the output"
         parts.append(
