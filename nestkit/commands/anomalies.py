@@ -22,7 +22,9 @@ def anomalies(
         help="table (incidents, verdicts, ranked cuts), json (the incident records), or ids (each incident's "
         "first cut, one per line with a comment: a ready nestkit.exclude_cuts file).",
     ),
-    cuts: int = typer.Option(3, "--cuts", min=0, help="Ranked cuts shown per incident in the table."),
+    cuts: int = typer.Option(
+        3, "--cuts", min=0, help="Most cuts shown per incident in the table (those with a share of the excess loss)."
+    ),
 ) -> None:
     """Loss spikes, gradient-norm spikes, outlier utterances and NaN/Inf of a run, named by their data.
 
@@ -79,7 +81,9 @@ def _render(report, cuts: int) -> None:
     console.print(table)
     for incident in incidents:
         console.print(f"\n[bold]{escape(incident['id'])}[/]: {escape(incident.get('verdict') or '')}")
-        ranked = (incident.get("cuts") or [])[:cuts]
+        # the cuts that carry the anomaly (a share of the excess, or NaN/Inf); at least the first
+        cuts_of = incident.get("cuts") or []
+        ranked = [c for c in cuts_of if c.get("share") or c.get("nonfinite")][:cuts] or cuts_of[: min(cuts, 1)]
         if ranked:
             console.print(_cuts_table(ranked))
     _render_excluded(report)

@@ -409,6 +409,11 @@ def _check_anomaly(cfg: NestConfig, problems: list[str]) -> None:
         problems.append(
             f"nestkit.anomaly.warmup_steps: longer than the window it fills (expected at most window={a.window}, got {a.warmup_steps})"
         )
-    for name in ("loss_threshold", "grad_norm_threshold", "row_loss_threshold"):
+    for name in ("loss_threshold", "grad_norm_threshold", "row_loss_threshold", "repeat_threshold"):
         if getattr(a, name) <= 0:
             problems.append(f"nestkit.anomaly.{name}: must be a positive robust z-score (got {getattr(a, name)})")
+    if a.repeat_threshold > a.row_loss_threshold:
+        problems.append(
+            "nestkit.anomaly.repeat_threshold: above row_loss_threshold, so it would never matter "
+            f"(expected at most {a.row_loss_threshold}, got {a.repeat_threshold})"
+        )

@@ -461,6 +461,8 @@ class AnomalyConfig:
     loss_threshold: float = 6.0  # robust z-score of the step loss that makes a spike
     grad_norm_threshold: float = 6.0  # the same for the global gradient norm
     row_loss_threshold: float = 6.0  # the same for one utterance's loss against the typical row spread
+    # an utterance that passed this at an earlier appearance is an anomaly when it passes it again
+    repeat_threshold: float = 3.5
     min_row_frames: int = 4  # utterances with fewer loss frames are not judged alone (too noisy)
     repro: bool = True  # a repro folder (batch lines, config, checkpoint, command) per NaN/Inf incident
     max_repro_checkpoints: int = 5  # checkpoints saved for repros; later ones point at the newest earlier one

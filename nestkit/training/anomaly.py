@@ -66,6 +66,7 @@ from nestkit.training.spikes import (
     Signal,
     SpikeDetector,
     StepValues,
+    cut_key,
 )
 
 ANOMALY_STOP_EXIT_STATUS = 4  # the job ended on purpose because of its data (the watchdog's is 3)
@@ -105,7 +106,7 @@ def row_values(result) -> tuple[float, int, list[float], list[int]]:
 
 
 def rounded(values: list[float]) -> list[float | None]:
-    return [round(v, ROW_DIGITS) if math.isfinite(v) else None for v in values]
+    return [round(v, ROW_DIGITS) + 0.0 if math.isfinite(v) else None for v in values]  # + 0.0: no -0.0
 
 
 class AnomalyWatch(Callback):
@@ -145,8 +146,9 @@ class AnomalyWatch(Callback):
             self._micro = []
             self._start_position = pl_module.last_position  # where the data stood before this step
             self.grad_norm, self.anomaly, self.skipped = None, None, False
-            if self.cfg.action == "skip":
-                self._norm_stats = _norm_statistics(pl_module.model)
+            # what the step's forward changes besides gradients: put back by skip, and saved in the
+            # step-start checkpoints (a NaN batch leaves NaN running statistics, and eval uses them)
+            self._norm_stats = _norm_statistics(pl_module.model)
         self._batch = batch
 
     def on_after_backward(self, trainer, pl_module) -> None:
@@ -181,6 +183,14 @@ class AnomalyWatch(Callback):
     def on_train_end(self, trainer, pl_module) -> None:
         if self._writer is not None:
             self._writer.close()
+        if trainer.global_rank == 0 and (self.incidents or self.scaler_overflows):
+            skipped = f", {self.skipped_steps} step(s) skipped" if self.skipped_steps else ""
+            overflows = (
+                f", {self.scaler_overflows} fp16 overflow(s) left to the GradScaler" if self.scaler_overflows else ""
+            )
+            self.notify(
+                f"anomalies: {self.incidents} incident(s){skipped}{overflows}: `nestkit anomalies {self.run_dir}`"
+            )
 
     def state_dict(self) -> dict:
         return {
@@ -189,6 +199,7 @@ class AnomalyWatch(Callback):
             "skipped_steps": self.skipped_steps,
             "repro_checkpoints": self.repro_checkpoints,
             "poisoned": self.poisoned,
+            "scaler_overflows": self.scaler_overflows,
         }
 
     def load_state_dict(self, state_dict: dict) -> None:
@@ -197,31 +208,46 @@ class AnomalyWatch(Callback):
         self.skipped_steps = int(state_dict.get("skipped_steps", 0))
         self.repro_checkpoints = int(state_dict.get("repro_checkpoints", 0))
         self.poisoned = state_dict.get("poisoned")
+        self.scaler_overflows = int(state_dict.get("scaler_overflows", 0))
 
     # -- the one collective per step ------------------------------------------------------------
 
     def _reduce(self, trainer, pl_module, norm: torch.Tensor | None) -> StepValues:
         world, rank = trainer.world_size, trainer.global_rank
-        typical = self.detector.typical_loss()
-        loss_sum, frames, deviation, judged, worst, nonfinite = 0.0, 0, 0.0, 0, 0.0, False
+        detector, repeat_threshold = self.detector, self.cfg.repeat_threshold
+        typical, row_score = detector.typical_loss(), detector.row_scorer()
+        loss_sum, frames, deviation, judged, nonfinite = 0.0, 0, 0.0, 0, False
+        worst, worst_repeat, suspect, suspect_score = 0.0, 0.0, 0, repeat_threshold
         for micro in self._micro:
             loss_sum += (
-                micro.loss * micro.frames if micro.frames else (micro.loss if not math.isfinite(micro.loss) else 0.0)
+                micro.loss * micro.frames if micro.frames else (0.0 if math.isfinite(micro.loss) else micro.loss)
             )
             frames += micro.frames
             nonfinite |= not math.isfinite(micro.loss)
-            for loss, count in zip(micro.row_loss, micro.row_frames):
+            for cut_id, loss, count in zip(micro.batch.cut_ids, micro.row_loss, micro.row_frames):
                 nonfinite |= not math.isfinite(loss)
-                if typical is None or not self.detector.judgeable(loss, count):
+                if typical is None or not detector.judgeable(loss, count):
                     continue
                 deviation += abs(loss - typical)
                 judged += 1
-                score = self.detector.row_score(loss, count)
-                worst = max(worst, score if score is not None else 0.0)
-        vector = torch.zeros(5 + 2 * world, dtype=torch.float64)
+                score = row_score(loss, count)
+                if score is None:
+                    continue
+                worst = max(worst, score)
+                if score > repeat_threshold:
+                    key = cut_key(cut_id)
+                    if detector.suspect_count(key):
+                        worst_repeat = max(worst_repeat, score)
+                    if score > suspect_score:
+                        suspect, suspect_score = key, score
+        # [loss sum, frames, grad norm / world, deviation sum, judged] + per rank: NaN flag, worst
+        # score, worst score of a known suspect, key of a new suspect
+        vector = torch.zeros(5 + 4 * world, dtype=torch.float64)
         vector[0], vector[1], vector[3], vector[4] = loss_sum, frames, deviation, judged
         vector[5 + rank] = 1.0 if nonfinite else 0.0
         vector[5 + world + rank] = worst
+        vector[5 + 2 * world + rank] = worst_repeat
+        vector[5 + 3 * world + rank] = float(suspect)  # < 2**53: exact
         device = norm.device if norm is not None else pl_module.device
         vector = vector.to(device)
         if norm is not None:
@@ -230,14 +256,17 @@ class AnomalyWatch(Callback):
             with self._collective(pl_module):
                 torch.distributed.all_reduce(vector)
         out = vector.tolist()  # the step's one host synchronisation
+        per_rank = [out[5 + k * world : 5 + (k + 1) * world] for k in range(4)]
         return StepValues(
             step=trainer.global_step,
             loss=out[0] / out[1] if out[1] else (out[0] if not math.isfinite(out[0]) else None),
             loss_frames=int(out[1]),
             grad_norm=out[2] if norm is not None else None,
             row_deviation=out[3] / out[4] if out[4] else None,
-            nonfinite_ranks=[r for r in range(world) if out[5 + r] > 0],
-            row_scores=out[5 + world : 5 + 2 * world],
+            nonfinite_ranks=[r for r in range(world) if per_rank[0][r] > 0],
+            row_scores=per_rank[1],
+            repeat_scores=per_rank[2],
+            new_suspects=[int(k) for k in per_rank[3]],
         )
 
     @contextmanager
@@ -303,11 +332,12 @@ class AnomalyWatch(Callback):
     def _candidates(self, rank: int, typical: float | None, probe: dict | None) -> dict:
         """This rank's rows for the incident: the best MAX_CUTS_PER_RANK by excess loss, NaN first."""
         flagged = set(probe["row_keys"]) if probe else set()
+        row_score = self.detector.row_scorer()
         rows, positive = [], 0.0
         for micro in self._micro:
             position = micro.batch.position
             for slot, (loss, frames) in enumerate(zip(micro.row_loss, micro.row_frames)):
-                key = (position.epoch, position.batch, slot)
+                key = (position.epoch, position.index, slot)
                 finite = math.isfinite(loss)
                 excess = frames * (loss - typical) if finite and typical is not None and frames else 0.0
                 positive += max(excess, 0.0)
@@ -316,12 +346,14 @@ class AnomalyWatch(Callback):
                         **cut_summary(micro.batch.records[slot]),
                         "rank": rank,
                         "epoch": position.epoch,
-                        "batch": position.batch,
+                        "batch": position.batch,  # the rank's batch number (lookup/replay-batch BATCH)
+                        "index": position.index,  # in the epoch's sequence
                         "slot": slot,
                         "fingerprint": micro.batch.fingerprint,
                         "loss": round(loss, ROW_DIGITS) if finite else None,
                         "frames": frames,
-                        "z": _score(self.detector, loss, frames, typical),
+                        "z": _rounded_score(row_score(loss, frames)),
+                        "earlier_high": self.detector.suspect_count(cut_key(micro.batch.cut_ids[slot])),
                         "excess": excess,
                         "nonfinite": key in flagged or not finite,
                         "probe_origin": key in flagged,
@@ -333,6 +365,7 @@ class AnomalyWatch(Callback):
                 "rank": rank,
                 "epoch": m.batch.position.epoch,
                 "batch": m.batch.position.batch,
+                "index": m.batch.position.index,
                 "fingerprint": m.batch.fingerprint,
             }
             for m in self._micro
@@ -364,7 +397,7 @@ class AnomalyWatch(Callback):
         if log is not None and self._batch is not None:
             log.log_stopped_step(trainer, pl_module, self._batch)
         raise AnomalyStop(
-            f"anomaly {ident}: {incident['verdict']} "
+            f"anomaly {ident}: {incident['verdict'].rstrip('.')}. "
             f"Stopped on every rank at step {incident['step']}; the state the step started from is in {last}. "
             f"List the culprit cut ids in a file named by nestkit.exclude_cuts and run `nestkit train --resume` "
             f"to train this step again with substitutes (details: `nestkit anomalies {self.run_dir}`)"
@@ -376,10 +409,15 @@ class AnomalyWatch(Callback):
         path.parent.mkdir(parents=True, exist_ok=True)
         saved = pl_module.last_position
         pl_module.last_position = self._position_before_step(pl_module)
+        now = [(buffer, buffer.detach().clone()) for buffer, _ in self._norm_stats]
+        for buffer, before in self._norm_stats:
+            buffer.copy_(before)
         try:
             trainer.save_checkpoint(path, weights_only=False)
         finally:
             pl_module.last_position = saved
+            for buffer, after in now:
+                buffer.copy_(after)
 
     def _position_before_step(self, pl_module) -> BatchPosition | None:
         if self._start_position is not None:
@@ -388,11 +426,10 @@ class AnomalyWatch(Callback):
         if resumed is None:
             return None  # the run's first step: no position means the start of the data
         # the first step after a resume: the position the run resumed from
-        return BatchPosition(resumed.position.epoch, 0, -1, 1, resumed.position.consumed)
+        return BatchPosition(resumed.position.epoch, 0, -1, consumed_after=resumed.position.consumed)
 
 
-def _score(detector: SpikeDetector, loss: float, frames: int, typical) -> float | None:
-    score = detector.row_score(loss, frames)
+def _rounded_score(score: float | None) -> float | None:
     return round(score, 2) if score is not None else None
 
 
@@ -410,13 +447,15 @@ def _all_gather(obj: dict, world: int) -> list[dict]:
 
 
 def _norm_statistics(model: torch.nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """(buffer, copy) of every BatchNorm statistic: what a skipped step's forward changed."""
-    saved = []
-    for module in model.modules():
-        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-            for buffer in module.buffers(recurse=False):
-                saved.append((buffer, buffer.detach().clone()))
-    return saved
+    """(buffer, copy) of every BatchNorm statistic (a few values per channel; copied on the device)."""
+    cached = _NORM_MODULES.get(id(model))
+    if cached is None or cached[0] is not model:  # found once per model: walking the modules costs ms
+        norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        cached = _NORM_MODULES[id(model)] = (model, norms)
+    return [(buffer, buffer.detach().clone()) for module in cached[1] for buffer in module.buffers(recurse=False)]
+
+
+_NORM_MODULES: dict[int, tuple[torch.nn.Module, list[torch.nn.Module]]] = {}
 
 
 # -- the NaN probe on the step's own batches ------------------------------------------------------
@@ -447,6 +486,7 @@ def probe_step(model: torch.nn.Module, micro: list[MicroBatch], seed: int) -> di
             "rank": position.rank,
             "epoch": position.epoch,
             "batch": position.batch,
+            "index": position.index,
             "fingerprint": batch.fingerprint,
             "module": origin.module,
             "where": origin.where,
@@ -454,7 +494,7 @@ def probe_step(model: torch.nn.Module, micro: list[MicroBatch], seed: int) -> di
             "cuts": [batch.cut_ids[s] for s in slots],
             "batch_cuts": [cut_summary(r) for r in batch.records],
             "report": probe.report(),
-            "row_keys": [(position.epoch, position.batch, s) for s in slots],
+            "row_keys": [(position.epoch, position.index, s) for s in slots],
         }
     return None
 
@@ -492,8 +532,10 @@ def write_repro(run_dir: Path, cfg: NestConfig, index, incident: dict, checkpoin
     config = folder / REPRO_CONFIG
     save_config(cfg, config)
     rank = probe.get("rank", (incident.get("ranks") or [0])[0])
+    # the micro-batch by its rank's batch number: exact also when the step accumulates several
+    which = f"{probe['batch']} --epoch {probe['epoch']}" if "batch" in probe else f"--step {incident['step']}"
     command = (
-        f"nestkit replay-batch --step {incident['step']} --rank {rank} --config {shlex.quote(str(config))} "
+        f"nestkit replay-batch {which} --rank {rank} --config {shlex.quote(str(config))} "
         f"--run-dir {shlex.quote(str(Path(run_dir).resolve()))} --forward"
     )
     if checkpoint is not None:

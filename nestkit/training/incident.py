@@ -133,6 +133,8 @@ def describe_cut(row: dict) -> str:
     text = f"{row['cut_id']} ({row.get('path')}, {where}; rank {row['rank']}, epoch {row['epoch']} batch {row['batch']}"
     if row.get("loss") is not None:
         text += f", utterance loss {row['loss']:.3f} on {row['frames']} frames"
+    if row.get("earlier_high"):
+        text += f", far above typical at {row['earlier_high']} earlier appearance(s) too"
     return text + f"; {describe_augment(row)})"
 
 

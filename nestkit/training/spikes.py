@@ -10,6 +10,13 @@ decisions the uninterrupted run took. Three windows:
   deviation of the step's utterances, over every rank), so that a single utterance far above the
   rest is seen even when, diluted in a large batch, it barely moves the step loss.
 
+An utterance is an anomaly at first sight above `row_loss_threshold`; one that already passed the
+lower `repeat_threshold` at an earlier appearance is one when it passes it again. Bad data is bad
+every time it comes up, while a healthy utterance's loss is high only by chance (a loud noise, a few
+loss frames), so the second rule finds moderate outliers with few false alarms. The detector keeps
+those utterances as 48-bit keys of their cut ids, the same on every rank (they travel in the step's
+all-reduce), and in the checkpoint.
+
 Median and MAD are robust: a spike in the window does not hide the next one. A value is a spike
 when its robust z-score, (value - median) / (1.4826 x MAD), passes the threshold; the spread is
 never taken below 5% of the median, so that noise on a flat curve is not a spike. NaN/Inf is
@@ -18,8 +25,9 @@ always an anomaly, from the first step; spikes are judged once `warmup_steps` va
 
 from __future__ import annotations
 
+import hashlib
 import math
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -32,6 +40,8 @@ MEAN_ABS_DEV_TO_SIGMA = math.sqrt(math.pi / 2)  # mean absolute deviation -> sta
 # chance, and a flat curve's noise is not a spike (at z 6 a spike is then at least a 30% rise)
 MIN_RELATIVE_SPREAD = 0.05
 MIN_SPREAD = 1e-12  # and never as 0 (a constant window)
+MAX_SUSPECTS = 100_000  # utterances remembered for the repeat rule (the oldest are forgotten first)
+KEY_BYTES = 6  # a cut id's key: 48 bits, exact in the float64 vector the ranks all-reduce
 
 NONFINITE_LOSS = "nonfinite_loss"
 NONFINITE_GRAD = "nonfinite_grad"
@@ -78,6 +88,10 @@ class StepValues:
     row_deviation: float | None  # mean |utterance loss - typical loss| over the judged utterances
     nonfinite_ranks: list[int]  # ranks whose own loss (or an utterance's) was NaN/Inf
     row_scores: list[float]  # per rank: the robust z-score of its most deviant utterance (0: none judged)
+    repeat_scores: list[float] = field(default_factory=list)  # per rank: the same among known suspects
+    new_suspects: list[int] = field(
+        default_factory=list
+    )  # per rank: key of its worst utterance past repeat_threshold, or 0
 
 
 @dataclass
@@ -89,6 +103,7 @@ class Signal:
     z: float | None = None
     threshold: float | None = None
     ranks: list[int] = field(default_factory=list)
+    repeat: bool = False  # an utterance that passed repeat_threshold at an earlier appearance too
 
     def as_dict(self) -> dict:
         return {k: (_round(v) if isinstance(v, float) else v) for k, v in asdict(self).items()}
@@ -101,6 +116,8 @@ class Signal:
             return f"non-finite gradient norm ({self.value}) with a finite loss"
         name = {LOSS_SPIKE: "loss", GRAD_NORM_SPIKE: "gradient norm", UTTERANCE_LOSS: "utterance loss"}[self.kind]
         where = f" on rank(s) {', '.join(map(str, self.ranks))}" if self.kind == UTTERANCE_LOSS else ""
+        if self.repeat:
+            where += ", again (it passed the repeat threshold at an earlier appearance)"
         return (
             f"{name} spike{where}: {_fmt(self.value)} vs typical {_fmt(self.typical)} "
             f"(robust z {self.z:.1f} > {self.threshold:g})"
@@ -113,6 +130,7 @@ class SpikeDetector:
         self.loss = TrailingWindow(cfg.window)
         self.grad_norm = TrailingWindow(cfg.window)
         self.row_deviation = TrailingWindow(cfg.window)
+        self.suspects: OrderedDict[int, int] = OrderedDict()  # cut key -> appearances past repeat_threshold
 
     # -- what is typical now (before this step is added) --------------------------------------
 
@@ -130,12 +148,24 @@ class SpikeDetector:
         """Whether an utterance is judged alone (enough loss frames, a finite loss)."""
         return frames >= max(1, self.cfg.min_row_frames) and math.isfinite(loss)
 
-    def row_score(self, loss: float, frames: int) -> float | None:
-        """An utterance's robust z-score, or None when it is not judged alone or nothing is typical yet."""
+    def row_scorer(self):
+        """score(loss, frames): an utterance's robust z-score, or None when it is not judged alone or
+        nothing is typical yet (the medians are taken once, for all of a step's utterances)."""
         typical, spread = self.typical_loss(), self.row_spread()
-        if typical is None or spread is None or not self.judgeable(loss, frames):
-            return None
-        return (loss - typical) / spread
+
+        def score(loss: float, frames: int) -> float | None:
+            if typical is None or spread is None or not self.judgeable(loss, frames):
+                return None
+            return (loss - typical) / spread
+
+        return score
+
+    def row_score(self, loss: float, frames: int) -> float | None:
+        return self.row_scorer()(loss, frames)
+
+    def suspect_count(self, key: int) -> int:
+        """How many earlier appearances of this cut passed repeat_threshold."""
+        return self.suspects.get(key, 0)
 
     def warm(self, window: TrailingWindow) -> bool:
         return len(window) >= self.cfg.warmup_steps
@@ -156,28 +186,30 @@ class SpikeDetector:
             signals += _spike(
                 self.grad_norm, values.grad_norm, cfg.grad_norm_threshold, GRAD_NORM_SPIKE, self.warm(self.grad_norm)
             )
-            worst = max(values.row_scores, default=0.0)
-            if self.warm(self.row_deviation) and worst > cfg.row_loss_threshold:
-                ranks = [r for r, z in enumerate(values.row_scores) if z > cfg.row_loss_threshold]
-                typical, spread = self.typical_loss(), self.row_spread()
-                signals.append(
-                    Signal(
-                        UTTERANCE_LOSS,
-                        typical + worst * spread,  # the worst utterance's loss
-                        typical=typical,
-                        spread=spread,
-                        z=worst,
-                        threshold=cfg.row_loss_threshold,
-                        ranks=ranks,
-                    )
-                )
+            if self.warm(self.row_deviation):
+                first_sight = self._utterance(values.row_scores, cfg.row_loss_threshold, repeat=False)
+                signals += first_sight or self._utterance(values.repeat_scores, cfg.repeat_threshold, repeat=True)
         return signals
+
+    def _utterance(self, scores: list[float], threshold: float, repeat: bool) -> list[Signal]:
+        worst = max(scores, default=0.0)
+        if worst <= threshold:
+            return []
+        typical, spread = self.typical_loss(), self.row_spread()
+        ranks = [r for r, z in enumerate(scores) if z > threshold]
+        # value: the worst utterance's loss
+        return [Signal(UTTERANCE_LOSS, typical + worst * spread, typical, spread, worst, threshold, ranks, repeat)]
 
     def update(self, values: StepValues) -> None:
         """Add the step's finite values to the windows (spikes too: the median shrugs them off)."""
         self.loss.add(values.loss)
         self.grad_norm.add(values.grad_norm)
         self.row_deviation.add(values.row_deviation)
+        for key in values.new_suspects:
+            if key:
+                self.suspects[key] = self.suspects.pop(key, 0) + 1
+                while len(self.suspects) > MAX_SUSPECTS:
+                    self.suspects.popitem(last=False)
 
     # -- checkpoints ------------------------------------------------------------------------------
 
@@ -186,6 +218,7 @@ class SpikeDetector:
             "loss": list(self.loss.values),
             "grad_norm": list(self.grad_norm.values),
             "row_deviation": list(self.row_deviation.values),
+            "suspects": [[key, count] for key, count in self.suspects.items()],
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -193,6 +226,13 @@ class SpikeDetector:
         self.loss = TrailingWindow(size, state.get("loss"))
         self.grad_norm = TrailingWindow(size, state.get("grad_norm"))
         self.row_deviation = TrailingWindow(size, state.get("row_deviation"))
+        self.suspects = OrderedDict((int(key), int(count)) for key, count in state.get("suspects") or [])
+
+
+def cut_key(cut_id: str) -> int:
+    """A cut id as a 48-bit integer (never 0), the same in every process."""
+    key = int.from_bytes(hashlib.blake2b(cut_id.encode(), digest_size=KEY_BYTES).digest(), "big")
+    return key or 1
 
 
 def _spike(window: TrailingWindow, value: float | None, threshold: float, kind: str, warm: bool) -> list[Signal]:

@@ -23,7 +23,7 @@ def test_defaults_warn_and_judge_after_a_short_warm_up():
     a = config_from_dict(minimal()).config.nestkit.anomaly
     assert a.enabled and a.action == "warn"
     assert (a.window, a.warmup_steps) == (100, 20)
-    assert a.loss_threshold == a.grad_norm_threshold == a.row_loss_threshold == 6.0
+    assert a.loss_threshold == a.grad_norm_threshold == a.row_loss_threshold == 6.0 and a.repeat_threshold == 3.5
     assert config_from_dict(minimal()).config.nestkit.exclude_cuts is None
 
 
@@ -53,6 +53,14 @@ def test_every_bad_setting_is_named_at_once():
     assert "nestkit.anomaly.grad_norm_threshold: must be a positive robust z-score (got -1" in text
     assert "nestkit.anomaly.min_row_frames: must not be negative (got -1)" in text
     assert len(problems) == 5
+
+
+def test_a_repeat_threshold_above_the_first_sight_one_is_refused():
+    (problem,) = problems_of(minimal(anomaly={"row_loss_threshold": 4.0, "repeat_threshold": 4.5}))
+    assert problem == (
+        "nestkit.anomaly.repeat_threshold: above row_loss_threshold, so it would never matter "
+        "(expected at most 4.0, got 4.5)"
+    )
 
 
 def test_warm_up_longer_than_the_window_is_refused():

@@ -21,11 +21,12 @@ from nestkit.training.spikes import (
     SpikeDetector,
     StepValues,
     TrailingWindow,
+    cut_key,
 )
 
 
-def values(step, loss=2.0, grad=1.0, deviation=0.3, nonfinite=(), scores=(0.0,)):
-    return StepValues(step, loss, 100, grad, deviation, list(nonfinite), list(scores))
+def values(step, loss=2.0, grad=1.0, deviation=0.3, nonfinite=(), scores=(0.0,), repeat=(), suspects=()):
+    return StepValues(step, loss, 100, grad, deviation, list(nonfinite), list(scores), list(repeat), list(suspects))
 
 
 def healthy(detector: SpikeDetector, steps: int, seed: int = 0) -> None:
@@ -82,6 +83,24 @@ def test_one_utterance_far_above_the_rest_is_named_with_its_rank():
     (signal,) = detector.judge(values(12, scores=(1.0, z)))
     assert signal.kind == UTTERANCE_LOSS and signal.ranks == [1]
     assert signal.value == pytest.approx(2.0 + 7 * spread, rel=0.05)
+
+
+def test_an_utterance_moderately_high_again_is_named_at_its_second_appearance():
+    cfg = AnomalyConfig(warmup_steps=10)
+    detector = SpikeDetector(cfg)
+    healthy(detector, 12)
+    key, other = cut_key("rec0417-L18"), cut_key("tone03-L4")
+    assert key != other and 0 < key < 2**48
+    first = values(12, scores=(4.2, 0.0), repeat=(0.0, 0.0), suspects=(key, 0))
+    assert detector.judge(first) == []  # 4.2 < 6 at first sight: only remembered
+    detector.update(first)
+    assert detector.suspect_count(key) == 1 and detector.suspect_count(other) == 0
+    (signal,) = detector.judge(values(13, scores=(0.0, 4.0), repeat=(0.0, 4.0), suspects=(0, key)))
+    assert signal.kind == UTTERANCE_LOSS and signal.repeat and signal.ranks == [1] and signal.threshold == 3.5
+    assert "utterance loss spike on rank(s) 1, again (it passed the repeat threshold" in signal.text()
+    restored = SpikeDetector(cfg)
+    restored.load_state_dict(detector.state_dict())
+    assert restored.suspect_count(key) == 1
 
 
 def test_restored_windows_decide_exactly_as_the_uninterrupted_detector():

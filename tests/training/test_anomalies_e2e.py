@@ -93,6 +93,13 @@ def nan_config(tmp_path: Path, corpus: dict, name: str, action: str) -> str:
     )
 
 
+def finite_state(checkpoint: Path) -> bool:
+    import torch
+
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+    return all(bool(torch.isfinite(t).all()) for t in state.values() if t.is_floating_point())
+
+
 def replay(repro: Path, cwd: Path) -> subprocess.CompletedProcess:
     """The repro's command (`nestkit replay-batch ...`), run with this interpreter."""
     (line,) = [x for x in (repro / "command.sh").read_text().splitlines() if x.startswith("nestkit ")]
@@ -159,6 +166,7 @@ def test_nan_on_two_ranks_is_skipped_identically_reproduced_and_resumed_bit_for_
         assert a.get("anomaly") == b.get("anomaly") and a["grad_norm"] == b["grad_norm"]
         if step not in skipped:
             assert np.isfinite(a["loss"]) and np.isfinite(b["loss"])  # a skipped NaN never reached the weights
+    assert finite_state(run / "checkpoints" / "last.ckpt")  # neither weights nor BatchNorm statistics saw the NaN
     for incident in incidents:
         assert incident["kinds"] == ["nonfinite_loss"] and incident["outcome"] == "skipped"
         top = incident["cuts"][0]
@@ -204,6 +212,7 @@ def test_stop_ends_every_rank_then_excluding_the_cut_resumes_to_the_same_step_co
     assert sorted(beats) == [0, 1]
     assert all(b["status"] == "failed" and b["error"].startswith("AnomalyStop: anomaly") for b in beats.values())
     assert Path(incident["checkpoint"]).name == "last.ckpt" and Path(incident["checkpoint"]).is_file()
+    assert finite_state(Path(incident["checkpoint"]))  # the NaN forward's BatchNorm statistics are not in it
 
     ids = nestkit("anomalies", str(run), "--format", "ids", cwd=tmp_path)
     assert ids.stdout.startswith(f"{NAN_CUT}  # {incident['id']}")
