@@ -128,6 +128,7 @@ class AnomalyWatch(Callback):
         self._batch: NestBatch | None = None
         self._start_position: BatchPosition | None = None
         self._norm_stats: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.step_norm: torch.Tensor | None = None  # this step's global gradient norm, on the device
         # what the batch log records for the step's last micro-batch
         self.grad_norm: float | None = None
         self.anomaly: str | None = None
@@ -145,7 +146,7 @@ class AnomalyWatch(Callback):
             self._step = trainer.global_step
             self._micro = []
             self._start_position = pl_module.last_position  # where the data stood before this step
-            self.grad_norm, self.anomaly, self.skipped = None, None, False
+            self.grad_norm, self.anomaly, self.skipped, self.step_norm = None, None, False, None
             # what the step's forward changes besides gradients: put back by skip, and saved in the
             # step-start checkpoints (a NaN batch leaves NaN running statistics, and eval uses them)
             self._norm_stats = _norm_statistics(pl_module.model)
@@ -158,7 +159,9 @@ class AnomalyWatch(Callback):
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        # as torch.nn.utils.clip_grad_norm_ computes it, so that clipping can reuse it (module.py)
         norm = torch.nn.utils.get_total_norm(grads) if grads else None
+        self.step_norm = norm
         values = self._reduce(trainer, pl_module, norm)
         self.grad_norm = values.grad_norm
         signals = self.detector.judge(values)
@@ -377,6 +380,7 @@ class AnomalyWatch(Callback):
     # -- actions --------------------------------------------------------------------------------
 
     def _skip(self, optimizer) -> None:
+        self.step_norm = None
         for group in optimizer.param_groups:
             for p in group["params"]:
                 p.grad = None

@@ -160,6 +160,16 @@ class NestLightningModule(pl.LightningModule):
         """Each utterance's loss and loss frames, for the batch log and the anomaly watch."""
         self.last_rows = row_values(result)
 
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        """Clipping by norm reuses the global gradient norm the anomaly watch took this step: the same
+        function on the same gradients, so the same value, computed once instead of twice."""
+        norm = self.anomaly_watch.step_norm if self.anomaly_watch is not None else None
+        if gradient_clip_val and (gradient_clip_algorithm or "norm") == "norm" and norm is not None:
+            params = [p for group in optimizer.param_groups for p in group["params"]]
+            torch.nn.utils.clip_grads_with_norm_(params, gradient_clip_val, norm)
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
     def on_train_batch_start(self, batch, batch_idx):
         self._step_started = time.perf_counter()
         # records a worker could not write (a full disk) are written by this process now

@@ -229,3 +229,27 @@ def test_stop_ends_every_rank_then_excluding_the_cut_resumes_to_the_same_step_co
     assert excluded and {r["cut_id"] for r in excluded} == {NAN_CUT}
     report = nestkit("anomalies", str(run), cwd=tmp_path).stdout
     assert "stopped" in report and f"excluded by nestkit.exclude_cuts since: {NAN_CUT}" in report
+
+
+@pytest.mark.slow
+def test_the_watch_changes_no_bit_of_training_and_clipping_reuses_its_gradient_norm(tmp_path, gap_corpus):
+    """Per-utterance losses, the all-reduce and the gradient norm are observation only: with the
+    watch on or off, and with clipping by norm (which then takes the watch's norm), every step's
+    loss is the same to the last bit."""
+    curves = {}
+    for name, enabled in (("watched", True), ("unwatched", False)):
+        cfg = write_train_config(
+            tmp_path / f"{name}.yaml",
+            gap_corpus["train"],
+            gap_corpus["noise"],
+            name=name,
+            trainer={"max_steps": 6, "gradient_clip_val": 0.05},
+            nestkit={"anomaly": {"enabled": enabled}},
+        )
+        result = nestkit("train", cfg, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:]
+        curves[name] = [(r["step"], r["fingerprint"], r["loss"]) for r in read_batch_log(tmp_path / "runs" / name, 0)]
+        if enabled:
+            norms = [r["grad_norm"] for r in read_batch_log(tmp_path / "runs" / name, 0)]
+            assert sum(n > 0.05 for n in norms) >= 3, norms  # clipping really clipped (0: no frame was masked)
+    assert curves["watched"] == curves["unwatched"] and len(curves["watched"]) == 6
