@@ -4,24 +4,23 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Optional
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
-from nestkit.commands.common import console, err_console
-
-FORMATS = ("table", "json", "ids")
+from nestkit.commands.common import console, err_console, format_option
+from nestkit.core.paths import short_path
 
 
 def anomalies(
-    run_dir: Path = typer.Argument(..., help="The run folder (exp_manager.exp_dir/name).", show_default=False),
-    output_format: str = typer.Option(
-        "table",
-        "--format",
-        help="table (incidents, verdicts, ranked cuts), json (the incident records), or ids (each incident's "
-        "first cut, one per line with a comment: a ready nestkit.exclude_cuts file).",
+    run_dir: Optional[Path] = typer.Argument(
+        None,
+        help="The run folder (exp_manager.exp_dir/name); default: the run folder you are in, else the most recent one under ./runs.",
+        show_default=False,
     ),
+    output_format: str = format_option("table", "json", "ids"),
     cuts: int = typer.Option(
         3, "--cuts", min=0, help="Most cuts shown per incident in the table (those with a share of the excess loss)."
     ),
@@ -31,11 +30,21 @@ def anomalies(
     Each incident: the step, what was judged abnormal and against what typical value, the cuts ranked by their share of
     the excess loss (file, manifest:line, noise and augmentation), for NaN/Inf the first non-finite module and a repro
     command, and what training did (warned, skipped, stopped). Exit status 0 either way.
-    """
-    from nestkit.tools.anomalies import anomaly_report
 
-    if output_format not in FORMATS:
-        raise typer.BadParameter(f"--format: expected one of {', '.join(FORMATS)}, got {output_format!r}")
+    --format ids prints each incident's first cut, one per line with a comment: a ready nestkit.exclude_cuts file.
+    """
+    from nestkit.core.errors import UsageError
+    from nestkit.tools.anomalies import anomaly_report
+    from nestkit.tools.runs import find_run
+
+    if run_dir is None:
+        run_dir, found = find_run()
+        (err_console if output_format != "table" else console).print(
+            f"run folder {escape(short_path(run_dir))} ({found})"
+        )
+    elif not run_dir.is_dir():
+        problem = "a file, not a folder" if run_dir.exists() else "no such folder"
+        raise UsageError(f"run {run_dir}: {problem} (expected a run folder, exp_manager.exp_dir/name)")
     report = anomaly_report(run_dir)
     for line in report.unreadable:
         err_console.print(f"[yellow]note:[/] {escape(line)}")
@@ -50,8 +59,7 @@ def anomalies(
 
 
 def _render(report, cuts: int) -> None:
-    from nestkit.commands.render import short_path
-    from nestkit.training.incident import KIND_NAMES
+    from nestkit.runfolder.anomalies import KIND_NAMES
 
     incidents = report.incidents
     skipped = f", {len(report.skipped_steps)} step(s) skipped" if report.skipped_steps else ""
@@ -90,7 +98,6 @@ def _render(report, cuts: int) -> None:
 
 
 def _cuts_table(rows: list[dict]) -> Table:
-    from nestkit.commands.render import short_path
     from nestkit.training.incident import describe_augment
 
     table = Table(box=None, pad_edge=False, show_edge=False)

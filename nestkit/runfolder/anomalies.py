@@ -26,6 +26,14 @@ REPRO_COMMAND = "command.sh"
 REPRO_README = "README.txt"
 REPRO_CONFIG = "config.yaml"
 REPRO_MANIFEST = "manifest.json"
+# an incident's `kinds`, in words
+KIND_NAMES = {
+    "nonfinite_loss": "NaN/Inf loss",
+    "nonfinite_grad": "NaN/Inf gradient",
+    "loss_spike": "loss spike",
+    "grad_norm_spike": "gradient-norm spike",
+    "utterance_loss": "utterance loss",
+}
 
 
 def incidents_path(run_dir: str | os.PathLike) -> Path:
@@ -61,6 +69,32 @@ def read_incidents(run_dir: str | os.PathLike, skipped: list[SkippedLine] | None
         key = record.get("id") or incident_id(int(record.get("step", -1)))
         newest[key] = record
     return sorted(newest.values(), key=lambda r: (r.get("step", -1), r.get("time") or 0.0))
+
+
+def read_anomalies(run_dir: str | os.PathLike) -> list[dict]:
+    """Every incident as a run-wide timeline takes it (`nestkit report`): `step`, `time`, `kind` (in
+    words), `sentence` (the verdict), and where its data is: `rank`, `epoch` and `batch`, which here
+    is the micro-batch's index in the epoch's sequence (`index` in the batch log; the same batch on
+    any world size), of the micro-batch the NaN probe found, else of the incident's first cut."""
+    out = []
+    for incident in read_incidents(run_dir):
+        probe = incident.get("nonfinite") or {}
+        where = probe if "index" in probe else (incident.get("cuts") or [{}])[0]
+        kinds = incident.get("kinds") or []
+        out.append(
+            {
+                "id": incident.get("id"),
+                "step": incident.get("step"),
+                "time": incident.get("time"),
+                "kind": ", ".join(KIND_NAMES.get(k, k) for k in kinds) or "anomaly",
+                "sentence": incident.get("verdict"),
+                "outcome": incident.get("outcome"),
+                "rank": where.get("rank"),
+                "epoch": where.get("epoch"),
+                "batch": where.get("index"),
+            }
+        )
+    return out
 
 
 def summary_line(run_dir: str | os.PathLike) -> str | None:

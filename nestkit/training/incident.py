@@ -13,13 +13,6 @@ from nestkit.runfolder.anomalies import REPRO_COMMAND
 from nestkit.training.spikes import Signal, StepValues
 
 MAX_CUTS = 20  # rows an incident keeps, best first
-KIND_NAMES = {
-    "nonfinite_loss": "NaN/Inf loss",
-    "nonfinite_grad": "NaN/Inf gradient",
-    "loss_spike": "loss spike",
-    "grad_norm_spike": "gradient-norm spike",
-    "utterance_loss": "utterance loss",
-}
 
 
 def cut_summary(record: dict) -> dict:

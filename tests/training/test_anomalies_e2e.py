@@ -146,6 +146,13 @@ def test_a_loss_spike_names_the_planted_utterance_its_file_and_noise(tmp_path, t
     assert ids[0].startswith(f"{SPIKE_CUT}  # {incidents[0]['id']}: ") and len(ids) == 1
     stacks = nestkit("stacks", str(run), cwd=tmp_path)
     assert f"anomalies: {len(incidents)} training anomal" in stacks.stdout
+    from nestkit.tools.report.events import all_events
+    from nestkit.tools.report.run_data import read_run
+
+    timeline = [e for e in all_events(read_run(run)) if e.kind == "anomaly"]  # `nestkit report`'s timeline
+    assert [e.step for e in timeline] == [i["step"] for i in incidents]
+    first = incidents[0]["cuts"][0]
+    assert timeline[0].batch == (first["epoch"], first["index"], first["rank"]) and SPIKE_CUT in timeline[0].text
     bad = nestkit("anomalies", str(run), "--format", "yaml", cwd=tmp_path)
     assert bad.returncode == 2 and "expected one of table, json, ids" in bad.stderr
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from nestkit.runfolder.anomalies import IncidentWriter, incidents_path, read_incidents, summary_line
+from nestkit.runfolder.anomalies import IncidentWriter, incidents_path, read_anomalies, read_incidents, summary_line
 from nestkit.runfolder.batch_log import BatchLogWriter
 from nestkit.runfolder.layout import config_path
 from nestkit.runfolder.quarantine import Quarantine
@@ -24,7 +24,7 @@ def incident(step: int, cut: str, outcome: str = "warned", **extra) -> dict:
         "typical_loss": 3.0,
         "grad_norm": 1.5,
         "cuts": [{"cut_id": cut, "manifest": "/data/train.json", "line": 7, "path": f"/data/{cut}.wav", "rank": 1,
-                  "epoch": 0, "batch": 3, "loss": 9.1, "frames": 12, "share": 0.9, "augment": "noise",
+                  "epoch": 0, "batch": 3, "index": 7, "loss": 9.1, "frames": 12, "share": 0.9, "augment": "noise",
                   "energy_ratio_db": -2.0, "noise": {"cut_id": "hum-L1", "path": "/n/hum.wav", "offset": 0.5}}],
         "outcome": outcome,
         "verdict": f"loss spike at step {step}; 90% of the excess loss from cut {cut}",
@@ -57,6 +57,20 @@ def test_the_report_keeps_the_newest_record_of_each_incident_and_names_torn_line
     quarantine.close()
 
     assert [(i["id"], i["outcome"]) for i in read_incidents(run)] == [("step12", "skipped"), ("step30", "skipped")]
+    # what `nestkit report` puts on its timeline: the step, the words, and the batch it rebuilds
+    assert [(a["step"], a["kind"], a["rank"], a["epoch"], a["batch"]) for a in read_anomalies(run)] == [
+        (12, "loss spike", 1, 0, 7),
+        (30, "loss spike", 1, 0, 7),
+    ]
+    from nestkit.tools.report.events import all_events
+    from nestkit.tools.report.run_data import read_run
+
+    timeline = [e for e in all_events(read_run(run)) if e.kind == "anomaly"]
+    assert [(e.step, e.title, e.batch) for e in timeline] == [
+        (12, "loss spike", (0, 7, 1)),
+        (30, "loss spike", (0, 7, 1)),
+    ]
+    assert "90% of the excess loss from cut a-L7" in timeline[0].text
     assert summary_line(run).startswith(
         "2 training anomalies; the latest at step 30 (loss_spike, first cut b-L9, skipped)"
     )
@@ -80,7 +94,7 @@ def test_a_healthy_run_and_a_wrong_folder(tmp_path):
     assert healthy.returncode == 0 and "0 incident(s)" in healthy.stdout and "no anomaly" in healthy.stdout
     assert summary_line(run) is None
     missing = nestkit("anomalies", str(tmp_path / "nope"), cwd=tmp_path)
-    assert missing.returncode == 1 and "no such folder (expected a run folder" in missing.stderr
+    assert missing.returncode == 2 and "no such folder (expected a run folder" in missing.stderr
     (tmp_path / "plain").mkdir()
     plain = nestkit("anomalies", str(tmp_path / "plain"), cwd=tmp_path)
     assert plain.returncode == 1 and "not a run folder" in plain.stderr
