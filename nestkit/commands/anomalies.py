@@ -34,6 +34,7 @@ def anomalies(
     --format ids prints each incident's first cut, one per line with a comment: a ready nestkit.exclude_cuts file.
     """
     from nestkit.core.errors import UsageError
+    from nestkit.runfolder.anomalies import KIND_NAMES
     from nestkit.tools.anomalies import anomaly_report
     from nestkit.tools.runs import find_run
 
@@ -53,7 +54,8 @@ def anomalies(
     elif output_format == "ids":
         for cut_id, incident in report.culprits():
             first = incident["cuts"][0]
-            print(f"{cut_id}  # {incident['id']}: {', '.join(incident['kinds'])}; {first.get('path')}")
+            kinds = ", ".join(KIND_NAMES.get(k, k) for k in incident["kinds"])
+            print(f"{cut_id}  # {incident['id']}: {kinds}; {first.get('path')}")
     else:
         _render(report, cuts)
 

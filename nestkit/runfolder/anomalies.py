@@ -104,7 +104,7 @@ def summary_line(run_dir: str | os.PathLike) -> str | None:
         return None
     last = incidents[-1]
     top = (last.get("cuts") or [{}])[0].get("cut_id")
-    kinds = ", ".join(last.get("kinds") or [])
+    kinds = ", ".join(KIND_NAMES.get(k, k) for k in last.get("kinds") or [])
     named = f", first cut {top}" if top else ""
     return (
         f"{len(incidents)} training anomal{'y' if len(incidents) == 1 else 'ies'}; the latest at step "

@@ -537,10 +537,14 @@ def write_repro(run_dir: Path, cfg: NestConfig, index, incident: dict, checkpoin
     save_config(cfg, config)
     rank = probe.get("rank", (incident.get("ranks") or [0])[0])
     # the micro-batch by its rank's batch number: exact also when the step accumulates several
-    which = f"{probe['batch']} --epoch {probe['epoch']}" if "batch" in probe else f"--step {incident['step']}"
+    target = shlex.quote(str(config))
+    which = (
+        f"{probe['batch']} {target} --epoch {probe['epoch']}"
+        if "batch" in probe
+        else f"{target} --step {incident['step']}"
+    )
     command = (
-        f"nestkit replay-batch {which} --rank {rank} --config {shlex.quote(str(config))} "
-        f"--run-dir {shlex.quote(str(Path(run_dir).resolve()))} --forward"
+        f"nestkit replay-batch {which} --rank {rank} --run-dir {shlex.quote(str(Path(run_dir).resolve()))} --forward"
     )
     if checkpoint is not None:
         command += f" --checkpoint {shlex.quote(str(Path(checkpoint).resolve()))}"

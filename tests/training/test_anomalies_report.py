@@ -72,7 +72,7 @@ def test_the_report_keeps_the_newest_record_of_each_incident_and_names_torn_line
     ]
     assert "90% of the excess loss from cut a-L7" in timeline[0].text
     assert summary_line(run).startswith(
-        "2 training anomalies; the latest at step 30 (loss_spike, first cut b-L9, skipped)"
+        "2 training anomalies; the latest at step 30 (loss spike, first cut b-L9, skipped)"
     )
     table = nestkit("anomalies", str(run), cwd=tmp_path)
     assert table.returncode == 0, table.stderr
@@ -84,7 +84,7 @@ def test_the_report_keeps_the_newest_record_of_each_incident_and_names_torn_line
     report = json.loads(nestkit("anomalies", str(run), "--format", "json", cwd=tmp_path).stdout)
     assert [i["id"] for i in report["incidents"]] == ["step12", "step30"] and report["skipped_steps"] == [12]
     ids = nestkit("anomalies", str(run), "--format", "ids", cwd=tmp_path).stdout
-    assert ids == "a-L7  # step12: loss_spike; /data/a-L7.wav\nb-L9  # step30: loss_spike; /data/b-L9.wav\n"
+    assert ids == "a-L7  # step12: loss spike; /data/a-L7.wav\nb-L9  # step30: loss spike; /data/b-L9.wav\n"
 
 
 def test_a_healthy_run_and_a_wrong_folder(tmp_path):
