@@ -465,7 +465,7 @@ class AnomalyConfig:
     repeat_threshold: float = 3.5
     min_row_frames: int = 4  # utterances with fewer loss frames are not judged alone (too noisy)
     repro: bool = True  # a repro folder (batch lines, config, checkpoint, command) per NaN/Inf incident
-    max_repro_checkpoints: int = 5  # checkpoints saved for repros; later ones point at the newest earlier one
+    max_repro_checkpoints: int = 5  # checkpoints saved for repros; later repros use the newest earlier checkpoint
 
 
 @dataclass

@@ -16,9 +16,10 @@ command that shows the same non-finite module.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
-from nestkit.runfolder.layout import anomalies_dir
+from nestkit.runfolder.layout import anomalies_dir, checkpoints_dir
 from nestkit.runfolder.records import JsonlWriter, SkippedLine, read_jsonl
 
 INCIDENTS_FILE = "incidents.jsonl"
@@ -50,6 +51,20 @@ def repro_dir(run_dir: str | os.PathLike, incident: str) -> Path:
 
 def repro_checkpoint(run_dir: str | os.PathLike, incident: str, step: int) -> Path:
     return repro_dir(run_dir, incident) / f"step{step}.ckpt"
+
+
+STEP_CHECKPOINT = re.compile(r"step(\d+)\.ckpt")  # the state after N optimizer steps (= when step N starts)
+
+
+def checkpoint_at_or_before(run_dir: str | os.PathLike, step: int) -> Path | None:
+    """The newest checkpoint of the run whose state is from step `step` or earlier: a periodic
+    `checkpoints/step<N>.ckpt` or an earlier repro's `anomalies/step<N>/step<N>.ckpt`; None if none."""
+    found = []
+    for path in [*checkpoints_dir(run_dir).glob("step*.ckpt"), *anomalies_dir(run_dir).glob("step*/step*.ckpt")]:
+        match = STEP_CHECKPOINT.fullmatch(path.name)
+        if match and int(match.group(1)) <= step:
+            found.append((int(match.group(1)), str(path)))
+    return Path(max(found)[1]) if found else None
 
 
 class IncidentWriter(JsonlWriter):

@@ -53,6 +53,7 @@ from nestkit.runfolder.anomalies import (
     REPRO_MANIFEST,
     REPRO_README,
     IncidentWriter,
+    checkpoint_at_or_before,
     incident_id,
     repro_checkpoint,
     repro_dir,
@@ -546,25 +547,34 @@ def write_repro(run_dir: Path, cfg: NestConfig, index, incident: dict, checkpoin
     command = (
         f"nestkit replay-batch {which} --rank {rank} --run-dir {shlex.quote(str(Path(run_dir).resolve()))} --forward"
     )
-    if checkpoint is not None:
-        command += f" --checkpoint {shlex.quote(str(Path(checkpoint).resolve()))}"
+    # past max_repro_checkpoints: an earlier state (a NaN that the data causes shows all the same)
+    weights = checkpoint if checkpoint is not None else checkpoint_at_or_before(run_dir, incident["step"])
+    if weights is not None:
+        command += f" --checkpoint {shlex.quote(str(Path(weights).resolve()))}"
     write_text(folder / REPRO_COMMAND, "#!/bin/sh\n" + command + "\n")
     expected = (
         f"first non-finite {probe.get('where')} in module {probe.get('module')}"
         if probe
         else "no module was non-finite on its own rank (a non-finite gradient after the all-reduce)"
     )
-    weights = (
-        f"Weights: {checkpoint} (the state step {incident['step']} started from: the replay is exact)."
-        if checkpoint is not None
-        else f"No checkpoint was saved (nestkit.anomaly.max_repro_checkpoints reached): pass --checkpoint with one at or before step {incident['step']}."
-    )
+    if weights is not None and Path(weights).name == f"step{incident['step']}.ckpt":
+        said = f"Weights: {weights} (the state step {incident['step']} started from: the replay is exact)."
+    elif weights is not None:
+        said = (
+            f"Weights: {weights}, an earlier state than step {incident['step']}'s (nestkit.anomaly.max_repro_checkpoints "
+            "were saved already): a NaN that the data causes shows all the same, one that the weights cause may not."
+        )
+    else:
+        said = (
+            "No checkpoint was saved (nestkit.anomaly.max_repro_checkpoints reached, and none is older): "
+            "the replay runs on freshly initialised weights."
+        )
     write_text(
         folder / REPRO_README,
         f"Anomaly {incident['id']} at step {incident['step']}: {', '.join(incident['kinds'])}.\n"
         f"Micro-batch: rank {rank}, epoch {probe.get('epoch')} batch {probe.get('batch')} "
         f"(fingerprint {probe.get('fingerprint')}); its manifest lines: {REPRO_MANIFEST}.\n"
-        f"Expected from the replay: {expected}.\n{weights}\n\nRun: {command}\n",
+        f"Expected from the replay: {expected}.\n{said}\n\nRun: {command}\n",
     )
     return folder
 

@@ -98,3 +98,40 @@ def test_a_healthy_run_and_a_wrong_folder(tmp_path):
     (tmp_path / "plain").mkdir()
     plain = nestkit("anomalies", str(tmp_path / "plain"), cwd=tmp_path)
     assert plain.returncode == 1 and "not a run folder" in plain.stderr
+
+
+def test_a_repro_past_the_checkpoint_budget_replays_from_the_newest_earlier_checkpoint(tmp_path):
+    """After max_repro_checkpoints, a repro's command takes the newest checkpoint whose state is from
+    its step or before (a periodic one or an earlier repro's), and its README says how exact that is."""
+    from nestkit.config import config_from_dict
+    from nestkit.runfolder.anomalies import checkpoint_at_or_before, repro_checkpoint, repro_dir
+    from nestkit.runfolder.layout import checkpoints_dir
+    from nestkit.training.anomaly import write_repro
+
+    run = run_folder(tmp_path)
+    assert checkpoint_at_or_before(run, 50) is None
+    checkpoints_dir(run).mkdir()
+    for name in ("step20.ckpt", "step40.ckpt", "step60.ckpt", "last.ckpt", "best-step45.ckpt"):
+        (checkpoints_dir(run) / name).write_bytes(b"")
+    earlier = repro_checkpoint(run, "step33", 33)
+    earlier.parent.mkdir(parents=True)
+    earlier.write_bytes(b"")
+    assert checkpoint_at_or_before(run, 50) == checkpoints_dir(run) / "step40.ckpt"
+    assert checkpoint_at_or_before(run, 39) == earlier
+    assert checkpoint_at_or_before(run, 40) == checkpoints_dir(run) / "step40.ckpt"
+    assert checkpoint_at_or_before(run, 19) is None
+
+    cfg = config_from_dict({}).config
+    probe = {"rank": 1, "epoch": 2, "batch": 5, "module": "preprocessor.featurizer", "where": "output"}
+    for step, weights, said in (
+        (50, "step40.ckpt", "an earlier state than step 50's"),
+        (40, "step40.ckpt", "the state step 40 started from: the replay is exact"),
+        (19, None, "the replay runs on freshly initialised weights"),
+    ):
+        incident = {"id": f"step{step}", "step": step, "kinds": ["nonfinite_loss"], "nonfinite": probe, "cuts": []}
+        folder = write_repro(run, cfg, None, incident, None)
+        assert folder == repro_dir(run, f"step{step}")
+        command = (folder / "command.sh").read_text().splitlines()[-1]
+        assert command.startswith("nestkit replay-batch 5 ") and "--epoch 2 --rank 1 " in command
+        assert command.endswith(f"--checkpoint {checkpoints_dir(run).resolve() / weights}" if weights else "--forward")
+        assert said in (folder / "README.txt").read_text()
