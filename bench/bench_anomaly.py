@@ -38,7 +38,7 @@ from bench_model import SMALL, THREADS, synthetic_batch  # noqa: E402
 
 
 def loss_without_rows(masks, log_probs, tokens, combine_time_steps, mask_threshold):
-    """masked_token_loss as it was before the per-utterance fields: the reference for their cost."""
+    """masked_token_loss without the per-utterance fields (accuracy included): the reference for their cost."""
     from nestkit.model.loss import loss_frame_mask
 
     if log_probs.dim() == 3:
@@ -51,7 +51,10 @@ def loss_without_rows(masks, log_probs, tokens, combine_time_steps, mask_thresho
     target_log_probs = log_probs.gather(2, tokens.unsqueeze(2)).squeeze(2)
     count = selected.sum()
     total = torch.where(selected[:, :, None], target_log_probs, 0.0).sum()
-    return -total / (count.clamp(min=1) * tokens.shape[-1]), count
+    loss = -total / (count.clamp(min=1) * tokens.shape[-1])
+    with torch.no_grad():  # the accuracy, which is not the watch's
+        correct = ((log_probs.argmax(dim=2) == tokens) & selected[:, :, None]).sum()
+    return loss, count, correct
 
 
 def stubs(model, action: str):
