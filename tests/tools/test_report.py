@@ -14,6 +14,7 @@ import base64
 import json
 import os
 import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -106,6 +107,7 @@ def planted(tmp_path_factory, corpus):
         stderr=subprocess.STDOUT,
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        start_new_session=True,  # its own process group: paused whole (ranks, workers, node monitor) below
     )
     live = None
     deadline = time.monotonic() + 300
@@ -117,7 +119,13 @@ def planted(tmp_path_factory, corpus):
         records = [json.loads(line) for line in log if line.endswith("}")]
         # as soon as the resumed run has trained a step: the steps left are the report's time to read it live
         if len(segments) >= 2 and any(r["time"] >= segments[1]["time"] for r in records):
-            live = _nestkit("report", str(run), "-o", str(tmp / "live.html"), "--incident-batches", "0", cwd=tmp)
+            # paused while the report reads it (a busy machine could otherwise finish the last steps first);
+            # its heartbeats still say running, as a live run's do
+            os.killpg(second.pid, signal.SIGSTOP)
+            try:
+                live = _nestkit("report", str(run), "-o", str(tmp / "live.html"), "--incident-batches", "0", cwd=tmp)
+            finally:
+                os.killpg(second.pid, signal.SIGCONT)
             break
         time.sleep(0.5)
     output, _ = second.communicate(timeout=400)
