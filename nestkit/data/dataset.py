@@ -261,7 +261,10 @@ class NestDataset(torch.utils.data.Dataset):
         values = values_t.numpy()
         at = 0
         for row, start, n in spans:
-            values[at : at + n] = overlays[row][start : start + n]
+            overlay = overlays[row]
+            if overlay is None:  # _spans keeps only rows the augmentor scaled an overlay for
+                raise RuntimeError(f"batch {batch_key}: row {row} has a noise span but no overlay (augment_batch)")
+            values[at : at + n] = overlay[start : start + n]
             at += n
 
         records = []
@@ -271,7 +274,11 @@ class NestDataset(torch.utils.data.Dataset):
             record["augment"] = aug
             records.append(record)
 
-        checksums = {"audio": audio_checksum, "noise": overlay_checksum, "shape": list(shape)}
+        checksums: dict[str, str | list[int]] = {
+            "audio": audio_checksum,
+            "noise": overlay_checksum,
+            "shape": list(shape),
+        }
         worker_status.end_batch()
         return NestBatch(
             audio=audio_t,

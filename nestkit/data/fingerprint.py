@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import functools
 import hashlib
+from collections.abc import Sequence
 
 import numpy as np
 import orjson
 import xxhash
 
 
-def rows_checksum(rows: list[np.ndarray | None]) -> str:
+def rows_checksum(rows: Sequence[np.ndarray | None]) -> str:
     """Checksum of a zero-padded (B, T) tensor given its rows' unpadded contents (None = all zero).
 
     Hashing each row right after it is written reads it from cache; hashing the assembled tensor
@@ -52,7 +53,7 @@ def _portable(record: dict, dropped: tuple[str, ...] = _LOCATION_KEYS) -> dict:
     return {k: _portable(v) if isinstance(v, dict) else v for k, v in record.items() if k not in dropped}
 
 
-def batch_fingerprint(cut_ids: list[str], records: list[dict], checksums: dict[str, str]) -> str:
+def batch_fingerprint(cut_ids: list[str], records: list[dict], checksums: dict[str, str | list[int]]) -> str:
     payload = orjson.dumps(
         {
             "cut_ids": cut_ids,

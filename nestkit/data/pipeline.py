@@ -18,7 +18,7 @@ import torch
 from nestkit.config import DatasetConfig, NestConfig
 from nestkit.core.errors import ConfigError
 from nestkit.data.batch import NestBatch
-from nestkit.data.corpus import dataset_corpus, manifest_corpus
+from nestkit.data.corpus import Corpus, dataset_corpus, manifest_corpus
 from nestkit.data.dataset import NestDataset
 from nestkit.data.exclusions import load_exclusions
 from nestkit.data.index import CutIndex, open_index
@@ -139,16 +139,18 @@ def open_indexes(cfg: NestConfig, ds: DatasetConfig, split: str) -> tuple[CutInd
     Unusable lines raise ManifestProblems (all of them) unless nestkit.skip_bad_manifest_lines.
     """
     where = f"model.{split}_ds" if split == "train" else "model.validation_ds"
-    options = {
-        "sampling_rate": int(ds.sample_rate or cfg.model.sample_rate),
-        "cache_dir": cfg.nestkit.index_cache_dir,
-        "skip_bad": cfg.nestkit.skip_bad_manifest_lines,
-    }
-    index = open_index(dataset_corpus(ds, where), **options)
+
+    def open_with_settings(corpus: Corpus) -> CutIndex:  # the speech and the noise index alike
+        return open_index(
+            corpus,
+            sampling_rate=int(ds.sample_rate or cfg.model.sample_rate),
+            cache_dir=cfg.nestkit.index_cache_dir,
+            skip_bad=cfg.nestkit.skip_bad_manifest_lines,
+        )
+
+    index = open_with_settings(dataset_corpus(ds, where))
     noise = (
-        open_index(manifest_corpus(ds.noise_manifest, f"{where}.noise_manifest"), **options)
-        if ds.noise_manifest
-        else None
+        open_with_settings(manifest_corpus(ds.noise_manifest, f"{where}.noise_manifest")) if ds.noise_manifest else None
     )
     return index, noise
 
