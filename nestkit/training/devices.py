@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 from nestkit.config import NestConfig
 from nestkit.core.errors import ConfigError
 
@@ -9,11 +11,12 @@ from nestkit.core.errors import ConfigError
 PRECISION_ALIASES = {"32": "32-true", "16": "16-mixed", "bf16": "bf16-mixed"}
 # Mixed precision only: "-true" half precision (and 64-true) would cast the frozen preprocessor and
 # quantizer too, and the targets would change with the setting (nestkit.model.precision)
-SUPPORTED_PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
+Precision = Literal["32-true", "bf16-mixed", "16-mixed"]
+SUPPORTED_PRECISIONS: tuple[Precision, ...] = get_args(Precision)
 ALL_DEVICES = (-1, "-1", "auto")  # NeMo's "every GPU"
 
 
-def lightning_precision(value, accelerator: str | None = None) -> str:
+def lightning_precision(value, accelerator: str | None = None) -> Precision:
     """trainer.precision as Lightning 2 spells it, or a ConfigError naming the setting.
 
     float16 autocast needs a GPU: Lightning would quietly train a CPU run in bfloat16 instead, so

@@ -33,8 +33,11 @@ def build_trainer(
     world = world_size(devices, t.num_nodes)
     strategy = t.strategy if world > 1 else "auto"
     ckpt = cfg.exp_manager.checkpoint_callback_params
-    callbacks: list[Callback] = [*(extra_callbacks or []), BatchLog(run_dir) if cfg.nestkit.log_batches else None]
-    callbacks.append(AnomalyWatch(cfg, run_dir) if cfg.nestkit.anomaly.enabled else None)
+    callbacks: list[Callback] = list(extra_callbacks or [])
+    if cfg.nestkit.log_batches:
+        callbacks.append(BatchLog(run_dir))
+    if cfg.nestkit.anomaly.enabled:
+        callbacks.append(AnomalyWatch(cfg, run_dir))
     callbacks.append(RichProgressBar() if interactive and t.enable_progress_bar else StepPrinter(t.log_every_n_steps))
     if cfg.exp_manager.create_checkpoint_callback:
         callbacks.append(
@@ -90,7 +93,7 @@ def build_trainer(
         enable_progress_bar=interactive and t.enable_progress_bar,
         enable_model_summary=False,
         logger=loggers or False,
-        callbacks=[c for c in callbacks if c is not None],
+        callbacks=callbacks,
         plugins=plugins or None,
         default_root_dir=str(run_dir),
     )
