@@ -40,9 +40,11 @@ import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 import torch
 from pytorch_lightning.callbacks import Callback
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from nestkit.config import NestConfig, save_config
 from nestkit.core.errors import NestkitError
@@ -69,6 +71,11 @@ from nestkit.training.spikes import (
     StepValues,
     cut_key,
 )
+
+if TYPE_CHECKING:  # annotations only: the probe imports what it runs (NanProbe, training_loss) lazily
+    from nestkit.model.nest import NestModel
+
+ModelT = TypeVar("ModelT", bound=torch.nn.Module)
 
 ANOMALY_STOP_EXIT_STATUS = 4  # the job ended on purpose because of its data (the watchdog's is 3)
 MAX_CUTS_PER_RANK = 20  # candidate rows each rank sends when an incident is pooled
@@ -141,6 +148,11 @@ class AnomalyWatch(Callback):
         pl_module.anomaly_watch = self
         if trainer.global_rank == 0 and self._writer is None:
             self._writer = IncidentWriter(self.run_dir)
+
+    def _incident_writer(self) -> IncidentWriter:
+        if self._writer is None:
+            raise RuntimeError("anomaly watch: rank 0 has no incident writer (Lightning did not call setup())")
+        return self._writer
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step != self._step:  # the first micro-batch of an optimizer step
@@ -324,7 +336,7 @@ class AnomalyWatch(Callback):
                     write_repro(self.run_dir, self.full_cfg, pl_module.pipeline("train").index, incident, checkpoint)
                 except OSError as exc:  # a full disk: the incident itself still gets written
                     incident["repro_error"] = f"the repro folder could not be written: {exc}"
-            self._writer.append(incident)
+            self._incident_writer().append(incident)
             self.notify(f"nestkit anomaly {ident}: {incident['verdict']}")
         if nonfinite and action == "warn" and not math.isfinite(values.grad_norm or 0.0):
             self.poisoned = {"id": ident, "step": step}
@@ -454,19 +466,21 @@ def _all_gather(obj: dict, world: int) -> list[dict]:
 def _norm_statistics(model: torch.nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """(buffer, copy) of every BatchNorm statistic (a few values per channel; copied on the device)."""
     cached = _NORM_MODULES.get(id(model))
-    if cached is None or cached[0] is not model:  # found once per model: walking the modules costs ms
-        norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-        cached = _NORM_MODULES[id(model)] = (model, norms)
-    return [(buffer, buffer.detach().clone()) for module in cached[1] for buffer in module.buffers(recurse=False)]
+    if cached is not None and cached[0] is model:
+        norms = cached[1]
+    else:  # found once per model: walking the modules costs ms
+        norms = [m for m in model.modules() if isinstance(m, _BatchNorm)]
+        _NORM_MODULES[id(model)] = (model, norms)
+    return [(buffer, buffer.detach().clone()) for module in norms for buffer in module.buffers(recurse=False)]
 
 
-_NORM_MODULES: dict[int, tuple[torch.nn.Module, list[torch.nn.Module]]] = {}
+_NORM_MODULES: dict[int, tuple[torch.nn.Module, list[_BatchNorm]]] = {}
 
 
 # -- the NaN probe on the step's own batches ------------------------------------------------------
 
 
-def probe_step(model: torch.nn.Module, micro: list[MicroBatch], seed: int) -> dict | None:
+def probe_step(model: NestModel, micro: list[MicroBatch], seed: int) -> dict | None:
     """The first module whose activations or gradients turn non-finite in this rank's micro-batches
     of the step, found by running each again, with the step's seeds, on a copy of the model (the
     live model keeps its gradients and statistics); None when every one is finite here."""
@@ -504,7 +518,7 @@ def probe_step(model: torch.nn.Module, micro: list[MicroBatch], seed: int) -> di
     return None
 
 
-def _local_copy(model: torch.nn.Module) -> torch.nn.Module:
+def _local_copy(model: ModelT) -> ModelT:
     """A copy for the probe; SyncBatchNorm becomes BatchNorm: the probe runs on this rank alone
     (as `replay-batch --forward` does) and must not wait for peers that do not probe."""
     clone = copy.deepcopy(model)

@@ -36,6 +36,10 @@ class BatchLog(Callback):
         self._step = trainer.global_step  # optimizer steps done = the step this micro-batch trains
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch: NestBatch, batch_idx):
+        if self._log is None:
+            raise RuntimeError(
+                "batch log: a batch ended before training started (Lightning did not call on_train_start)"
+            )
         self._log.append(self._record(trainer, pl_module, batch, stepped=trainer.global_step != self._step))
 
     def _record(self, trainer, pl_module, batch: NestBatch, stepped: bool) -> dict:

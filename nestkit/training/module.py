@@ -148,11 +148,17 @@ class NestLightningModule(pl.LightningModule):
         size = len(batch)
         self.log("train_loss", result.loss, prog_bar=True, batch_size=size)
         self.log("train_acc", result.accuracy, prog_bar=True, batch_size=size)
-        self.log("lr", self.optimizers().param_groups[0]["lr"], prog_bar=False, batch_size=size)
+        self.log("lr", self._optimizer().param_groups[0]["lr"], prog_bar=False, batch_size=size)
         self.log("masked_frames", float(masked), batch_size=size)
         self.log("empty_mask_batches", float(self.empty_mask_batches), batch_size=size)
         self.log("bad_samples", float(self.bad_samples), batch_size=size)
         return result.loss
+
+    def _optimizer(self):
+        optimizer = self.optimizers()
+        if isinstance(optimizer, list):  # configure_optimizers returns one
+            raise RuntimeError(f"training module: expected one optimizer, got {len(optimizer)}")
+        return optimizer
 
     # -- anomalies: the per-utterance signal (nestkit.training.anomaly judges it) ------------------
 

@@ -195,7 +195,7 @@ class SpikeDetector:
         worst = max(scores, default=0.0)
         if worst <= threshold:
             return []
-        typical, spread = self.typical_loss(), self.row_spread()
+        typical, spread = _known(self.typical_loss(), self.row_spread(), "utterance loss")
         ranks = [r for r, z in enumerate(scores) if z > threshold]
         # value: the worst utterance's loss
         return [Signal(UTTERANCE_LOSS, typical + worst * spread, typical, spread, worst, threshold, ranks, repeat)]
@@ -238,9 +238,16 @@ def cut_key(cut_id: str) -> int:
 def _spike(window: TrailingWindow, value: float | None, threshold: float, kind: str, warm: bool) -> list[Signal]:
     if not warm or value is None or not math.isfinite(value):
         return []
-    typical, spread = window.median(), window.spread()
+    typical, spread = _known(window.median(), window.spread(), kind)
     z = (value - typical) / spread
     return [Signal(kind, value, typical, spread, z, threshold)] if z > threshold else []
+
+
+def _known(typical: float | None, spread: float | None, what: str) -> tuple[float, float]:
+    """What is typical, for a judgement that only runs warm (after warmup_steps >= 1 values)."""
+    if typical is None or spread is None:
+        raise RuntimeError(f"spike detector: {what} judged with no typical value yet (an empty window)")
+    return typical, spread
 
 
 def _round(value: float, digits: int = 5) -> float | None:
