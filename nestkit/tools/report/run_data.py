@@ -9,6 +9,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nestkit.runfolder.anomalies import read_anomalies
 from nestkit.runfolder.batch_log import logged_ranks, read_batch_log
 from nestkit.runfolder.heartbeats import read_heartbeats
 from nestkit.runfolder.incidents import REPORT_JSON, Incident, incident_numbers
@@ -73,16 +74,6 @@ def read_stalls(run_dir: Path) -> list[dict]:
         if request is not None:
             stalls.append({**request, "incident": number, "complete": False})
     return stalls
-
-
-def read_anomalies(run_dir: Path) -> list[dict]:
-    """Anomaly incidents (loss spikes, NaNs, ...) when this nestkit records them."""
-    try:
-        from nestkit.runfolder import anomalies  # type: ignore[attr-defined]
-    except ImportError:
-        return []
-    reader = getattr(anomalies, "read_anomalies", None)
-    return [dict(a) for a in reader(run_dir)] if reader is not None else []
 
 
 def read_run(run_dir: str | os.PathLike) -> RunData:
