@@ -328,14 +328,11 @@ class Heartbeat:
             out.append({"epoch": epoch, "batch": batch, "state": state, "cuts": self._cuts(epoch, batch, cuts)})
         return out
 
-    def snapshot(self) -> dict:
-        in_flight = self.in_flight()
-        waiting = next((b for b in in_flight if b["state"] == "loading"), None)
-        stream = self.stream
-        data_end = getattr(stream, "data_end", None) if stream is not None else None
+    def _progress(self, now: float) -> dict:
+        """The fields the heartbeat and its pulse share: who, when, and where training is."""
         return {
             **self._identity(),
-            "written_at": time.time(),
+            "written_at": now,
             "status": self.status,
             "error": self.error,
             "step": self.step,
@@ -346,6 +343,15 @@ class Heartbeat:
             "stall_timeout_s": self.stall_timeout_s,
             "timeout_rule": self.timeout_rule,
             "position": _pos(self.position),
+        }
+
+    def snapshot(self) -> dict:
+        in_flight = self.in_flight()
+        waiting = next((b for b in in_flight if b["state"] == "loading"), None)
+        stream = self.stream
+        data_end = getattr(stream, "data_end", None) if stream is not None else None
+        return {
+            **self._progress(time.time()),
             "batch_cuts": [{k: r.get(k) for k in ("cut_id", "path", "manifest", "line")} for r in self.batch_records],
             "received": _pos(self.received),
             "waiting_for": waiting if self.phase in ("fetch", "startup") else None,
@@ -412,18 +418,7 @@ class Heartbeat:
             self._pulse.write(
                 pulse_record(
                     {
-                        **self._identity(),
-                        "written_at": now,
-                        "status": self.status,
-                        "error": self.error,
-                        "step": self.step,
-                        "steps_done": self.steps_done,
-                        "phase": self.phase,
-                        "phase_since": self.phase_since,
-                        "progress_age_s": round(time.monotonic() - self.progress_mono, 3),
-                        "stall_timeout_s": self.stall_timeout_s,
-                        "timeout_rule": self.timeout_rule,
-                        "position": _pos(self.position),
+                        **self._progress(now),
                         "received": _pos(self.received),
                         "waiting_for": self._waiting_position() if self.phase in ("fetch", "startup") else None,
                         "data_end": getattr(self.stream, "data_end", None),
